@@ -1,0 +1,46 @@
+"""visionpeft: freeze, LoRA and visual prompt tuning for timm classifiers and Ultralytics detectors.
+
+Typical use::
+
+    import visionpeft
+    plan = visionpeft.apply(model, [{"method": "lora", "rank": 8}, {"method": "head"}])
+    print(plan)                      # who trains
+    ...                              # train
+    visionpeft.save_adapter(model, "out/adapter")
+    merged = visionpeft.merge(model) # plain weights, original architecture
+"""
+
+from __future__ import annotations
+
+from .adapter_io import load_adapter, save_adapter
+from .api import apply, get_plan, merge
+from .errors import (
+    AdapterMismatchError,
+    ConfigError,
+    PlanViolationError,
+    TargetNotFoundError,
+    VisionPeftError,
+)
+from .params import format_parameter_report, parameter_report
+from .plan import TrainabilityPlan
+from .spec import ModelSpec, PromptSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterMismatchError",
+    "ConfigError",
+    "ModelSpec",
+    "PlanViolationError",
+    "PromptSpec",
+    "TargetNotFoundError",
+    "TrainabilityPlan",
+    "VisionPeftError",
+    "apply",
+    "format_parameter_report",
+    "get_plan",
+    "load_adapter",
+    "merge",
+    "parameter_report",
+    "save_adapter",
+]

@@ -1,0 +1,77 @@
+"""The strategy interface: a typed config plus an object that changes a model in place."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..spec import ModelSpec
+
+
+class StrategyConfig(BaseModel):
+    """Base of every strategy config: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str
+
+
+@dataclass
+class ApplyContext:
+    """Shared state while strategies are applied in order.
+
+    Attributes:
+        spec: the backend's description of the model.
+        frozen_params: parameter names a ``freeze`` strategy claimed; later strategies must not train them.
+        frozen_modules: module names inside frozen regions; adapters are not added there.
+        bn_policy: BatchNorm policy for frozen parts (set by ``freeze``; ``eval`` by default).
+    """
+
+    spec: ModelSpec
+    frozen_params: set[str] = field(default_factory=set)
+    frozen_modules: set[str] = field(default_factory=set)
+    bn_policy: str = "eval"
+
+    def in_frozen_region(self, module_name: str) -> bool:
+        """Whether ``module_name`` lies inside (or is) a module frozen by a ``freeze`` strategy."""
+        return any(
+            module_name == m or module_name.startswith(m + ".") for m in self.frozen_modules
+        )
+
+
+@dataclass
+class ApplyReport:
+    """What one strategy did: parameters it made trainable and modules it added or replaced."""
+
+    trainable: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Strategy(ABC):
+    """One PEFT method. Subclasses set ``method`` and ``config_cls`` and implement :meth:`apply`.
+
+    ``adds_trainables`` tells :func:`visionpeft.apply` whether the method trains something on top of a
+    frozen base (LoRA, VPT, head, BitFit, norm). When a recipe contains any such method, every base
+    parameter not claimed by a strategy is frozen; otherwise (``freeze`` alone) the rest trains, as in
+    Ultralytics' ``freeze=N``.
+    """
+
+    method: ClassVar[str]
+    config_cls: ClassVar[type[StrategyConfig]]
+    adds_trainables: ClassVar[bool] = True
+    #: ``False`` for methods that cannot be folded into plain weights (VPT); merge() then raises.
+    mergeable: ClassVar[bool] = True
+
+    def __init__(self, config: StrategyConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
+        """Change ``model`` in place; raise a clear error when the targets match nothing."""
+
+    def merge(self, model: nn.Module) -> None:  # noqa: B027 - most strategies leave plain weights
+        """Fold the strategy into plain weights so the model is the original architecture again."""

@@ -1,0 +1,93 @@
+"""Backbone freezing: ``freeze=N`` as Ultralytics users know it, name patterns, and a BatchNorm policy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from torch import nn
+
+from ..errors import ConfigError
+from ..matching import match_parameters
+from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
+from .registry import register
+
+
+class FreezeConfig(StrategyConfig):
+    """Freeze parts of the model.
+
+    Args:
+        n: an int ``N`` freezes the first N entries of the backend's ordered block list (for an Ultralytics
+            model ``model.model[0:N]``, exactly Ultralytics' ``freeze=N``); a list ``[0, 3, 5]`` freezes those
+            blocks. Raise it to save compute and keep more pretrained features; lower it when the target
+            domain is far from the pretraining data.
+        patterns: extra parameter-name patterns to freeze (globs, ``re:`` regexes, dotted prefixes).
+        unfreeze: patterns that stay trainable even inside a frozen region (e.g. ``"re:.*\\.bn\\..*"``).
+        bn: BatchNorm policy for frozen parts. ``eval`` (default) keeps running statistics fixed, also after
+            ``model.train()``; ``train`` lets them adapt to the new data (cheap domain adaptation, needs
+            batches of 16+); ``frozen`` puts every BatchNorm in the model in eval mode with frozen affine
+            parameters, trainable parts included (for batches too small for batch statistics).
+    """
+
+    method: Literal["freeze"] = "freeze"
+    n: int | list[int] | None = None
+    patterns: list[str] = Field(default_factory=list)
+    unfreeze: list[str] = Field(default_factory=list)
+    bn: Literal["eval", "train", "frozen"] = "eval"
+
+    @field_validator("n")
+    @classmethod
+    def _non_negative(cls, v: int | list[int] | None) -> int | list[int] | None:
+        values = v if isinstance(v, list) else [] if v is None else [v]
+        if any(i < 0 for i in values):
+            raise ValueError("block indices must be >= 0")
+        return v
+
+
+@register
+class FreezeStrategy(Strategy):
+    """Freeze blocks / parameters; the rest keeps training unless an adapter strategy is also listed."""
+
+    method = "freeze"
+    config_cls = FreezeConfig
+    adds_trainables = False
+
+    def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
+        cfg: FreezeConfig = self.config  # type: ignore[assignment]
+        if cfg.n is None and not cfg.patterns:
+            raise ConfigError("freeze: give 'n' (number or list of block indices) and/or 'patterns'")
+        blocks = self._selected_blocks(cfg, ctx)
+        params = dict(model.named_parameters())
+        frozen = [
+            n for n in params if any(n == b or n.startswith(b + ".") for b in blocks)
+        ]
+        if cfg.patterns:
+            frozen += match_parameters(model, cfg.patterns, what="parameter", field="freeze.patterns")
+        keep = set(match_parameters(model, cfg.unfreeze, what="parameter", field="freeze.unfreeze"))
+        frozen = [n for n in dict.fromkeys(frozen) if n not in keep]
+        for name in frozen:
+            params[name].requires_grad_(False)
+        ctx.frozen_params.update(frozen)
+        ctx.frozen_modules.update(blocks)
+        ctx.bn_policy = cfg.bn
+        return ApplyReport(trainable=sorted(keep), notes=[f"froze {len(frozen)} tensors in {len(blocks)} blocks"])
+
+    @staticmethod
+    def _selected_blocks(cfg: FreezeConfig, ctx: ApplyContext) -> list[str]:
+        if cfg.n is None:
+            return []
+        blocks = list(ctx.spec.blocks)
+        if not blocks:
+            raise ConfigError(
+                f"freeze.n: the {ctx.spec.backend} backend gives no ordered block list for model "
+                f"{ctx.spec.name!r}; use 'patterns' instead"
+            )
+        indices = list(range(cfg.n)) if isinstance(cfg.n, int) else cfg.n
+        bad = [i for i in indices if i >= len(blocks)]
+        if bad:
+            what = f"n={cfg.n} asks for more blocks" if isinstance(cfg.n, int) else f"index {bad[0]} is"
+            raise ConfigError(
+                f"freeze.n: {what} past the end: the model has {len(blocks)} blocks "
+                f"(0..{len(blocks) - 1}: {blocks[0]} ... {blocks[-1]}). Use n <= {len(blocks)}."
+            )
+        return [blocks[i] for i in indices]
