@@ -1,0 +1,259 @@
+"""Side-by-side cost of each strategy against full fine-tuning, plus visionpeft LoRA vs HF PEFT LoRA.
+
+Everything is measured in one process, round-robin (one step of each method per round), so machine
+noise hits every method alike; the table reports ratios to full fine-tuning measured that way.
+
+    python benchmarks/strategies.py                      # CPU, 224 px, batch 16 (a few minutes)
+    python benchmarks/strategies.py --quick              # tiny smoke run
+    python benchmarks/strategies.py --device cuda --out docs/bench_strategies_gpu.json
+
+Random init is fine: costs do not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+import visionpeft
+from visionpeft.backends.timm import timm_spec
+from visionpeft.profiling import measure_step_memory
+
+VIT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
+
+
+def vit_methods(spec_blocks: int) -> dict[str, list[dict]]:
+    half = spec_blocks // 2
+    return {
+        "full": [{"method": "full"}],
+        "head": [{"method": "head"}],
+        f"freeze n={half}": [{"method": "freeze", "n": half}],
+        "bitfit+head": [{"method": "bitfit"}, {"method": "head"}],
+        "norm+head": [{"method": "norm"}, {"method": "head"}],
+        "lora r8+head": [{"method": "lora", "rank": 8, "targets": VIT_TARGETS}, {"method": "head"}],
+        "lora r8 qv+head": [{"method": "lora", "rank": 8, "targets": ["qkv"], "qkv": "qv"}, {"method": "head"}],
+        "vpt shallow 10+head": [{"method": "vpt", "tokens": 10, "mode": "shallow"}, {"method": "head"}],
+        "vpt deep 10+head": [{"method": "vpt", "tokens": 10, "mode": "deep"}, {"method": "head"}],
+    }
+
+
+def cnn_methods(spec_blocks: int) -> dict[str, list[dict]]:
+    half = spec_blocks // 2
+    return {
+        "full": [{"method": "full"}],
+        "head": [{"method": "head"}],
+        f"freeze n={half}": [{"method": "freeze", "n": half}],
+        "bitfit+head": [{"method": "bitfit"}, {"method": "head"}],
+        "norm+head": [{"method": "norm"}, {"method": "head"}],
+        "lora r8+head": [{"method": "lora", "rank": 8}, {"method": "head"}],
+        f"freeze n={half}+lora r8+head": [
+            {"method": "freeze", "n": half},
+            {"method": "lora", "rank": 8},
+            {"method": "head"},
+        ],
+    }
+
+
+@dataclass
+class Entry:
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    times: list[float] = field(default_factory=list)
+    trainable: int = 0
+    total: int = 0
+    mem_mb: float = 0.0
+
+
+def _make_entry(name: str, model: nn.Module, strategies: list[dict] | None) -> Entry:
+    if strategies is not None:
+        visionpeft.apply(model, strategies)
+    params = [p for p in model.parameters() if p.requires_grad]
+    entry = Entry(name, model, torch.optim.AdamW(params, lr=1e-4))
+    entry.trainable = sum(p.numel() for p in params)
+    entry.total = sum(p.numel() for p in model.parameters())
+    return entry
+
+
+def _step(entry: Entry, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    entry.model.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    loss = nn.functional.cross_entropy(entry.model(x), y)
+    loss.backward()
+    entry.optimizer.step()
+    entry.optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def run_round_robin(entries: list[Entry], x, y, device, rounds: int, warmup: int = 2) -> None:
+    for e in entries:
+        for _ in range(warmup):
+            _step(e, x, y, device)
+        with measure_step_memory(e.model, e.optimizer, device) as stats:
+            _step(e, x, y, device)
+        e.mem_mb = stats.peak_mb
+    for _ in range(rounds):
+        for e in entries:
+            e.times.append(_step(e, x, y, device))
+
+
+@torch.no_grad()
+def latency(model: nn.Module, x: torch.Tensor, device: torch.device, reps: int) -> float:
+    model.eval()
+    model(x)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _latency_ratio(entry: Entry, base: nn.Module, x, device, reps) -> tuple[float, str]:
+    """Inference latency of the shipped form (merged where possible) over the plain base model."""
+    model = copy.deepcopy(entry.model)
+    form = "merged"
+    try:
+        visionpeft.merge(model)
+    except visionpeft.ConfigError:
+        form = "adapted (cannot merge)"
+    b, m = [], []
+    for _ in range(reps):  # alternate so drift hits both
+        b.append(latency(base, x, device, 1))
+        m.append(latency(model, x, device, 1))
+    return statistics.median(m) / statistics.median(b), form
+
+
+def bench_model(model_name: str, methods_fn: Callable[[int], dict], args, device) -> list[dict]:
+    torch.manual_seed(0)
+    kwargs = {"img_size": args.size} if "vit" in model_name else {}
+    base = timm.create_model(model_name, pretrained=False, num_classes=10, **kwargs).to(device)
+    spec = timm_spec(base)
+    methods = methods_fn(len(spec.blocks))
+    entries = [_make_entry(n, copy.deepcopy(base), s) for n, s in methods.items()]
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    run_round_robin(entries, x, y, device, args.rounds)
+    full = entries[0]
+    t_full = statistics.median(full.times)
+    rows = []
+    for name, e in zip(methods, entries):
+        lat, form = _latency_ratio(e, base, x, device, args.latency_reps)
+        rows.append({
+            "model": model_name,
+            "strategy": name,
+            "trainable_params": e.trainable,
+            "total_params": e.total,
+            "trainable_pct": 100.0 * e.trainable / e.total,
+            "step_s": statistics.median(e.times),
+            "step_ratio_vs_full": statistics.median(e.times) / t_full,
+            "train_mem_mb": e.mem_mb,
+            "mem_ratio_vs_full": e.mem_mb / full.mem_mb,
+            "latency_ratio_vs_base": lat,
+            "latency_form": form,
+        })
+        print(f"  {model_name:<24} {name:<30} done", flush=True)
+    return rows
+
+
+def bench_peft(args, device) -> dict:
+    """visionpeft LoRA vs HF PEFT LoRA, same ViT, same targets, same rank, round-robin."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=args.size)
+    base = base.to(device)
+    ours = copy.deepcopy(base)
+    visionpeft.apply(ours, [{"method": "lora", "rank": 8, "alpha": 8, "targets": VIT_TARGETS}])
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=8, target_modules=VIT_TARGETS))
+    entries = [_make_entry("visionpeft", ours, None), _make_entry("peft", theirs, None)]
+    assert entries[0].trainable == entries[1].trainable, (entries[0].trainable, entries[1].trainable)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    run_round_robin(entries, x, y, device, args.rounds)
+    t_ours, t_peft = (statistics.median(e.times) for e in entries)
+    return {
+        "trainable_params": entries[0].trainable,
+        "visionpeft_step_s": t_ours,
+        "peft_step_s": t_peft,
+        "ratio": t_ours / t_peft,
+    }
+
+
+def to_markdown(rows: list[dict], peft: dict, env: dict) -> str:
+    lines = [
+        f"Machine: {env['machine']}; torch {env['torch']}; device {env['device']}; "
+        f"batch {env['batch']}, {env['size']} px, {env['rounds']} round-robin steps per method.",
+        "",
+        "| model | strategy | trainable | % | step / full | train mem / full | latency / base |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lat = f"{r['latency_ratio_vs_base']:.3f}" + ("" if r["latency_form"] == "merged" else " (unmerged)")
+        lines.append(
+            f"| {r['model']} | {r['strategy']} | {r['trainable_params']:,} | {r['trainable_pct']:.2f} | "
+            f"{r['step_ratio_vs_full']:.2f} | {r['mem_ratio_vs_full']:.2f} | {lat} |"
+        )
+    lines += [
+        "",
+        f"visionpeft LoRA vs HF PEFT LoRA (vit_tiny, r=8, {VIT_TARGETS}, {peft['trainable_params']:,} trainable): "
+        f"{peft['visionpeft_step_s'] * 1e3:.1f} ms vs {peft['peft_step_s'] * 1e3:.1f} ms per step, "
+        f"ratio {peft['ratio']:.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--latency-reps", type=int, default=10)
+    ap.add_argument("--cnn", default="resnet18")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (batch 2, 64 px, 2 rounds)")
+    ap.add_argument("--out", default="benchmarks/results/strategies.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.batch, args.size, args.rounds, args.latency_reps = 2, 64, 2, 2
+    device = torch.device(args.device)
+    env = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "batch": args.batch,
+        "size": args.size,
+        "rounds": args.rounds,
+    }
+    rows = bench_model("vit_tiny_patch16_224", vit_methods, args, device)
+    rows += bench_model(args.cnn, cnn_methods, args, device)
+    peft = bench_peft(args, device)
+    md = to_markdown(rows, peft, env)
+    print(md)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": env, "rows": rows, "peft": peft}, indent=2))
+    out.with_suffix(".md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

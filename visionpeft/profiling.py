@@ -1,0 +1,102 @@
+"""Training-memory accounting that works on CPU as well as on CUDA.
+
+On CUDA the allocator's peak is the truth (``torch.cuda.max_memory_allocated``). On CPU there is no
+allocator peak to read, so the training footprint is counted from its parts: parameters, gradients,
+optimizer state, and the activations autograd saves for the backward pass (the part PEFT methods
+change most). Saved tensors are counted once per storage, since views share memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MemoryStats:
+    """Bytes of one training step's footprint (``peak_bytes`` is exact on CUDA, a sum of parts on CPU)."""
+
+    params: int = 0
+    grads: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    cuda_peak: int | None = None
+
+    @property
+    def peak_bytes(self) -> int:
+        if self.cuda_peak is not None:
+            return self.cuda_peak
+        return self.params + self.grads + self.optimizer + self.activations
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    return (t.untyped_storage().data_ptr(), t.device.index or 0)
+
+
+class SavedTensorMeter:
+    """Counts the bytes autograd saves for backward inside ``with meter:`` (unique storages)."""
+
+    def __init__(self, exclude: list[torch.Tensor] | None = None) -> None:
+        # Parameters are saved by reference for weight gradients; they are not extra memory.
+        self._skip = {_storage_key(t) for t in exclude or []}
+        self._seen: dict[tuple[int, int], int] = {}
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self._skip and key not in self._seen:
+            self._seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer-state) bytes right now."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    opt = 0
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            opt += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+    return params, grads, opt
+
+
+@contextmanager
+def measure_step_memory(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None = None, device: torch.device | None = None
+) -> Iterator[MemoryStats]:
+    """Measure one training step run inside the ``with`` block.
+
+    Call it on a step after the first, so the optimizer state exists.
+    """
+    stats = MemoryStats()
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    meter = SavedTensorMeter(exclude=list(model.parameters()))
+    with meter:
+        yield stats
+    stats.activations = meter.bytes
+    stats.params, stats.grads, stats.optimizer = static_bytes(model, optimizer)
+    if cuda:
+        torch.cuda.synchronize(device)
+        stats.cuda_peak = torch.cuda.max_memory_allocated(device)
