@@ -151,3 +151,14 @@ def test_apply_twice_is_refused() -> None:
     visionpeft.apply(model, [{"method": "head"}])
     with pytest.raises(ConfigError, match="already adapted"):
         visionpeft.apply(model, [{"method": "head"}])
+
+
+def test_freeze_n_on_vit_freezes_stem_parameters_of_the_root() -> None:
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=3)
+    plan = visionpeft.apply(model, [{"method": "freeze", "n": 2}])  # stem + blocks.0
+    frozen = {n for n, _ in model.named_parameters()} - set(plan.trainable)
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= frozen
+    assert all(n.startswith(("patch_embed.", "blocks.0.")) or "." not in n for n in frozen)
+    assert "blocks.1.attn.qkv.weight" in plan.trainable and "head.weight" in plan.trainable

@@ -56,11 +56,11 @@ class FreezeStrategy(Strategy):
         cfg: FreezeConfig = self.config  # type: ignore[assignment]
         if cfg.n is None and not cfg.patterns:
             raise ConfigError("freeze: give 'n' (number or list of block indices) and/or 'patterns'")
-        blocks = self._selected_blocks(cfg, ctx)
+        # A block may own more than its own module (a ViT stem also owns cls_token/pos_embed).
+        members = ctx.spec.extra.get("block_members", {})
+        blocks = [m for b in self._selected_blocks(cfg, ctx) for m in members.get(b, (b,))]
         params = dict(model.named_parameters())
-        frozen = [
-            n for n in params if any(n == b or n.startswith(b + ".") for b in blocks)
-        ]
+        frozen = [n for n in params if any(n == b or n.startswith(b + ".") for b in blocks)]
         if cfg.patterns:
             frozen += match_parameters(model, cfg.patterns, what="parameter", field="freeze.patterns")
         keep = set(match_parameters(model, cfg.unfreeze, what="parameter", field="freeze.unfreeze"))

