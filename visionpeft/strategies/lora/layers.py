@@ -1,0 +1,312 @@
+"""LoRA layers for ``nn.Linear`` and ``nn.Conv2d`` (grouped, depthwise, dilated, any padding mode).
+
+Each layer keeps the original module as ``base_layer`` (frozen) and adds two trainable tensors,
+``lora_A`` and ``lora_B``; the output is ``base(x) + scale * B(A(dropout(x)))``. ``B`` starts at zero, so a
+freshly wrapped model computes exactly what the original did. ``merge()`` folds ``scale * B @ A`` into the
+base weight, ``unmerge()`` takes it out again, and ``to_base()`` returns the plain layer with the update
+merged (the original architecture, original parameter names).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "LoRALayer",
+    "LoRALinear",
+    "LoRAConv2d",
+    "adapter_param_count",
+    "base_weight_count",
+    "lora_scale",
+]
+
+
+def lora_scale(rank: int, alpha: float, use_rslora: bool = False) -> float:
+    """``alpha / rank`` (LoRA) or ``alpha / sqrt(rank)`` (rsLoRA: keeps the update's size stable at high
+    rank)."""
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    # Adapters train in full precision: half/bfloat16 bases (or AMP) still get float32 LoRA tensors,
+    # while float64 bases (numerical tests) keep float64 so merges stay exact.
+    return base_dtype if base_dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _delta_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if base_dtype == torch.float64 else torch.float32
+
+
+class LoRALayer(nn.Module):
+    """Shared state and merge logic; subclasses define the update's shape and the forward pass.
+
+    Attributes:
+        base_layer: the wrapped original module (weight and bias frozen).
+        lora_A, lora_B: the trainable low-rank factors.
+        rank, alpha, scale: adapter size, its strength and the resulting ``alpha / rank`` factor.
+        merged: whether the update currently lives inside ``base_layer.weight``.
+    """
+
+    base_layer: nn.Module
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, use_rslora: bool) -> None:
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
+        if alpha <= 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {alpha}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        self.base_layer = base
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.use_rslora = use_rslora
+        self.scale = lora_scale(rank, alpha, use_rslora)
+        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        # Restored by to_base(): whatever trainability the caller had set before LoRA froze the layer.
+        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def base_weight(self) -> Tensor:
+        return self.base_layer.weight  # type: ignore[return-value]
+
+    def _factory(self) -> dict:
+        w = self.base_weight
+        return {"device": w.device, "dtype": _adapter_dtype(w.dtype)}
+
+    def _delta(self, dtype: torch.dtype) -> Tensor:
+        """The weight update ``scale * B @ A`` in ``dtype``, shaped like the base weight."""
+        raise NotImplementedError
+
+    def _lora_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def get_delta_weight(self) -> Tensor:
+        """The update that :meth:`merge` adds, in the base weight's dtype (computed in float32/float64)."""
+        w = self.base_weight
+        return self._delta(_delta_dtype(w.dtype)).to(w.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update to the base weight in place (no-op if already merged)."""
+        if self.merged:
+            return
+        w = self.base_weight
+        w.copy_((w.to(_delta_dtype(w.dtype)) + self._delta(_delta_dtype(w.dtype))).to(w.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update from the base weight again (no-op if not merged)."""
+        if not self.merged:
+            return
+        w = self.base_weight
+        w.copy_((w.to(_delta_dtype(w.dtype)) - self._delta(_delta_dtype(w.dtype))).to(w.dtype))
+        self.merged = False
+
+    def to_base(self) -> nn.Module:
+        """The original layer with the update merged into its weight; the adapter is dropped."""
+        self.merge()
+        base = self.base_layer
+        for name, p in base.named_parameters():
+            p.requires_grad_(self._base_requires_grad.get(name, p.requires_grad))
+        return base
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        if self.merged:
+            return out
+        # The LoRA path runs in the adapter's dtype (float32 under AMP / half bases) and is cast back.
+        delta = self._lora_forward(self.lora_dropout(x).to(self.lora_A.dtype))
+        return out + delta.to(out.dtype)
+
+    def adapter_param_count(self) -> int:
+        return self.lora_A.numel() + self.lora_B.numel()
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
+
+
+class LoRALinear(LoRALayer):
+    """LoRA for ``nn.Linear``: ``y = W x + b + scale * B A x``.
+
+    Args:
+        base: the layer to adapt; kept as ``base_layer`` with frozen weight and bias.
+        rank: width of the low-rank update. Raise it when the task is far from pretraining and the
+            adapted model underfits; lower it to save parameters.
+        alpha: strength; the update is scaled by ``alpha / rank``. Keep ``alpha = rank`` (scale 1) unless
+            you want to change the effective learning rate of the adapter without touching the optimizer.
+        dropout: dropout on the LoRA input only (regularises small data sets).
+        use_rslora: scale by ``alpha / sqrt(rank)``: use for large ranks, where ``alpha / rank`` shrinks the
+            update so much that it learns slowly.
+        segments: output-row ranges ``(start, stop)`` that each get their own ``A``/``B``; rows outside every
+            segment are not adapted. A fused ``attn.qkv`` of width ``d`` uses ``[(0, d), (2 * d, 3 * d)]`` to
+            adapt only q and v. ``None`` adapts every output row with one ``A``/``B``.
+
+    With ``S`` segments ``lora_A`` stacks the per-segment ``A`` (``S * rank x in``) and ``lora_B`` the
+    per-segment ``B`` (``sum(stop - start) x rank``).
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        segments: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        super().__init__(base, rank, alpha, dropout, use_rslora)
+        out_f, in_f = base.out_features, base.in_features
+        self.segments: tuple[tuple[int, int], ...] | None = (
+            None if segments is None else _check_segments(segments, out_f)
+        )
+        n_seg = 1 if self.segments is None else len(self.segments)
+        rows = out_f if self.segments is None else sum(b - a for a, b in self.segments)
+        kw = self._factory()
+        self.lora_A = nn.Parameter(torch.empty(n_seg * rank, in_f, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(rows, rank, **kw))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF PEFT's init: ``A`` Kaiming-uniform per segment, ``B`` zero (the adapter starts as a no-op)."""
+        for a in self.lora_A.split(self.rank, dim=0):
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def _full_B(self, dtype: torch.dtype) -> Tensor:
+        """``B`` as an ``out x (S * rank)`` block matrix: segment ``s`` feeds only its own output rows."""
+        b = self.lora_B.to(dtype)
+        if self.segments is None:
+            return b
+        full = b.new_zeros(self.base_layer.out_features, len(self.segments) * self.rank)
+        start = 0
+        for s, (lo, hi) in enumerate(self.segments):
+            full[lo:hi, s * self.rank : (s + 1) * self.rank] = b[start : start + hi - lo]
+            start += hi - lo
+        return full
+
+    def _delta(self, dtype: torch.dtype) -> Tensor:
+        return self._full_B(dtype) @ self.lora_A.to(dtype) * self.scale
+
+    def _lora_forward(self, x: Tensor) -> Tensor:
+        h = F.linear(x, self.lora_A)
+        return F.linear(h, self._full_B(h.dtype)) * self.scale
+
+
+class LoRAConv2d(LoRALayer):
+    """LoRA for ``nn.Conv2d``: any kernel, stride, padding (``'same'`` too), dilation, padding mode, groups.
+
+    ``A`` is a convolution with the base's geometry and ``groups=g`` producing ``rank * g`` channels; ``B``
+    is a grouped 1x1 convolution back to the output channels. The rank is therefore per group: the weight
+    block of group ``j`` gets the rank-``rank`` update ``B_j @ A_j``, so grouped and depthwise layers merge
+    exactly. Parameters: ``rank * (in_channels * kh * kw + out_channels)``, independent of ``g`` - for a
+    depthwise layer that is more than the layer itself (see ``max_param_fraction`` of the LoRA config).
+
+    Args: as :class:`LoRALinear` (without ``segments``).
+    """
+
+    def __init__(
+        self,
+        base: nn.Conv2d,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+    ) -> None:
+        super().__init__(base, rank, alpha, dropout, use_rslora)
+        g = base.groups
+        kh, kw_ = base.kernel_size
+        kw = self._factory()
+        self.lora_A = nn.Parameter(torch.empty(rank * g, base.in_channels // g, kh, kw_, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, **kw))
+        self._pad = _explicit_padding(base)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF PEFT's init, per group: ``A`` Kaiming-uniform, ``B`` zero."""
+        for a in self.lora_A.split(self.rank, dim=0):
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def _delta(self, dtype: torch.dtype) -> Tensor:
+        base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
+        g, r = base.groups, self.rank
+        a = self.lora_A.to(dtype).reshape(g, r, -1)  # (g, r, in/g * kh * kw)
+        b = self.lora_B.to(dtype).reshape(g, base.out_channels // g, r)  # (g, out/g, r)
+        return (torch.bmm(b, a) * self.scale).reshape(base.weight.shape)
+
+    def _lora_forward(self, x: Tensor) -> Tensor:
+        base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
+        if base.padding_mode != "zeros":
+            # Same two-step path as nn.Conv2d for reflect/replicate/circular padding.
+            x = F.pad(x, self._pad, mode=base.padding_mode)
+            padding: str | tuple[int, ...] = (0, 0)
+        else:
+            padding = base.padding
+        h = F.conv2d(x, self.lora_A, None, base.stride, padding, base.dilation, base.groups)
+        return F.conv2d(h, self.lora_B, None, 1, 0, 1, base.groups) * self.scale
+
+
+def _explicit_padding(conv: nn.Conv2d) -> tuple[int, ...]:
+    """The ``F.pad`` argument nn.Conv2d uses for non-zero padding modes (left/right, top/bottom)."""
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0, 0, 0)
+        pads: list[int] = []
+        # 'same': total d * (k - 1), the odd pixel goes right/bottom, exactly like nn.Conv2d.
+        for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
+def _check_segments(segments: Sequence[tuple[int, int]], out_features: int) -> tuple[tuple[int, int], ...]:
+    segs = tuple((int(a), int(b)) for a, b in segments)
+    if not segs:
+        raise ValueError("segments must list at least one (start, stop) range, or be None")
+    prev = 0
+    for a, b in segs:
+        if not (prev <= a < b <= out_features):
+            raise ValueError(
+                f"segments must be sorted, non-overlapping, non-empty ranges inside [0, {out_features}); "
+                f"got {list(segs)}"
+            )
+        prev = b
+    return segs
+
+
+def base_weight_count(base: nn.Module) -> int:
+    """Number of weight entries of a Linear/Conv2d (the bias is not counted)."""
+    return base.weight.numel()  # type: ignore[union-attr]
+
+
+def adapter_param_count(base: nn.Module, rank: int, segments: Sequence[tuple[int, int]] | None = None) -> int:
+    """Parameters a LoRA adapter of ``rank`` on ``base`` would add (without building it).
+
+    Linear: ``rank * (in + out)`` (with segments: ``S * rank * in + rank * rows``).
+    Conv2d: ``rank * (in_channels * kh * kw + out_channels)`` for any ``groups`` (rank is per group).
+    """
+    if isinstance(base, nn.Linear):
+        if segments is None:
+            return rank * (base.in_features + base.out_features)
+        rows = sum(b - a for a, b in segments)
+        return len(segments) * rank * base.in_features + rank * rows
+    if isinstance(base, nn.Conv2d):
+        kh, kw = base.kernel_size
+        return rank * (base.in_channels * kh * kw + base.out_channels)
+    raise TypeError(f"LoRA supports nn.Linear and nn.Conv2d, not {type(base).__name__}")
