@@ -32,8 +32,9 @@ class LoRAConfig(StrategyConfig):
             ``"Linear"``/``"Conv2d"``, dotted suffixes such as ``"qkv"``, globs, ``"re:<regex>"``). ``None``
             uses the backend's defaults (``spec.lora_targets``). Narrow it (e.g. ``["qkv", "proj"]``) to
             spend fewer parameters.
-        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude`` and the task head
-            (which the ``head`` strategy trains in full). A module inside an excluded module is excluded.
+        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude``; with default ``targets``
+            the task head is excluded too (the ``head`` strategy trains it in full), explicit ``targets`` may
+            reach into it. A module inside an excluded module is excluded.
         rank_pattern: per-layer rank overrides, ``{pattern: rank}``; the first matching pattern wins. Use it
             to give late blocks more capacity than early ones.
         alpha_pattern: per-layer alpha overrides, ``{pattern: alpha}``; the first matching pattern wins.
@@ -207,7 +208,7 @@ _REASONS = {
 _HINTS = {
     "frozen region": "a freeze strategy covers them; freeze fewer blocks",
     "start_block": "lower lora.start_block",
-    "task head": "target layers outside the head (train the head with the 'head' strategy)",
+    "task head": "name head layers in lora.targets explicitly, or train the head with the 'head' strategy",
     "exclude": "loosen lora.exclude",
     "max_param_fraction": "raise lora.max_param_fraction or set it to null, or lower lora.rank",
 }
@@ -228,7 +229,9 @@ def _select(
             reason = "frozen region"
         elif _under(name, early):
             reason = "start_block"
-        elif _under(name, ctx.spec.head):
+        elif cfg.targets is None and _under(name, ctx.spec.head):
+            # Default targets leave the head to the 'head' strategy; explicit targets may reach into it
+            # (e.g. a pretrained YOLO Detect head adapted rather than retrained).
             reason = "task head"
         elif _under(name, excluded):
             reason = "exclude"

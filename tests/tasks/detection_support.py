@@ -1,0 +1,42 @@
+"""Helpers for the detection tests: datasets copied to tmp (Ultralytics writes label caches beside them)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+def copy_dataset(shared: Path, name: str, dest: Path) -> Path:
+    """Copy ``shared/data/<name>`` under ``dest`` and return the copy's ``data.yaml``."""
+    target = dest / name
+    if not target.exists():
+        shutil.copytree(shared / "data" / name, target)
+    return target / "data.yaml"
+
+
+def offline_args(project: Path, **overrides: Any) -> dict[str, Any]:
+    """Ultralytics arguments for quick, quiet, offline CPU runs.
+
+    ``nbs`` = ``batch`` and no warmup make every batch an optimizer step at full learning rate (Ultralytics
+    otherwise accumulates 64 images and warms up from lr 0, so a 4-image run would never update).
+    """
+    args = dict(epochs=1, imgsz=64, batch=2, nbs=2, warmup_epochs=0, workers=0, device="cpu", amp=False,
+                plots=False, project=str(project), exist_ok=True, verbose=False, seed=0, deterministic=True)
+    args.update(overrides)
+    return args
+
+
+def make_dataset(root: Path, labels: dict[str, list[str]], names: list[str], yaml_extra: str = "") -> Path:
+    """A tiny YOLO dataset: one 32x32 image per entry of ``labels`` ('split/stem' -> label lines)."""
+    for key, lines in labels.items():
+        split, stem = key.split("/")
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (128, 64, 32)).save(root / "images" / split / f"{stem}.jpg")
+        (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(f"train: images/train\nval: images/val\nnames: {names}\n{yaml_extra}")
+    return data

@@ -1,0 +1,247 @@
+"""Callbacks hooked into Ultralytics' trainer: plan checks, timing/memory, TensorBoard, adapter saving.
+
+Ultralytics calls each callback with the trainer. Everything here only reads the trainer (the plan is
+enforced by the trainer subclass itself); a violated plan raises :class:`PlanViolationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import PlanViolationError
+
+__all__ = ["PerfMeter", "SavedTensorMeter", "ULTRA_METRICS", "metrics_from_ultralytics", "make_callbacks"]
+
+#: Ultralytics' box metric keys -> visionpeft's metric names (also the TensorBoard ``val/<name>`` tags).
+ULTRA_METRICS: dict[str, str] = {
+    "metrics/mAP50(B)": "map50",
+    "metrics/mAP50-95(B)": "map50_95",
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+}
+
+
+def metrics_from_ultralytics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """``{"map50": .., "map50_95": .., "precision": .., "recall": ..}`` from Ultralytics' metric dict."""
+    metrics = metrics or {}
+    return {ours: float(metrics[theirs]) for theirs, ours in ULTRA_METRICS.items() if theirs in metrics}
+
+
+class SavedTensorMeter:
+    """Bytes autograd saves for the backward pass while active (each storage counted once)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[tuple[int, int]] = set()
+        self._ctx: Any = None
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += key[1]
+        return t
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+        self._seen.clear()
+
+
+@dataclass
+class PerfMeter:
+    """Step time, throughput and peak training memory of a run.
+
+    Memory: on CUDA, ``torch.cuda.max_memory_allocated``. On CPU the process' resident memory is not a fair
+    measure (the allocator keeps what earlier runs of a compare used), so it is computed instead for the first
+    training batch: parameters + gradients + optimizer state of the trainable parameters + every tensor
+    autograd saved for the backward pass (measured with ``saved_tensors_hooks``). That is where strategies
+    differ: a frozen prefix saves no activations, a frozen weight needs no gradient or optimizer state.
+    """
+
+    step_times: list[float] = field(default_factory=list)
+    images: int = 0
+    peak_mem_mb: float = 0.0
+    train_seconds: float = 0.0
+    _t_step: float = 0.0
+    _t_start: float = 0.0
+    _cuda: bool = False
+    _saved: SavedTensorMeter | None = None
+    _static_bytes: int = 0
+
+    def start(self, device: torch.device, model: torch.nn.Module, optimizer: Any) -> None:
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            self._static_bytes = _static_train_bytes(model, optimizer)
+            self._saved = SavedTensorMeter()
+        self._t_start = time.perf_counter()
+
+    def step_start(self) -> None:
+        if self._saved is not None and not self.step_times:
+            self._saved.__enter__()
+        self._t_step = time.perf_counter()
+
+    def step_end(self, batch_size: int) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+            self.peak_mem_mb = max(self.peak_mem_mb, torch.cuda.max_memory_allocated() / 2**20)
+        self.step_times.append(time.perf_counter() - self._t_step)
+        self.images += batch_size
+        if self._saved is not None and len(self.step_times) == 1:
+            self._saved.__exit__(None, None, None)
+            self.peak_mem_mb = (self._static_bytes + self._saved.bytes) / 2**20
+
+    def stop(self) -> None:
+        self.train_seconds = time.perf_counter() - self._t_start
+
+    @property
+    def step_time_s(self) -> float:
+        # The first steps include lazy initialisation (allocator warm-up, cudnn autotune): skip them.
+        times = self.step_times[2:] if len(self.step_times) > 4 else self.step_times
+        return sum(times) / max(len(times), 1)
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images / max(sum(self.step_times), 1e-9)
+
+
+def _static_train_bytes(model: torch.nn.Module, optimizer: Any) -> int:
+    """Parameter + buffer bytes, plus gradient and optimizer-state bytes of the trainable parameters."""
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    name = type(optimizer).__name__.lower()
+    states = 2 if "adam" in name else 1 if "sgd" in name or "rmsprop" in name else 2
+    return total + trainable * (1 + states)
+
+
+def _check_optimizer(trainer: Any, model: torch.nn.Module) -> None:
+    """The optimizer must hold exactly the plan's trainable parameters."""
+    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if in_opt != trainable:
+        names = {id(p): n for n, p in model.named_parameters()}
+        extra = [names.get(i, "?") for i in in_opt - trainable][:5]
+        missing = [names.get(i, "?") for i in trainable - in_opt][:5]
+        raise PlanViolationError(
+            f"the optimizer does not hold exactly the trainable parameters: frozen in optimizer {extra}, "
+            f"trainable but not optimized {missing}"
+        )
+
+
+def on_pretrain_routine_end(tr: Any) -> None:
+    """After Ultralytics' setup: enforce and check the plan, check the optimizer, log the plan."""
+    model = tr.vp_model()
+    tr.vp_plan.enforce(model)
+    tr.vp_plan.check(model)
+    _check_optimizer(tr, model)
+    tr.vp_write_plan()
+    if tr.vp_logger is not None:
+        tr.vp_logger.plan(tr.vp_plan)
+    tr.vp_perf.start(tr.device, model, tr.optimizer)
+
+
+def on_train_epoch_start(tr: Any) -> None:
+    """Every epoch: the plan and the optimizer must still hold (else PlanViolationError)."""
+    # Checked every epoch: anything that flipped requires_grad or dropped a BN policy fails the run.
+    model = tr.vp_model()
+    tr.vp_plan.check(model)
+    _check_optimizer(tr, model)
+
+
+def on_train_batch_start(tr: Any) -> None:
+    """Start timing one training step."""
+    tr.vp_perf.step_start()
+
+
+def on_train_batch_end(tr: Any) -> None:
+    """Stop timing one training step (and finish the memory measurement after the first)."""
+    tr.vp_perf.step_end(int(tr.batch_size))
+
+
+def on_train_epoch_end(tr: Any) -> None:
+    """TensorBoard: losses, learning rate per group, throughput, memory, step time."""
+    log = tr.vp_logger
+    if log is None:
+        return
+    step = tr.epoch + 1
+    losses = {f"train/{k}": float(v) for k, v in (tr.tloss or {}).items()}
+    if losses:
+        log.scalar("train/loss", sum(losses.values()), step)
+    log.scalars(losses, step)
+    log.scalars({f"lr/pg{i}": float(g["lr"]) for i, g in enumerate(tr.optimizer.param_groups)}, step)
+    log.scalar("perf/img_per_s", tr.vp_perf.img_per_s, step)
+    log.scalar("perf/peak_mem_mb", tr.vp_perf.peak_mem_mb, step)
+    log.scalar("perf/step_time_s", tr.vp_perf.step_time_s, step)
+
+
+def on_fit_epoch_end(tr: Any) -> None:
+    """TensorBoard: validation mAP50 / mAP50-95 / precision / recall and validation losses."""
+    log = tr.vp_logger
+    if log is None or not tr.metrics:
+        return
+    step = tr.epoch + 1
+    log.scalars({f"val/{k}": v for k, v in metrics_from_ultralytics(tr.metrics).items()}, step)
+    log.scalars({k: float(v) for k, v in tr.metrics.items() if k.startswith("val/")}, step)
+    log.flush()
+
+
+def on_model_save(tr: Any) -> None:
+    """Save the EMA adapter to ``adapter/`` whenever Ultralytics saves a new ``best.pt``."""
+    # Same rule as Ultralytics' best.pt: this epoch's fitness is the best so far.
+    if tr.best_fitness is not None and tr.best_fitness == tr.fitness:
+        tr.vp_save_adapter("adapter")
+
+
+def on_train_end(tr: Any) -> None:
+    """Save ``adapter_last/`` (and ``adapter/`` if no validation ran), hparams, close TensorBoard."""
+    tr.vp_perf.stop()
+    dataset = getattr(getattr(tr, "train_loader", None), "dataset", None)
+    if dataset is not None and tr.vp_perf.step_times:  # exact count (the last batch of an epoch is smaller)
+        tr.vp_perf.images = len(dataset) * (int(tr.epoch) + 1 - int(tr.start_epoch))
+    tr.vp_save_adapter("adapter_last")
+    if not (tr.vp_run_dir / "adapter" / "adapter.json").exists():
+        tr.vp_save_adapter("adapter")  # no validation ran (val=False): the last adapter is the result
+    if tr.vp_logger is not None:
+        hp = {"strategies": json.dumps(tr.vp_strategies), "epochs": tr.epochs, "imgsz": tr.args.imgsz,
+              "batch": tr.batch_size, "lr0": tr.args.lr0, "optimizer": str(tr.args.optimizer),
+              "trainable_params": tr.vp_plan.trainable_count}
+        tr.vp_logger.hparams(hp, metrics_from_ultralytics(tr.metrics))
+        tr.vp_logger.close()
+
+
+def make_callbacks(trainer: Any) -> dict[str, Callable[[Any], None]]:
+    """Callbacks for a :class:`~visionpeft.tasks.detection.trainer.PeftDetectionTrainer` (by event name).
+
+    Each receives the trainer from Ultralytics; ``trainer`` is accepted for symmetry with Ultralytics'
+    ``add_integration_callbacks`` and not captured.
+    """
+    del trainer
+    return {
+        "on_pretrain_routine_end": on_pretrain_routine_end,
+        "on_train_epoch_start": on_train_epoch_start,
+        "on_train_batch_start": on_train_batch_start,
+        "on_train_batch_end": on_train_batch_end,
+        "on_train_epoch_end": on_train_epoch_end,
+        "on_fit_epoch_end": on_fit_epoch_end,
+        "on_model_save": on_model_save,
+        "on_train_end": on_train_end,
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Pretty JSON (helper shared with the runner)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,194 @@
+"""Check an Ultralytics data yaml and its label files before Ultralytics sees them.
+
+Ultralytics skips a corrupt label file with a warning (the image silently drops out of training) and
+reports a missing folder deep inside its dataset code. Here every problem is an error naming the file
+and line, found before any training time is spent.
+
+The resolution rules follow Ultralytics' ``check_det_dataset``: without a ``path:`` key the splits are
+relative to the yaml's folder; a split is a folder (searched recursively), a ``.txt`` list of image paths,
+or a list of those; the label of ``.../images/x.jpg`` is ``.../labels/x.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ...errors import ConfigError
+
+__all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
+
+IMG_SUFFIXES = frozenset(
+    {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic", ".avif", ".jp2"}
+)
+# Ultralytics accepts coordinates a hair outside [0, 1] from rounding in converters; so do we.
+_COORD_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the data yaml describes.
+
+    Attributes:
+        yaml_path: the data yaml.
+        names: class id -> name.
+        splits: split name -> image files.
+        boxes: split name -> number of label rows (checked when ``check_labels``).
+    """
+
+    yaml_path: Path
+    names: dict[int, str]
+    splits: dict[str, list[Path]]
+    boxes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics' label location for an image (last ``/images/`` -> ``/labels/``, suffix ``.txt``)."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    text = str(image)
+    if sa in text:
+        text = sb.join(text.rsplit(sa, 1))
+    return Path(text).with_suffix(".txt")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"data: data yaml {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"data: {path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"data: {path} must be a mapping with train/val/names keys")
+    return doc
+
+
+def _names(doc: dict[str, Any], path: Path) -> dict[int, str]:
+    names = doc.get("names")
+    if isinstance(names, list):
+        out = dict(enumerate(str(n) for n in names))
+    elif isinstance(names, dict):
+        try:
+            out = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: 'names' keys must be class ids 0..nc-1, got {list(names)[:5]}") from None
+        if sorted(out) != list(range(len(out))):
+            raise ConfigError(f"{path}: 'names' ids must be 0..{len(out) - 1} without gaps, got {sorted(out)}")
+    elif names is None and isinstance(doc.get("nc"), int):
+        out = {i: f"class{i}" for i in range(doc["nc"])}
+    else:
+        raise ConfigError(f"{path}: needs 'names' (a list or an id -> name mapping), e.g. names: [cat, dog]")
+    if "nc" in doc and doc["nc"] != len(out):
+        raise ConfigError(f"{path}: nc: {doc['nc']} but 'names' lists {len(out)} classes")
+    if not out:
+        raise ConfigError(f"{path}: 'names' is empty")
+    return out
+
+
+def _root(doc: dict[str, Any], path: Path) -> Path:
+    if not doc.get("path"):
+        return path.parent
+    root = Path(str(doc["path"]))
+    if not root.is_absolute():
+        # Ultralytics resolves a relative 'path:' against the working directory, not the yaml's folder.
+        root = root.resolve()
+    if not root.is_dir():
+        raise ConfigError(
+            f"{path}: path: {doc['path']!r} is not a folder ({root}). Give an absolute path, or drop 'path:' "
+            "so the splits resolve relative to the yaml's folder"
+        )
+    return root
+
+
+def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[Path]:
+    items = entry if isinstance(entry, list) else [entry]
+    images: list[Path] = []
+    for item in items:
+        p = Path(str(item))
+        p = p if p.is_absolute() else root / p
+        if p.is_dir():
+            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_SUFFIXES)
+        elif p.is_file() and p.suffix == ".txt":
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    f = Path(line)
+                    images.append(f if f.is_absolute() else (p.parent / line).resolve())
+        elif p.is_file() and p.suffix.lower() in IMG_SUFFIXES:
+            images.append(p)
+        else:
+            raise ConfigError(f"{yaml_path}: {split}: {item!r} -> {p} does not exist (expected an image folder)")
+    if not images:
+        raise ConfigError(f"{yaml_path}: {split}: no images under {items} (suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
+    return images
+
+
+def _check_label_file(path: Path, nc: int) -> int:
+    """Validate one YOLO label file; return its row count."""
+    rows = 0
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.split()
+        where = f"{path}:{lineno}"
+        if len(parts) < 5 or (len(parts) > 5 and len(parts) % 2 == 0):
+            raise ConfigError(
+                f"{where}: malformed label line {line!r}: expected 'class cx cy w h' (5 numbers) or a polygon "
+                "'class x1 y1 x2 y2 ...'"
+            )
+        try:
+            cls_f = float(parts[0])
+            coords = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise ConfigError(f"{where}: malformed label line {line!r}: every field must be a number") from None
+        if cls_f != int(cls_f) or not 0 <= cls_f < nc:
+            raise ConfigError(
+                f"{where}: class id {parts[0]} out of range: the data yaml has {nc} classes (ids 0..{nc - 1})"
+            )
+        if any(not (-_COORD_TOL <= v <= 1 + _COORD_TOL) for v in coords):
+            raise ConfigError(f"{where}: coordinates {parts[1:]} are not normalised to [0, 1]")
+        rows += 1
+    return rows
+
+
+def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:
+    """Validate an Ultralytics detection data yaml (and its labels).
+
+    Args:
+        data: the data yaml.
+        check_labels: read every label file of the checked splits (class ids, field counts, ranges).
+        splits: splits that must exist; ``test`` is checked when the yaml lists it.
+
+    Raises:
+        ConfigError: naming the yaml key, folder, or label file and line that is wrong.
+    """
+    path = Path(data)
+    doc = _read_yaml(path)
+    names = _names(doc, path)
+    root = _root(doc, path)
+    wanted = list(splits) + [s for s in ("test",) if s in doc and s not in splits and doc[s]]
+    out: dict[str, list[Path]] = {}
+    boxes: dict[str, int] = {}
+    for split in wanted:
+        if not doc.get(split):
+            raise ConfigError(f"{path}: missing '{split}:' (an image folder relative to the yaml, e.g. images/{split})")
+        out[split] = _split_images(doc[split], root, path, split)
+        if check_labels:
+            boxes[split] = sum(
+                _check_label_file(lp, len(names)) for lp in map(label_path, out[split]) if lp.is_file()
+            )
+            if split == "train" and boxes[split] == 0:
+                raise ConfigError(
+                    f"{path}: train: no labels found for {len(out[split])} images (expected YOLO label files "
+                    f"such as {label_path(out[split][0])}, beside an 'images' folder in a 'labels' folder)"
+                )
+    return DataInfo(yaml_path=path, names=names, splits=out, boxes=boxes)

@@ -1,0 +1,132 @@
+"""Turn a visionpeft detection run into a plain Ultralytics checkpoint (no visionpeft needed to load it).
+
+LoRA is folded into the conv weights *before* any Conv+BN fusion (Ultralytics fuses from ``conv.weight`` when
+it loads a model for inference or export, which would drop an unmerged LoRA update). The result is the
+original architecture - plain ``Conv2d`` layers, original state-dict keys, no visionpeft hooks or attributes -
+saved in Ultralytics' own checkpoint layout, so ``ultralytics.YOLO(path)`` loads, validates and exports it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ... import api
+from ...errors import ConfigError
+
+__all__ = ["load_run_model", "merge_run", "save_plain_checkpoint", "run_checkpoint", "rebuild_from_adapter"]
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint of a run: Ultralytics' ``weights/best.pt`` (else ``last.pt``)."""
+    run_dir = Path(run_dir)
+    for name in ("best.pt", "last.pt"):
+        path = run_dir / "weights" / name
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"{run_dir}: no weights/best.pt or weights/last.pt; expected a run directory written by "
+        "'visionpeft train' for a detection recipe"
+    )
+
+
+def load_run_model(run_dir: str | Path) -> nn.Module:
+    """The adapted model of a run (EMA weights of the best epoch), float32, eval mode."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model, _ = load_checkpoint(run_checkpoint(run_dir))
+    return model.float().eval()
+
+
+def rebuild_from_adapter(run_dir: str | Path, base: str | Path | None = None, adapter: str = "adapter") -> nn.Module:
+    """Rebuild a run's model from the base checkpoint and the run's adapter directory.
+
+    The base is built as Ultralytics' trainer builds it (the recipe's ``model`` with a head for the data
+    yaml's classes), then :func:`visionpeft.load_adapter` applies the recorded strategies, checks the base
+    fingerprint and loads the tensors.
+    """
+    import yaml
+
+    from ...adapter_io import load_adapter
+    from .data import check_data
+
+    run_dir = Path(run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    info = check_data(recipe["data"], check_labels=False)
+    model = build_training_model(str(base or recipe["model"]), info.nc, info.names)
+    load_adapter(model, run_dir / adapter)
+    return model.eval()
+
+
+def build_training_model(source: str, nc: int, names: dict[int, str]) -> nn.Module:
+    """A ``DetectionModel`` built exactly like ``DetectionTrainer.get_model`` (same nc, weights loaded)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ...backends.ultralytics import build_model
+
+    if source.lower().endswith((".yaml", ".yml")):
+        model = build_model(source, nc=nc)
+    else:
+        weights = build_model(source)
+        model = DetectionModel(weights.yaml, nc=nc, verbose=False)
+        model.names = dict(names)  # before load(): Ultralytics remaps class rows by name (cls_remap)
+        model.load(weights, verbose=False)
+    model.names = dict(names)
+    return model.float()
+
+
+def _assert_plain(model: nn.Module) -> None:
+    """No visionpeft class, attribute or hook may be left: the file must load without visionpeft."""
+    leftovers = [n for n, m in model.named_modules() if type(m).__module__.startswith("visionpeft")]
+    hooks = [n for n, m in model.named_modules() if m._forward_pre_hooks or m._forward_hooks]
+    attrs = [n for n, m in model.named_modules() if any(k.startswith("_visionpeft") for k in vars(m))]
+    if leftovers or hooks or attrs:
+        raise ConfigError(
+            f"merge left visionpeft state behind: modules {leftovers[:3]}, hooks {hooks[:3]}, attributes "
+            f"{attrs[:3]}; this strategy cannot be merged into a plain checkpoint"
+        )
+
+
+def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save a merged ``DetectionModel`` in Ultralytics' checkpoint layout (fp16, like Ultralytics' own)."""
+    import ultralytics
+
+    _assert_plain(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = getattr(model, "args", {})
+    model = copy.deepcopy(model)  # the caller's model keeps its float32 weights
+    if hasattr(model, "criterion"):
+        model.criterion = None  # training-only state, as Ultralytics strips it
+    ckpt = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ultralytics.__version__,
+        "model": None,
+        "ema": model.half(),
+        "train_args": dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {}),
+        # Plain data only (JSON string): loading this file must not need visionpeft.
+        "visionpeft": json.dumps(extra or {}, default=str),
+    }
+    torch.save(ckpt, out)
+    return out
+
+
+def merge_run(run_dir: str | Path, out: str | Path) -> Path:
+    """``visionpeft merge RUN_DIR -o OUT`` for detection: fold adapters, write a plain Ultralytics ``.pt``."""
+    run_dir = Path(run_dir)
+    model = load_run_model(run_dir)
+    state = api.get_state(model)
+    if state is None:
+        raise ConfigError(f"{run_checkpoint(run_dir)}: the checkpoint carries no visionpeft strategies")
+    strategies = [c.model_dump(mode="json") for c in state.configs]
+    api.merge(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    meta = {"merged_from": str(run_dir), "strategies": strategies}
+    return save_plain_checkpoint(model, out, meta)
