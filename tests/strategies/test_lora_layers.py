@@ -15,14 +15,6 @@ from visionpeft.strategies.lora.layers import LoRAConv2d, LoRALayer, LoRALinear,
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small CPU convs on a shared, busy machine: OpenMP threads waiting on each other cost more than they save."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _randomize(layer: LoRALayer, seed: int = 0) -> None:
     """Non-zero adapters, so that a merge that does nothing (or twice) cannot pass."""

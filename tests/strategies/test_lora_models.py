@@ -20,14 +20,6 @@ from visionpeft.strategies.lora import LoRAConv2d, LoRALayer, LoRALinear, lora_l
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """float64 convs on a shared, busy CPU: OpenMP threads waiting on each other cost 10-100x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
     def build() -> nn.Module:

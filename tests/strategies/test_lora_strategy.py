@@ -57,14 +57,6 @@ VIT_SPEC = ModelSpec(head=("head",), blocks=("blocks.0", "blocks.1", "blocks.2")
 CNN_SPEC = ModelSpec(head=("fc",), blocks=("stem", "block", "dw"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small CPU convs on a shared, busy machine: OpenMP threads waiting on each other cost more than they save."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _apply(model: nn.Module, spec: ModelSpec, ctx: ApplyContext | None = None, **cfg):
     return LoRAStrategy(LoRAConfig(**cfg)).apply(model, ctx or ApplyContext(spec=spec))
