@@ -39,7 +39,7 @@ OWN_KEYS: dict[str, str] = {
     "freeze": "a strategy: {method: freeze, n: 10} (exactly Ultralytics' freeze=10)",
     "task": "the top-level 'task: detection'",
     "mode": "the CLI command (train / compare / eval)",
-    "resume": "a fresh run (resuming adapted runs is not supported yet)",
+    "resume": "'visionpeft resume RUN_DIR' (continues from the run's weights/last.pt)",
     "pretrained": "the top-level 'model' key (a .pt checkpoint is the pretrained model)",
     "cfg": "the recipe itself",
 }

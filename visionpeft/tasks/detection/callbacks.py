@@ -206,7 +206,7 @@ def on_model_save(tr: Any) -> None:
 
 
 def on_train_end(tr: Any) -> None:
-    """Save ``adapter_last/`` (and ``adapter/`` if no validation ran), hparams, close TensorBoard."""
+    """Save ``adapter_last/`` (and ``adapter/`` if no validation ran), ``metrics.json``, hparams; close TensorBoard."""
     tr.vp_perf.stop()
     dataset = getattr(getattr(tr, "train_loader", None), "dataset", None)
     if dataset is not None and tr.vp_perf.step_times:  # exact count (the last batch of an epoch is smaller)
@@ -214,6 +214,8 @@ def on_train_end(tr: Any) -> None:
     tr.vp_save_adapter("adapter_last")
     if not (tr.vp_run_dir / "adapter" / "adapter.json").exists():
         tr.vp_save_adapter("adapter")  # no validation ran (val=False): the last adapter is the result
+    # Written here (rank 0), not by the runner: after a DDP launch the launcher holds no trained state.
+    tr.vp_result().save(tr.vp_run_dir / "metrics.json")
     if tr.vp_logger is not None:
         hp = {"strategies": json.dumps(tr.vp_strategies), "epochs": tr.epochs, "imgsz": tr.args.imgsz,
               "batch": tr.batch_size, "lr0": tr.args.lr0, "optimizer": str(tr.args.optimizer),

@@ -6,6 +6,7 @@ Run directory (Ultralytics' own files plus visionpeft's)::
     adapter/               adapter of the best epoch (safetensors + json with the base fingerprint)
     adapter_last/          adapter of the last epoch
     metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory
+                           (written by the trainer on rank 0 at the end of training)
     plan.json              trainability plan
     tb/                    visionpeft's TensorBoard events (losses, mAP, LR, plan, hparams)
     weights/best.pt        Ultralytics checkpoint of the adapted EMA model (needs visionpeft to load)
@@ -16,6 +17,7 @@ Run directory (Ultralytics' own files plus visionpeft's)::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,16 @@ __all__ = ["DetectionTask"]
 def _abs_if_file(path: str) -> str:
     p = Path(path)
     return str(p.resolve()) if p.exists() else path
+
+
+def _refuse_torchrun() -> None:
+    from ..distributed import is_distributed
+
+    if is_distributed():
+        raise ConfigError(
+            "detection under torchrun: launch 'visionpeft train' as one process and set ultralytics.device=0,1; "
+            "Ultralytics starts one DDP worker per GPU itself"
+        )
 
 
 def _read_run_recipe(run_dir: Path) -> dict[str, Any]:
@@ -55,6 +67,7 @@ class DetectionTask:
         from .data import check_data
         from .trainer import PeftDetectionTrainer
 
+        _refuse_torchrun()
         check_data(recipe.data, check_labels=recipe.check_labels)
         if recipe.model.lower().endswith(".pt"):
             check_checkpoint_file(recipe.model)
@@ -70,34 +83,50 @@ class DetectionTask:
             "model": resolved.model, "data": resolved.data, "project": str(run_dir.parent),
             "name": run_dir.name, "exist_ok": True, "seed": recipe.seed, "task": "detect", "mode": "train",
         }
-        trainer_cls = PeftDetectionTrainer.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard)
+        trainer_cls = PeftDetectionTrainer.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard,
+                                                     run_name=run_name)
         trainer = trainer_cls(overrides=overrides)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
         trainer.train()
-        return self._result(trainer, run_dir, run_name)
+        return self._result(run_dir)
+
+    def resume(self, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
+        """Continue a killed run from its ``weights/last.pt`` (``visionpeft resume RUN_DIR``).
+
+        The strategies come from the run's ``recipe.yaml`` and must equal those stored in the checkpoint.
+        ``overrides`` (``key=value``) may change what Ultralytics lets a resume change (``ultralytics.device``,
+        ``ultralytics.batch``, ``ultralytics.workers``, ``ultralytics.imgsz``...); others are ignored
+        with Ultralytics' warning (the checkpoint's training arguments win).
+        """
+        from ...recipe import load_recipe
+        from .data import check_data
+        from .trainer import PeftDetectionTrainer
+
+        _refuse_torchrun()
+        run_dir = Path(run_dir).resolve()
+        _read_run_recipe(run_dir)
+        recipe = load_recipe(run_dir / "recipe.yaml", list(overrides))
+        last = run_dir / "weights" / "last.pt"
+        if not last.is_file():
+            raise ConfigError(f"{run_dir}: no weights/last.pt to resume from (the run stopped before its first "
+                              "epoch ended); start it again with 'visionpeft train'")
+        check_data(recipe.data, check_labels=False)
+        args = {**recipe.train_args(), "resume": str(last), "data": recipe.data, "project": str(run_dir.parent),
+                "name": run_dir.name, "exist_ok": True, "task": "detect", "mode": "train"}
+        trainer_cls = PeftDetectionTrainer.configure(recipe.strategies, run_dir=run_dir,
+                                                     tensorboard=recipe.tensorboard, run_name=recipe.name)
+        trainer = trainer_cls(overrides=args)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        trainer.train()
+        return self._result(run_dir)
 
     @staticmethod
-    def _result(trainer: Any, run_dir: Path, run_name: str) -> RunResult:
-        from .callbacks import metrics_from_ultralytics
-
-        plan, perf = trainer.vp_plan, trainer.vp_perf
-        adapter = run_dir / "adapter" / "adapter.safetensors"
-        result = RunResult(
-            strategy=run_name,
-            trainable_params=plan.trainable_count,
-            total_params=plan.total,
-            trainable_pct=plan.trainable_pct,
-            metrics=metrics_from_ultralytics(trainer.metrics),
-            peak_mem_mb=perf.peak_mem_mb,
-            train_img_per_s=perf.img_per_s,
-            train_seconds=perf.train_seconds,
-            adapter_bytes=adapter.stat().st_size if adapter.is_file() else 0,
-            step_time_s=perf.step_time_s,
-            run_dir=run_dir,
-            extra={"epochs": int(trainer.epochs), "imgsz": trainer.args.imgsz, "batch": int(trainer.batch_size),
-                   "device": str(trainer.device), "strategies": plan.strategies},
-        )
-        result.save(run_dir / "metrics.json")
-        return result
+    def _result(run_dir: Path) -> RunResult:
+        """The ``metrics.json`` the trainer wrote (on rank 0, also when training ran in DDP workers)."""
+        path = run_dir / "metrics.json"
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: training ended without writing metrics.json; see the log above")
+        return RunResult.from_dict(json.loads(path.read_text()))
 
     def evaluate(self, run_dir: Path, split: str) -> dict[str, float]:
         """Validate the run's best model (adapters merged) on ``split`` with Ultralytics' validator."""

@@ -14,6 +14,13 @@ What Ultralytics does, and what this subclass changes (``ultralytics/engine/trai
   ``freeze`` strategy with ``n: N`` freezes exactly what ``freeze=N`` freezes.
 * Ultralytics' final validation loads ``best.pt`` through ``AutoBackend``, which fuses Conv+BN from
   ``conv.weight`` and would drop LoRA updates: :meth:`final_eval` merges the adapters into plain convs first.
+* ``resume``: ``get_model`` receives the checkpoint's already adapted EMA model. The plain model is rebuilt
+  from the run's base and adapted again, and only what training changed is loaded from the checkpoint
+  (:mod:`.resume`): frozen tensors stay bit-identical to the base, the strategies must match.
+* Multi-GPU (``device=0,1``): Ultralytics re-creates the trainer in ``torch.distributed.run`` workers. The
+  settings travel with the pickled class and in an environment variable; the DDP wrapper is rebuilt once the
+  plan has frozen its tensors; only rank 0 writes adapters, ``plan.json``, TensorBoard and ``metrics.json``
+  (:mod:`.ddp`).
 * Checkpoints still pickle the adapted EMA model (Ultralytics' ``last.pt``/``best.pt``, needs visionpeft to
   load); the shippable outputs are the adapter directories (``adapter/`` = best epoch, ``adapter_last/``)
   and ``weights/merged.pt``, the best epoch merged into a plain Ultralytics checkpoint (also written by
@@ -32,13 +39,15 @@ from typing import Any, ClassVar
 
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import LOGGER, RANK
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from ... import api
 from ...errors import ConfigError
 from ...plan import TrainabilityPlan
+from . import resume
 from .callbacks import PerfMeter, make_callbacks, write_json
+from .ddp import launch_env, rewrap_ddp, settings_from_env
 
 __all__ = ["PeftDetectionTrainer", "merged_copy"]
 
@@ -54,21 +63,29 @@ def merged_copy(model: nn.Module) -> nn.Module:
 class PeftDetectionTrainer(DetectionTrainer):
     """A ``DetectionTrainer`` that applies and enforces visionpeft strategies.
 
-    Configure a subclass with :meth:`configure` (Ultralytics instantiates the trainer class itself).
+    Configure a subclass with :meth:`configure` (Ultralytics instantiates the trainer class itself). The
+    class itself, unconfigured, trains ``[{method: full}]``, or resumes with the strategies stored in the
+    checkpoint.
 
     Attributes:
-        vp_strategies: strategy entries (``[{"method": "lora", "rank": 8}, {"method": "head"}]``).
-        vp_run_dir: where the adapter directories, ``plan.json`` and ``tb/`` go (default: the save dir).
+        vp_strategies: strategy entries (``[{"method": "lora", "rank": 8}, {"method": "head"}]``); ``None``
+            on an unconfigured trainer that resumes (taken from the checkpoint).
+        vp_run_dir: where the adapter directories, ``plan.json``, ``metrics.json`` and ``tb/`` go (default:
+            the save dir).
         vp_tensorboard: write visionpeft's TensorBoard events to ``<run_dir>/tb``.
+        vp_run_name: the run name recorded in ``metrics.json`` (default: the save dir's name).
     """
 
-    vp_strategies: ClassVar[list[dict[str, Any]]] = [{"method": "full"}]
+    vp_strategies: ClassVar[list[dict[str, Any]] | None] = [{"method": "full"}]
     vp_run_dir_cfg: ClassVar[str | None] = None
     vp_tensorboard: ClassVar[bool] = True
+    vp_run_name: ClassVar[str | None] = None
+    vp_configured: ClassVar[bool] = False
 
     @classmethod
     def configure(
-        cls, strategies: list[Any], *, run_dir: str | Path | None = None, tensorboard: bool = True
+        cls, strategies: list[Any], *, run_dir: str | Path | None = None, tensorboard: bool = True,
+        run_name: str | None = None,
     ) -> type[PeftDetectionTrainer]:
         """A trainer class bound to ``strategies`` (validated now, so typos fail before any data loading)."""
         configs = api.parse_strategies(strategies)
@@ -76,7 +93,11 @@ class PeftDetectionTrainer(DetectionTrainer):
             "vp_strategies": [c.model_dump(mode="json") for c in configs],
             "vp_run_dir_cfg": str(run_dir) if run_dir is not None else None,
             "vp_tensorboard": tensorboard,
+            "vp_run_name": run_name,
+            "vp_configured": True,
         }
+        # Same name and module as this class: Ultralytics 8.3's DDP script imports the trainer by name and
+        # then gets this class, which reads the settings back from the environment (see .ddp).
         return type(cls.__name__, (cls,), attrs)
 
     def __init__(self, cfg: Any = None, overrides: dict[str, Any] | None = None, _callbacks: Any = None) -> None:
@@ -86,40 +107,116 @@ class PeftDetectionTrainer(DetectionTrainer):
                 f"freeze={overrides['freeze']!r}: use the freeze strategy instead ({{method: freeze, n: N}} "
                 "freezes exactly what Ultralytics' freeze=N does) so the trainability plan knows about it"
             )
-        if overrides.get("resume"):
-            raise ConfigError("resume: resuming a visionpeft detection run is not supported yet; start a new run")
         from ultralytics.cfg import DEFAULT_CFG
 
         super().__init__(cfg if cfg is not None else DEFAULT_CFG, overrides, _callbacks)
-        if self.world_size > 1:
-            raise ConfigError(
-                "multi-GPU (DDP) training re-launches Ultralytics in a subprocess that would not carry the "
-                "visionpeft strategies; train on one device (device=0)"
-            )
+        self._vp_read_settings()
         self.vp_plan: TrainabilityPlan | None = None
         self.vp_run_dir = Path(self.vp_run_dir_cfg) if self.vp_run_dir_cfg else Path(self.save_dir)
         self.vp_perf = PerfMeter()
         self.vp_logger = None
-        if self.vp_tensorboard and RANK in {-1, 0}:
+        # A DDP launcher (self.ddp) trains nothing itself: its workers log; of those, rank 0 only.
+        if self.vp_tensorboard and RANK in {-1, 0} and not self.ddp:
             from ...logging.tensorboard import RunLogger
 
             self.vp_logger = RunLogger(self.vp_run_dir / "tb")
         for event, fn in make_callbacks(self).items():
-            self.add_callback(event, fn)
+            # A DDP worker receives the launcher's callbacks (ours included) from Ultralytics: add them once.
+            if fn not in self.callbacks.get(event, []):
+                self.add_callback(event, fn)
+
+    def _vp_read_settings(self) -> None:
+        """Settings of an unconfigured class: from a DDP launcher's environment, or the checkpoint on resume."""
+        if self.vp_configured:
+            return
+        env = settings_from_env()
+        if env is not None:  # a DDP worker whose Ultralytics imported the trainer class by name
+            strategies = env["strategies"]
+            self.vp_strategies = None if strategies is None else [
+                c.model_dump(mode="json") for c in api.parse_strategies(strategies)]
+            self.vp_run_dir_cfg = env.get("run_dir")
+            self.vp_tensorboard = bool(env.get("tensorboard", True))
+            self.vp_run_name = env.get("run_name")
+        elif self.resume:
+            self.vp_strategies = None  # adopted from the checkpoint in get_model
+
+    def vp_settings(self) -> dict[str, Any]:
+        """What a DDP worker needs to re-create this trainer (JSON-able)."""
+        return {"strategies": self.vp_strategies, "run_dir": str(self.vp_run_dir),
+                "tensorboard": self.vp_tensorboard, "run_name": self.vp_run_name}
+
+    def train(self) -> Any:
+        """Ultralytics' training; as a DDP launcher, with the settings exported to the workers' environment."""
+        if not self.ddp:
+            return super().train()
+        # Ultralytics' launcher deletes save_dir unless resuming, and with it visionpeft's recipe.yaml (which
+        # 'visionpeft resume' needs). The workers reuse save_dir through args.save_dir: nothing to clear.
+        resuming, self.resume = self.resume, True
+        try:
+            with launch_env(self.vp_settings()):
+                return super().train()
+        finally:
+            self.resume = resuming
 
     # ------------------------------------------------------------------ model
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         """Build the model as Ultralytics does (new head for the dataset's classes), then apply strategies."""
         if isinstance(weights, nn.Module) and api.get_state(weights) is not None:
+            if self.resume:
+                return self._vp_resumed_model(cfg, weights, verbose)
             raise ConfigError(
                 "the weights to load are already adapted by visionpeft; pass the plain base model/checkpoint "
-                "and let the trainer apply the strategies"
+                "and let the trainer apply the strategies (or resume=path/to/last.pt to continue that run)"
             )
+        if self.vp_strategies is None:
+            raise ConfigError(f"resume: {self.args.resume} carries no visionpeft strategies; resume it with "
+                              "Ultralytics' own DetectionTrainer, or start a new visionpeft run")
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         self.vp_plan = api.apply(model, self.vp_strategies)
-        if RANK in {-1, 0}:
-            LOGGER.info("visionpeft plan:\n" + self.vp_plan.summary())
+        self._vp_log_plan()
         return model
+
+    def _vp_resumed_model(self, cfg: Any, saved: nn.Module, verbose: bool) -> nn.Module:
+        """Resume: rebuild base + strategies, load what training changed from the checkpoint (see .resume)."""
+        where = f"resume {self.args.resume}"
+        self._vp_match_strategies(resume.saved_strategies(saved, where), where)
+        source = resume.base_source(saved, where)
+        base = resume.load_base_weights(source, where)
+        model = super().get_model(cfg=cfg, weights=base, verbose=verbose)
+        random_ids = resume.random_init(model, base)
+        self.vp_plan = api.apply(model, self.vp_strategies)
+        taken = resume.load_resumed_state(model, self.vp_plan, saved, where, random_ids)
+        if taken and RANK in {-1, 0}:
+            LOGGER.warning(f"visionpeft: {len(taken)} frozen, randomly initialised tensors {taken[:3]} differ from "
+                           "the interrupted run's (another seed or number of GPUs?); using last.pt's float16 copies")
+        self.args.model = source  # this run's checkpoints record the base too, so they can be resumed again
+        if RANK in {-1, 0}:
+            LOGGER.info(f"visionpeft: resuming {self.args.resume} (base {source}, strategies {self.vp_strategies})")
+        self._vp_log_plan()
+        return model
+
+    def _vp_match_strategies(self, saved: list[dict[str, Any]], where: str) -> None:
+        if self.vp_strategies is None:
+            self.vp_strategies = saved
+        else:
+            resume.check_same_strategies(saved, self.vp_strategies, where)
+
+    def _vp_log_plan(self) -> None:
+        if RANK in {-1, 0} and self.vp_plan is not None:
+            LOGGER.info("visionpeft plan:\n" + self.vp_plan.summary())
+
+    def setup_model(self) -> Any:
+        """Ultralytics' setup; a model handed over already adapted (a DDP worker's) keeps its plan."""
+        ckpt = super().setup_model()
+        if self.vp_plan is None and isinstance(self.model, nn.Module):
+            # Ultralytics pickles trainer.model for its DDP workers: after YOLO(...).train(trainer=...), the
+            # launcher already built (and adapted) it through get_model, so the workers do not call it again.
+            where = "the model handed to the trainer"
+            if api.get_state(self.model) is None:
+                raise ConfigError(f"{where} was not built through get_model, so no strategies were applied")
+            self._vp_match_strategies(resume.saved_strategies(self.model, where), where)
+            self.vp_plan = api.get_plan(self.model)
+        return ckpt
 
     def vp_model(self) -> nn.Module:
         """The network being trained (unwrapped from compile / DDP wrappers)."""
@@ -142,6 +239,8 @@ class PeftDetectionTrainer(DetectionTrainer):
         if self.vp_plan is None:
             raise ConfigError("the model was not built through get_model, so no strategies were applied")
         self.vp_plan.enforce(unwrap_model(model))
+        if model is self.model and isinstance(model, nn.parallel.DistributedDataParallel):
+            self.model = model = rewrap_ddp(model)  # DDP was built while everything was trainable
         optimizer = super().build_optimizer(model, *args, **kwargs)
         removed = 0
         for group in optimizer.param_groups:
@@ -152,6 +251,24 @@ class PeftDetectionTrainer(DetectionTrainer):
             kept = sum(len(g["params"]) for g in optimizer.param_groups)
             LOGGER.info(f"visionpeft: optimizer holds {kept} trainable tensors ({removed} frozen tensors removed)")
         return optimizer
+
+    # ------------------------------------------------------------------ resume
+    def resume_training(self, ckpt: Any) -> None:
+        """Ultralytics' resume (optimizer, EMA, epoch, early stopping), with a clear error for a finished run."""
+        if ckpt is not None and self.resume:
+            start = int(ckpt.get("epoch", -1)) + 1
+            if not 0 < start < self.epochs:
+                raise ConfigError(
+                    f"resume: {self.args.resume} holds a finished run (epoch {start} of {self.epochs}; a "
+                    "completed run's last.pt has no optimizer state): nothing to resume. Start a new run"
+                )
+        super().resume_training(ckpt)
+
+    def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+        """Ultralytics loads the whole float16 EMA; the frozen tensors are then reset to the exact base."""
+        super()._load_checkpoint_state(ckpt)
+        if self.ema is not None and self.vp_plan is not None:
+            resume.restore_frozen(self.ema.ema, self.vp_model(), self.vp_plan)
 
     # ------------------------------------------------------------------ outputs
     def vp_save_adapter(self, name: str) -> Path | None:
@@ -165,16 +282,41 @@ class PeftDetectionTrainer(DetectionTrainer):
         if RANK in {-1, 0} and self.vp_plan is not None:
             write_json(self.vp_run_dir / "plan.json", self.vp_plan.to_dict())
 
+    def vp_result(self) -> Any:
+        """The run's :class:`~visionpeft.tasks.base.RunResult` (also written to ``metrics.json`` at the end)."""
+        from ..base import RunResult
+        from .callbacks import metrics_from_ultralytics
+
+        plan, perf = self.vp_plan, self.vp_perf
+        adapter = self.vp_run_dir / "adapter" / "adapter.safetensors"
+        return RunResult(
+            strategy=self.vp_run_name or Path(self.save_dir).name,
+            trainable_params=plan.trainable_count,
+            total_params=plan.total,
+            trainable_pct=plan.trainable_pct,
+            metrics=metrics_from_ultralytics(self.metrics),
+            peak_mem_mb=perf.peak_mem_mb,
+            train_img_per_s=perf.img_per_s,
+            train_seconds=perf.train_seconds,
+            adapter_bytes=adapter.stat().st_size if adapter.is_file() else 0,
+            step_time_s=perf.step_time_s,
+            run_dir=self.vp_run_dir,
+            extra={"epochs": int(self.epochs), "imgsz": self.args.imgsz, "batch": int(self.batch_size),
+                   "device": str(self.device), "strategies": plan.strategies,
+                   "start_epoch": int(self.start_epoch), "world_size": max(int(self.world_size), 1)},
+        )
+
     def final_eval(self) -> None:
         """Ultralytics' final validation of ``best.pt``, with adapters merged before the Conv+BN fusion."""
         from ultralytics.nn.tasks import load_checkpoint
         from ultralytics.utils.torch_utils import strip_optimizer
 
         best = self.best if self.best.exists() else None
-        if RANK in {-1, 0}:
-            ckpt = strip_optimizer(self.last) if self.last.exists() else {}
-            if best:
-                strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+        with torch_distributed_zero_first(LOCAL_RANK):  # DDP: other ranks read best.pt once rank 0 rewrote it
+            if RANK in {-1, 0}:
+                ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+                if best:
+                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
         if best is None:
             return
         LOGGER.info(f"\nValidating {best} (visionpeft: adapters merged before fusing)...")
