@@ -52,10 +52,21 @@ def test_head_only_and_bitfit_counts() -> None:
     assert plan.trainable_count == FC + 8 + 16 + 8 + 16 + 16
 
 
-def test_norm_counts() -> None:
+def test_norm_counts_and_bn_policy() -> None:
     plan = visionpeft.apply(tiny_cnn(), [{"method": "norm"}])
     assert plan.trainable_count == 2 * (8 + 16 + 16)
+    # Tuned affines over a frozen backbone: statistics stay fixed unless asked otherwise.
+    assert set(plan.bn_modes.values()) == {"eval"}
+    plan = visionpeft.apply(tiny_cnn(), [{"method": "norm", "bn": "train"}])
     assert set(plan.bn_modes.values()) == {"train"}
+
+
+def test_bitfit_keeps_bn_statistics_fixed() -> None:
+    model = tiny_cnn()
+    plan = visionpeft.apply(model, [{"method": "bitfit"}, {"method": "head"}])
+    before = _snapshot(model)
+    _train_steps(model)
+    assert _changed(before, model) == set(plan.trainable)
 
 
 def test_freeze_region_excludes_later_strategies() -> None:

@@ -42,6 +42,12 @@ def _train_params(
     return ApplyReport(trainable=picked)
 
 
+def _set_bn_policy(cfg: StrategyConfig, ctx: ApplyContext) -> None:
+    bn = getattr(cfg, "bn", None)
+    if bn is not None:
+        ctx.bn_policy = bn
+
+
 class FullConfig(StrategyConfig):
     """Full fine-tuning: every parameter trains. The baseline every compare run includes."""
 
@@ -96,10 +102,19 @@ class HeadStrategy(Strategy):
         return _train_params(model, names, ctx, "head")
 
 
+_BN_DOC = """
+    Args:
+        bn: running statistics of the BatchNorm layers this method tunes. ``None`` keeps the policy of a
+            ``freeze`` strategy (default ``eval``: statistics fixed, usually best with a frozen backbone);
+            ``train`` lets them follow the new data (try it under a strong domain shift with batches of 16+).
+"""
+
+
 class BitFitConfig(StrategyConfig):
-    """BitFit: train only bias terms (Ben Zaken et al., 2022). Tiny and surprisingly strong on ViTs."""
+    __doc__ = "BitFit: train only bias terms (Ben Zaken et al., 2022). Tiny and strong on ViTs.\n" + _BN_DOC
 
     method: Literal["bitfit"] = "bitfit"
+    bn: Literal["eval", "train"] | None = None
 
 
 @register
@@ -111,16 +126,15 @@ class BitFitStrategy(Strategy):
         names = [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"]
         if not names:
             raise TargetNotFoundError("bitfit: the model has no bias parameters")
+        _set_bn_policy(self.config, ctx)
         return _train_params(model, names, ctx, "bitfit")
 
 
 class NormConfig(StrategyConfig):
-    """Train only the affine parameters of normalisation layers (BatchNorm, LayerNorm, GroupNorm...).
-
-    On CNNs this also lets BatchNorm statistics adapt (the layers train, so they are not frozen BN).
-    """
+    __doc__ = "Train only the affine parameters of normalisation layers (BatchNorm, LayerNorm, ...).\n" + _BN_DOC
 
     method: Literal["norm"] = "norm"
+    bn: Literal["eval", "train"] | None = None
 
 
 @register
@@ -137,4 +151,5 @@ class NormStrategy(Strategy):
         ]
         if not names:
             raise TargetNotFoundError("norm: the model has no normalisation layer with affine parameters")
+        _set_bn_policy(self.config, ctx)
         return _train_params(model, names, ctx, "norm")

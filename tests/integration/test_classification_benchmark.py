@@ -1,0 +1,35 @@
+"""benchmarks/transfer_classification.py runs end to end on its tiny setting and writes its summary."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_tiny(shared, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONPEFT_SHARED", str(shared))
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "transfer_classification.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n = torch.get_num_threads()
+    try:
+        docs = tmp_path / "benchmarks.md"
+        docs.write_text("# Benchmarks\n\n<!-- detection-benchmark:start -->\nDET\n<!-- detection-benchmark:end -->\n")
+        bench.main(["--tiny", "--threads", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "b.md"),
+                    "--update-docs", str(docs)])
+    finally:
+        torch.set_num_threads(n)
+    md = (tmp_path / "b.md").read_text()
+    assert "### flowers: " in md and "### digits: " in md
+    assert "gap best PEFT - full" in md and "faster with `cache_features: true`" in md
+    assert md.count("| linear_probe |") == 2
+    text = docs.read_text()
+    assert "DET" in text and text.count("classification-benchmark:start") == 1
+    bench.update_docs(docs, md)  # replacing keeps exactly one classification section
+    assert docs.read_text().count("classification-benchmark:start") == 1 and "DET" in docs.read_text()

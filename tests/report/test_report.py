@@ -1,0 +1,49 @@
+"""Compare report: rows, deltas against full fine-tuning, files, detection metrics unchanged."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from visionpeft.report import report_rows, write_report
+from visionpeft.tasks.base import RunResult
+
+
+def result(name: str, trainable: int, metrics: dict[str, float], step: float, mem: float) -> RunResult:
+    return RunResult(strategy=name, trainable_params=trainable, total_params=1000,
+                     trainable_pct=100 * trainable / 1000, metrics=metrics, peak_mem_mb=mem,
+                     train_img_per_s=100.0, train_seconds=12.5, adapter_bytes=4 * trainable, step_time_s=step,
+                     run_dir=Path(f"/tmp/{name}"))
+
+
+def test_rows_deltas_and_ratios():
+    rows = report_rows([result("full", 1000, {"top1": 0.80, "top5": 0.95}, 0.2, 400.0),
+                        result("lora", 50, {"top1": 0.83, "top5": 0.97}, 0.1, 100.0)])
+    assert rows[0]["delta_top1_vs_full"] == 0
+    assert rows[1]["delta_top1_vs_full"] == pytest.approx(0.03)
+    assert rows[1]["delta_top5_vs_full"] == pytest.approx(0.02)
+    assert rows[1]["step_time_ratio_vs_full"] == pytest.approx(0.5)
+    assert rows[1]["peak_mem_ratio_vs_full"] == pytest.approx(0.25)
+    assert rows[1]["trainable_pct"] == pytest.approx(5.0)
+
+
+def test_write_report_files(tmp_path, capsys):
+    recipe = {"name": "demo", "model": "m", "data": "d"}
+    results = [result("full", 1000, {"map50": 0.5, "map50_95": 0.3}, 0.2, 10.0),
+               result("freeze_10", 300, {"map50": 0.45, "map50_95": 0.28}, 0.12, 8.0)]
+    paths = write_report(tmp_path, results, recipe, "map50_95", extra={"weights": "w.pt"})
+    doc = json.loads(paths["json"].read_text())
+    assert doc["primary_metric"] == "map50_95"
+    assert [r["strategy"] for r in doc["runs"]] == ["full", "freeze_10"]
+    assert doc["runs"][1]["delta_map50_95_vs_full"] == pytest.approx(-0.02)
+    assert doc["recipe"]["name"] == "demo" and "torch" in doc["environment"]["versions"]
+    with paths["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[1]["strategy"] == "freeze_10" and float(rows[1]["map50"]) == pytest.approx(0.45)
+    md = paths["md"].read_text()
+    assert "| freeze_10 | 300 |" in md and "map50_95" in md and "weights: w.pt" in md
+    assert paths["png"].stat().st_size > 5000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert "| full |" in capsys.readouterr().out

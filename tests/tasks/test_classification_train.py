@@ -1,0 +1,229 @@
+"""Classification task on a toy dataset with timm's tiny ``test_efficientnet`` (seconds per run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from visionpeft.data.toy import make_toy_imagefolder
+from visionpeft.recipe import parse_recipe
+from visionpeft.tasks.classification import TASK
+from visionpeft.tasks.classification.trainer import Trainer
+
+DETERMINISTIC = {"img_size": 32, "random_resized_crop": False, "hflip": 0.0, "color_jitter": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared CPU: one thread avoids oversubscription (10x faster here).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_imagefolder(tmp_path_factory.mktemp("toy"), classes=3, train_per_class=12,
+                                val_per_class=6, size=24, test_per_class=4)
+
+
+def recipe(toy: Path, out: Path, strategies: list, **sections):
+    doc = {
+        "name": "toy", "model": "test_efficientnet", "data": str(toy), "output": str(out), "seed": 0,
+        "strategies": strategies,
+        "train": {"epochs": 2, "batch_size": 8, "workers": 0, "progress": False, "label_smoothing": 0.0,
+                  **sections.pop("train", {})},
+        "optim": {"lr": 0.01, "head_lr": 0.05, "warmup_epochs": 0, **sections.pop("optim", {})},
+        "augment": {**DETERMINISTIC, **sections.pop("augment", {})},
+        **sections,
+    }
+    return parse_recipe(doc)
+
+
+def test_run_dir_learning_and_frozen_parts(toy, tmp_path):
+    r = recipe(toy, tmp_path, [{"method": "lora", "rank": 2}, {"method": "head"}], train={"epochs": 3})
+    from visionpeft.tasks.classification.model import build_adapted
+
+    before = build_adapted(r, r.strategies, 3)[0].state_dict()
+    res = TASK.train(r, list(r.strategies), tmp_path / "run", "lora")
+    run = tmp_path / "run"
+    for name in ("recipe.yaml", "plan.json", "data.json", "metrics.json", "adapter/adapter.safetensors",
+                 "adapter/adapter.json", "checkpoints/best.safetensors", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    plan = json.loads((run / "plan.json").read_text())
+    assert res.trainable_params == plan["trainable_count"] < res.total_params
+    # Exactly the planned tensors changed; frozen weights and frozen BN statistics did not.
+    _, after_model, _, _ = TASK.load_run(run)
+    after = after_model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trainable = set(plan["trainable"])
+    assert changed and changed <= trainable
+    assert any("lora" in k for k in changed) and any(k.startswith("classifier") for k in changed)
+    assert any(k.endswith("running_mean") for k in before) and not any("running" in k for k in changed)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and metrics["adapter_bytes"] == res.adapter_bytes > 0
+
+
+def test_full_fine_tuning_learns_the_toy_task(toy, tmp_path):
+    r = recipe(toy, tmp_path, [{"method": "full"}], train={"epochs": 4}, optim={"lr": 0.01, "head_lr": 0.01})
+    res = TASK.train(r, [{"method": "full"}], tmp_path / "run", "full")
+    assert res.metrics["top1"] >= 0.75, res.metrics  # chance is 1/3 on 3 classes
+    assert res.trainable_params == res.total_params
+
+
+def test_tensorboard_values_match_metrics(toy, tmp_path):
+    r = recipe(toy, tmp_path, [{"method": "head"}])
+    TASK.train(r, list(r.strategies), tmp_path / "run", "probe")
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    top1 = [e.value for e in acc.Scalars("val/top1")]
+    assert top1 == pytest.approx([h["top1"] for h in history])
+    assert [e.step for e in acc.Scalars("val/top1")] == [0, 1]
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "lr/head", "val/top5", "perf/img_per_s", "perf/peak_mem_mb", "params/trainable",
+            "hparam/top1", "val_class/class_0", "perf/epoch_seconds"} <= tags
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert acc.Scalars("params/trainable")[0].value == plan["trainable_count"]
+    lrs = [e.value for e in acc.Scalars("lr/head")]
+    assert 0.04 < lrs[0] <= 0.05 and lrs[-1] < lrs[0]  # head_lr (not lr = 0.01), cosine-decaying
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+
+def test_optimizer_sees_only_trainable_params_grouped_by_owner(toy, tmp_path, monkeypatch):
+    seen = {}
+    original = Trainer.__init__
+
+    def spy(self, model, optimizer, *args, **kwargs):
+        seen["groups"] = [(g["owner"], g["lr"], len(g["params"])) for g in optimizer.param_groups]
+        seen["ids"] = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        seen["trainable"] = {id(p) for p in model.parameters() if p.requires_grad}
+        original(self, model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    r = recipe(toy, tmp_path, [{"method": "bitfit"}, {"method": "head"}], train={"epochs": 1})
+    TASK.train(r, list(r.strategies), tmp_path / "run", "bitfit")
+    assert seen["ids"] == seen["trainable"]
+    owners = {o: lr for o, lr, _ in seen["groups"]}
+    assert owners == {"bitfit": pytest.approx(0.01), "head": pytest.approx(0.05)}
+
+
+def test_eval_and_merge_reproduce_validation(toy, tmp_path):
+    import timm
+
+    r = recipe(toy, tmp_path, [{"method": "lora", "rank": 2}, {"method": "head"}])
+    res = TASK.train(r, list(r.strategies), tmp_path / "run", "lora")
+    again = TASK.evaluate(tmp_path / "run", "val")
+    assert again["top1"] == res.metrics["top1"] and again["top5"] == res.metrics["top5"]
+    test = TASK.evaluate(tmp_path / "run", "test")
+    assert 0.0 <= test["top1"] <= 1.0
+    out = TASK.merge(tmp_path / "run", tmp_path / "merged.safetensors")
+    plain = timm.create_model("test_efficientnet", num_classes=3)
+    plain.load_state_dict(load_file(str(out)), strict=True)
+    _, adapted, _, _ = TASK.load_run(tmp_path / "run")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), adapted.eval()(x), rtol=1e-4, atol=1e-5)
+    assert json.loads(out.with_suffix(".json").read_text())["num_classes"] == 3
+
+
+def test_resume_continues_a_killed_run_exactly(toy, tmp_path, monkeypatch):
+    strategies = [{"method": "lora", "rank": 2}, {"method": "head"}]
+    r = recipe(toy, tmp_path, strategies, train={"epochs": 3})
+    TASK.train(r, strategies, tmp_path / "whole", "whole")
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        TASK.train(r, strategies, tmp_path / "killed", "whole")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert not (tmp_path / "killed" / "adapter").exists()
+    resumed = r.model_copy(update={"train": r.train.model_copy(update={"resume": True})})
+    TASK.train(resumed, strategies, tmp_path / "killed", "whole")
+    a = load_file(str(tmp_path / "whole" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    hist = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+
+
+def test_cache_features_matches_uncached_head_training(toy, tmp_path):
+    plain = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 2, "clip_grad": None})
+    cached = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 2, "clip_grad": None,
+                                                                  "cache_features": True})
+    a = TASK.train(plain, [{"method": "head"}], tmp_path / "plain", "probe")
+    b = TASK.train(cached, [{"method": "head"}], tmp_path / "cached", "probe")
+    wa = load_file(str(tmp_path / "plain" / "adapter" / "adapter.safetensors"))
+    wb = load_file(str(tmp_path / "cached" / "adapter" / "adapter.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert a.metrics["top1"] == b.metrics["top1"]
+
+
+def test_cache_features_refuses_inexact_settings(toy, tmp_path):
+    from visionpeft.errors import ConfigError
+
+    r = recipe(toy, tmp_path, [{"method": "head"}], train={"cache_features": True},
+               augment={"random_resized_crop": True})
+    with pytest.raises(ConfigError, match="cache_features.*train transform is random"):
+        TASK.train(r, [{"method": "head"}], tmp_path / "run", "probe")
+
+
+def test_frozen_prefix_runs_without_autograd(toy, tmp_path):
+    """freeze=N with the rest trainable: the prefix output carries no graph (no activations stored)."""
+    from visionpeft.tasks.classification.model import build_adapted
+
+    r = recipe(toy, tmp_path, [{"method": "freeze", "n": 3}])
+    model, spec, plan, _ = build_adapted(r, list(r.strategies), 3)
+    last_frozen = model.get_submodule(spec.blocks[2])
+    seen = {}
+    last_frozen.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert seen["out"].grad_fn is None and not seen["out"].requires_grad
+    assert all(not p.requires_grad for p in last_frozen.parameters())
+    assert any(p.grad is not None for p in model.get_submodule(spec.blocks[3]).parameters())
+
+
+def test_early_stopping_and_ema(toy, tmp_path):
+    r = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 5, "patience": 1},
+               optim={"lr": 1e-12, "head_lr": 1e-12, "min_lr": 0.0, "warmup_lr": 0.0})
+    res = TASK.train(r, [{"method": "head"}], tmp_path / "stop", "probe")
+    assert res.extra["epochs_run"] == 2 and res.extra["best_epoch"] == 0
+    e = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 1, "ema": True, "ema_decay": 0.5})
+    res = TASK.train(e, [{"method": "head"}], tmp_path / "ema", "probe")
+    assert TASK.evaluate(tmp_path / "ema", "val")["top1"] == res.metrics["top1"]
+
+
+def test_bf16_autocast_and_grad_accumulation_on_cpu(toy, tmp_path, monkeypatch):
+    from visionpeft.tasks.classification import trainer as trainer_mod
+
+    steps = {"n": 0}
+    original = Trainer._update
+
+    def counting(self):
+        steps["n"] += 1
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_update", counting)
+    r = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 1, "amp": "bf16", "grad_accum": 2})
+    assert trainer_mod.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert trainer_mod.autocast_dtype("auto", torch.device("cpu")) is None  # CPU bf16 is opt-in
+    res = TASK.train(r, [{"method": "head"}], tmp_path / "run", "probe")
+    assert 0.0 <= res.metrics["top1"] <= 1.0
+    assert steps["n"] == 3  # 36 images / batch 8 = 5 micro-batches -> updates after 2, 4 and the last

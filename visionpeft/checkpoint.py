@@ -1,0 +1,98 @@
+"""Training checkpoints: only trainable tensors + optimizer/scheduler state, written atomically.
+
+``last.pt`` is rewritten every epoch (temp file + ``os.replace``, so a run killed mid-write keeps the
+previous good file) and read with ``torch.load(weights_only=True)``: no pickled code, only tensors and
+plain containers. ``best.safetensors`` holds the trainable tensors of the best epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["atomic_save", "save_training_state", "load_training_state", "save_tensors", "load_tensors",
+           "trainable_state", "load_trainable_state"]
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` through a temporary file in the same folder, then an atomic rename."""
+    path = Path(path)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return path
+
+
+def trainable_state(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the state-dict entries ``names`` (trainable tensors, BN statistics)."""
+    sd = model.state_dict()
+    return {n: sd[n].detach().to("cpu", copy=True).contiguous() for n in names}
+
+
+def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` into the matching state-dict entries of ``model`` (in place, no re-allocation)."""
+    sd = model.state_dict()
+    missing = [k for k in tensors if k not in sd]
+    if missing:
+        raise ConfigError(f"checkpoint tensors have no place in the model: {missing[:5]}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            sd[k].copy_(v)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Atomic safetensors write."""
+    path = Path(path)
+    _atomic(path, lambda tmp: save_file(tensors, tmp))
+    return path
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found")
+    return load_file(str(path))
+
+
+def save_training_state(path: str | Path, *, model_tensors: dict[str, torch.Tensor], optimizer: Any,
+                        scheduler: Any, epoch: int, extra: dict[str, Any]) -> Path:
+    """Everything ``resume`` needs to continue after ``epoch`` (0-based, completed)."""
+    state = {
+        "epoch": epoch,
+        "model": model_tensors,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": {"torch": torch.get_rng_state()},
+        "extra": extra,
+    }
+    return atomic_save(state, path)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a state written by :func:`save_training_state` (``weights_only=True``: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no checkpoint to resume from (was the run started with "
+                          "train.save_every_epoch: true and did it finish at least one epoch?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupted or foreign file: say which
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,198 @@
+"""``visionpeft`` command line: train, compare, resume, eval, merge, params.
+
+Every command dispatches on the recipe's (or run directory's) ``task``. A ``VisionPeftError`` (bad input)
+prints one line and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import VisionPeftError
+
+__all__ = ["main", "build_parser"]
+
+
+def _task_of_run(run_dir: Path) -> str:
+    import yaml
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        from .errors import ConfigError
+
+        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml); give a directory written by "
+                          "'visionpeft train' or one of the NN-name folders of a compare directory")
+    return str((yaml.safe_load(path.read_text()) or {}).get("task", "classification"))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .tasks import get_task
+    from .tasks.compare import new_run_dir
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if not recipe.strategies:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{args.recipe}: 'strategies' is empty; 'visionpeft train' trains that list "
+                          "(use 'visionpeft compare' for the recipe's compare runs)")
+    run_dir = new_run_dir(recipe)
+    result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
+    _print_result(result)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .tasks import get_task
+
+    run_dir = Path(args.run_dir)
+    task = get_task(_task_of_run(run_dir))
+    if hasattr(task, "resume"):  # detection: Ultralytics' own resume from weights/last.pt
+        result = task.resume(run_dir, args.overrides)
+    else:
+        recipe = load_recipe(run_dir / "recipe.yaml", ["train.resume=true", *args.overrides])
+        result = task.train(recipe, list(recipe.strategies), run_dir, recipe.name)
+    _print_result(result)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .tasks.compare import run_compare
+    from .tasks.distributed import is_main
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = run_compare(recipe)
+    if is_main():
+        print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+
+    metrics = get_task(_task_of_run(Path(args.run_dir))).evaluate(Path(args.run_dir), args.split)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+
+    out = get_task(_task_of_run(Path(args.run_dir))).merge(Path(args.run_dir), Path(args.output))
+    print(f"merged model written to {out}")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .api import apply
+    from .params import format_parameter_report, parameter_report
+
+    model = _build_for_params(args)
+    if args.strategy:
+        text = Path(args.strategy).read_text() if Path(args.strategy).is_file() else args.strategy
+        strategies = yaml.safe_load(text)
+        apply(model, strategies if isinstance(strategies, list) else [strategies])
+    report = parameter_report(model)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_parameter_report(report, args.model))
+    return 0
+
+
+def _build_for_params(args: argparse.Namespace) -> Any:
+    if args.model.endswith((".pt", ".yaml", ".yml")):
+        from .backends.ultralytics import build_model as build_yolo
+
+        return build_yolo(args.model)
+    from .backends.timm import build_model
+
+    return build_model(args.model, args.num_classes, weights=args.weights)
+
+
+def _print_result(result: Any) -> None:
+    from .tasks.distributed import is_main
+
+    if is_main():
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        print(f"[{result.strategy}] {metrics} trainable={result.trainable_params:,} "
+              f"({result.trainable_pct:.3f}%) run dir: {result.run_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="visionpeft", description="Parameter-efficient fine-tuning for vision "
+                                "models, compared with full fine-tuning.")
+    sub = p.add_subparsers(dest="command", required=True)
+    over = {"nargs": "*", "default": [], "help": "key=value overrides, e.g. train.epochs=3 strategies.0.rank=16"}
+    t = sub.add_parser("train", help="train the recipe's strategy list")
+    t.add_argument("recipe")
+    t.add_argument("overrides", **over)
+    t.set_defaults(func=cmd_train)
+    c = sub.add_parser("compare", help="full fine-tuning + each compare run, then report.{md,json,csv,png}")
+    c.add_argument("recipe")
+    c.add_argument("overrides", **over)
+    c.set_defaults(func=cmd_compare)
+    r = sub.add_parser("resume", help="continue a killed 'train' run from its last checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("overrides", **over)
+    r.set_defaults(func=cmd_resume)
+    e = sub.add_parser("eval", help="evaluate a run's saved adapter")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="val")
+    e.set_defaults(func=cmd_eval)
+    m = sub.add_parser("merge", help="fold a run's adapter into a plain model file")
+    m.add_argument("run_dir")
+    m.add_argument("-o", "--output", required=True)
+    m.set_defaults(func=cmd_merge)
+    q = sub.add_parser("params", help="parameter report of a model, optionally with strategies applied")
+    q.add_argument("model", help="timm model name, or an Ultralytics .pt / model .yaml")
+    q.add_argument("--strategy", help="YAML/JSON strategy list or a file holding one")
+    q.add_argument("--weights", help="local weights for a timm model")
+    q.add_argument("--num-classes", type=int, default=1000)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_params)
+    return p
+
+
+def _worker_message(exc: BaseException) -> str | None:
+    """The original error line of an exception re-raised from a DataLoader worker."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return None
+    last = text.strip().splitlines()[-1]
+    name, sep, rest = last.partition(": ")
+    return rest if sep and name.replace(".", "").replace("_", "").isalnum() else last
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("train", "compare", "resume"):
+            from .tasks.distributed import init_distributed
+
+            init_distributed()  # under torchrun: before run directories are named (rank 0 decides)
+        return int(args.func(args) or 0)
+    except VisionPeftError as exc:
+        msg = _worker_message(exc) or str(exc)
+        print(f"visionpeft: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("visionpeft: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from .tasks.distributed import is_distributed
+
+        if is_distributed():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

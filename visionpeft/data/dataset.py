@@ -1,0 +1,94 @@
+"""The image dataset: decode with PIL, transform with albumentations, clear errors for bad files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .samples import DataError
+
+__all__ = ["ImageDataset", "read_image", "find_bad_images", "DataError"]
+
+log = logging.getLogger("visionpeft.data")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode ``path`` to an RGB ``uint8`` HWC array, or raise :class:`DataError` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"{path}: cannot read this image ({type(exc).__name__}: {exc}). Fix or delete the file, or set "
+            "dataset.skip_bad_images: true to skip unreadable images"
+        ) from None
+
+
+def find_bad_images(samples: Sequence[tuple[Path, int]]) -> list[Path]:
+    """Files among ``samples`` that fail to decode completely (a full decode, not just the header)."""
+    bad = []
+    for path, _ in samples:
+        try:
+            read_image(path)
+        except DataError:
+            bad.append(path)
+    return bad
+
+
+class ImageDataset(Dataset):
+    """``(image tensor, label)`` pairs from ``(path, label)`` samples.
+
+    Args:
+        samples: ``(path, class index)`` pairs.
+        transform: albumentations ``Compose`` (called as ``transform(image=array)["image"]``).
+        skip_bad_images: decode every file once up front and drop the unreadable ones (logged and
+            counted in ``skipped``); otherwise an unreadable file stops training with its name.
+        seed: makes random augmentations a function of ``(seed, epoch, index)``: the same in every run,
+            with any number of workers, and after ``resume``. ``None`` leaves albumentations' own RNG.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[..., Any] | None,
+                 skip_bad_images: bool = False, split: str = "", seed: int | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.skipped: list[Path] = []
+        if skip_bad_images:
+            bad = set(find_bad_images(self.samples))
+            if bad:
+                self.skipped = sorted(bad)
+                self.samples = [s for s in self.samples if s[0] not in bad]
+                log.warning("skipped %d unreadable images in split %r (first: %s)",
+                            len(bad), split, self.skipped[0])
+        if not self.samples:
+            raise DataError(f"split {split!r}: no readable images left")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (workers must be re-created to see it)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = read_image(path)
+        if self.transform is None:
+            return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label
+        if self.seed is not None and hasattr(self.transform, "set_random_seed"):
+            state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+            self.transform.set_random_seed(int(state))
+        return self.transform(image=image)["image"], label

@@ -1,0 +1,5 @@
+"""Run loggers (TensorBoard)."""
+
+from .tensorboard import RunLogger
+
+__all__ = ["RunLogger"]

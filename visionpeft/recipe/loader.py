@@ -1,0 +1,181 @@
+"""Read a recipe YAML, apply ``key=value`` overrides, validate it with its task's schema.
+
+YAML is read with ``yaml.safe_load`` only: a recipe can never execute code.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError, closest
+from .base import BaseRecipe
+
+__all__ = ["TASK_SCHEMAS", "load_recipe", "parse_recipe", "apply_overrides", "save_resolved",
+           "schema_for", "recipe_to_dict"]
+
+#: task name -> ``"module:Class"`` of its recipe schema (imported lazily, so detection costs nothing here).
+TASK_SCHEMAS: dict[str, str] = {
+    "classification": "visionpeft.recipe.classification:ClassificationRecipe",
+    "detection": "visionpeft.recipe.detection:DetectionRecipe",
+}
+
+
+def schema_for(task: str) -> type[BaseRecipe]:
+    """The recipe class registered for ``task``."""
+    if task not in TASK_SCHEMAS:
+        hint = closest(str(task), TASK_SCHEMAS, n=1)
+        raise ConfigError(
+            f"task: unknown task {task!r}; available: {sorted(TASK_SCHEMAS)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    module, _, attr = TASK_SCHEMAS[task].partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"task: the {task!r} recipe schema {TASK_SCHEMAS[task]} is not available: {exc}") from exc
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (``3e-4`` -> float, ``true`` -> bool, ``[1,2]`` -> list)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the float the user meant.
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in "eE") and value[0] in "+-.0123456789" else value
+        except ValueError:
+            return value
+    return value
+
+
+def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``doc[a][b][1][c] = value`` for ``"a.b.1.c"``; create missing mapping keys along the way."""
+    parts = dotted.split(".")
+    node: Any = doc
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit():
+                raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth]) or 'recipe'} is a list; "
+                                  f"use an index, e.g. {'.'.join([*parts[:depth], '0'])}")
+            idx = int(part)
+            if idx == len(node):
+                node.append({} if not last else value)  # appending one item at the end is allowed
+            elif not -len(node) <= idx < len(node):
+                raise ConfigError(f"override {dotted!r}: index {idx} out of range at {where} "
+                                  f"(the list has {len(node)} items)")
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a value ({node!r}), "
+                              "not a mapping or list")
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``doc`` with every ``key=value`` override applied in order."""
+    out = copy.deepcopy(doc)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
+        _set_path(out, key.strip(), _parse_value(raw))
+    return out
+
+
+def _fields_at(cls: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names of the nested model that ``loc`` (minus its last item) points into."""
+    model: Any = cls
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        model = info.annotation
+        args = getattr(model, "__args__", ())
+        if args:  # Optional[Section] and similar: pick the model out of the union
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def format_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
+    """One line per problem: ``field.path: message``, with a 'did you mean' for unknown keys."""
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"]]
+        path = ".".join(str(p) for p in loc) or "recipe"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            fields = _fields_at(cls, loc)
+            hint = closest(str(loc[-1]), fields, n=1)
+            msg = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {fields}")
+        elif "input" in err and err["type"] not in ("missing", "value_error"):
+            msg += f" (got {err['input']!r})"
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        # Strategy errors already start with their own path (strategies.1.rank: ...).
+        lines.append(msg if msg.startswith(path) else f"{path}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> BaseRecipe:
+    """Validate a recipe mapping with the schema its ``task`` key selects."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(doc).__name__}")
+    cls = schema_for(str(doc.get("task", "classification")))
+    try:
+        return cls.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_errors(exc, cls)}") from None
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> BaseRecipe:
+    """Read the recipe at ``path``, apply ``key=value`` overrides, validate, return the frozen recipe.
+
+    Relative ``data``/``weights`` paths are kept as written (resolved against the working directory,
+    like every CLI path); the resolved recipe saved in a run directory records absolute ones.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(doc).__name__}")
+    return parse_recipe(apply_overrides(doc, overrides), source=str(path))
+
+
+def recipe_to_dict(recipe: BaseRecipe) -> dict[str, Any]:
+    """The recipe as plain YAML-able data (every default filled in)."""
+    return recipe.model_dump(mode="json")
+
+
+def save_resolved(recipe: BaseRecipe, path: str | Path) -> Path:
+    """Write the fully resolved recipe (defaults included) as YAML; loading it gives the same recipe."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    return path

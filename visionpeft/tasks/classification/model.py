@@ -1,0 +1,68 @@
+"""Build the model of a classification run: timm backbone + weights + strategies, reproducibly."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...spec import ModelSpec
+
+__all__ = ["seed_everything", "build_base", "build_adapted", "resolve_device"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU."""
+    import os
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def build_base(recipe: Any, num_classes: int) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """The pretrained model with a fresh ``num_classes`` head, its spec and its data config.
+
+    The head is initialised after seeding with ``recipe.seed``, so the same recipe always gives the
+    same base model: adapters saved from a run load back onto it with a matching fingerprint.
+    """
+    from ...backends.timm import build_model, data_config, timm_spec
+
+    seed_everything(recipe.seed)
+    model = build_model(recipe.model, num_classes, weights=recipe.weights, pretrained=recipe.pretrained)
+    if recipe.head_init_std is not None:
+        _init_head(model, recipe.head_init_std)
+    return model, timm_spec(model), data_config(model)
+
+
+@torch.no_grad()
+def _init_head(model: nn.Module, std: float) -> None:
+    """N(0, std^2) weights and zero bias for every Linear classifier ``get_classifier()`` returns."""
+    heads = model.get_classifier() if hasattr(model, "get_classifier") else ()
+    for head in heads if isinstance(heads, (tuple, list)) else (heads,):
+        if isinstance(head, nn.Linear):
+            nn.init.normal_(head.weight, std=std)
+            if head.bias is not None:
+                nn.init.zeros_(head.bias)
+
+
+def build_adapted(recipe: Any, strategies: list[dict[str, Any]], num_classes: int
+                  ) -> tuple[nn.Module, ModelSpec, Any, dict[str, Any]]:
+    """:func:`build_base` + ``visionpeft.apply(strategies)``; returns ``(model, spec, plan, data_config)``."""
+    from ...api import apply
+
+    model, spec, cfg = build_base(recipe, num_classes)
+    plan = apply(model, strategies, spec)
+    return model, spec, plan, cfg
