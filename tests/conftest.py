@@ -28,3 +28,15 @@ def shared() -> Path:
     if not (path / "data" / "MANIFEST.md").is_file():
         pytest.skip(f"real test material not found at {path} (set VISIONPEFT_SHARED)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run tiny models (often float64): with 2 torch threads on a busy 2-core machine, OpenMP threads
+    waiting on each other made them 10-100x slower. One thread; the other core serves loaders/subprocesses."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

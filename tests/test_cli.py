@@ -13,14 +13,6 @@ from visionpeft.cli import main
 from visionpeft.data.toy import make_toy_imagefolder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def recipe_file(tmp_path: Path) -> Path:
     data = make_toy_imagefolder(tmp_path / "toy", classes=3, train_per_class=8, val_per_class=4, size=16)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .api import apply, get_state, unwrap
+from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
 from .plan import TrainabilityPlan
 from .spec import ModelSpec
@@ -63,17 +62,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``adapter.safetensors`` and ``adapter.json`` into ``directory`` (created); returns it."""
     root = unwrap(model)
@@ -93,8 +81,8 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
         "versions": _versions(),
         "extra": extra or {},
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return directory
 
 

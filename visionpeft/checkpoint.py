@@ -18,11 +18,15 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["atomic_save", "save_training_state", "load_training_state", "save_tensors", "load_tensors",
+__all__ = ["atomic_save", "atomic_write", "save_training_state", "load_training_state", "save_tensors", "load_tensors",
            "trainable_state", "load_trainable_state"]
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path`` atomically.
+
+    A run killed mid-write keeps the previous good file (``os.replace`` is atomic on one filesystem).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -37,7 +41,7 @@ def _atomic(path: Path, write: Any) -> None:
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` through a temporary file in the same folder, then an atomic rename."""
     path = Path(path)
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path
 
 
@@ -61,7 +65,7 @@ def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Atomic safetensors write."""
     path = Path(path)
-    _atomic(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return path
 
 

@@ -17,8 +17,9 @@ from .errors import PlanViolationError
 
 BN_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-#: Owners that train a layer as part of the base network (its BatchNorm statistics keep updating).
-BASE_OWNERS = {"base", "full", "freeze"}
+#: Methods that tune only affine parameters over a frozen network: their BatchNorm layers follow the BN
+#: policy instead of updating statistics (layers trained by full/freeze/head do update them).
+AFFINE_ONLY_OWNERS = {"bitfit", "norm"}
 
 
 def keep_bn_eval(module: nn.Module, args: object) -> None:
@@ -84,12 +85,12 @@ class TrainabilityPlan:
         bn_modes = {}
         for name, m in modules.items():
             if isinstance(m, BN_TYPES):
-                # Statistics update where the layer trains as part of the base network (full fine-tuning,
-                # the unfrozen rest of `freeze`). Layers whose affines a PEFT method tunes (bitfit, norm)
+                # Statistics update where the layer trains as a whole (full fine-tuning, the unfrozen rest of
+                # `freeze`, a re-initialised head). Layers whose affines a PEFT method tunes (bitfit, norm)
                 # keep fixed statistics unless the policy says `train`: moving statistics under a frozen
                 # conv shift every downstream feature (BitFit on digits: 0.56 top-1 vs 0.89 with eval).
                 owners_here = {trainable.get(f"{name}.{p}") for p, _ in m.named_parameters(recurse=False)}
-                trains = bool(owners_here & BASE_OWNERS)
+                trains = bool(owners_here - AFFINE_ONLY_OWNERS - {None})
                 bn_modes[name] = "train" if trains or bn_policy == "train" else "eval"
         return cls(
             trainable=trainable,

@@ -20,13 +20,6 @@ from visionpeft.tasks.compare import run_compare
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def flowers_recipe(shared: Path, out: Path, **train):
     return parse_recipe({

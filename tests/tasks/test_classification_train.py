@@ -18,14 +18,6 @@ from visionpeft.tasks.classification.trainer import Trainer
 DETERMINISTIC = {"img_size": 32, "random_resized_crop": False, "hflip": 0.0, "color_jitter": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared CPU: one thread avoids oversubscription (10x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -25,7 +25,9 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    # ImportError: once Ultralytics is imported in the process it patches PIL's open to retry unknown
+    # files as HEIF, which raises ModuleNotFoundError (pi_heif) instead of UnidentifiedImageError.
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as exc:
         raise DataError(
             f"{path}: cannot read this image ({type(exc).__name__}: {exc}). Fix or delete the file, or set "
             "dataset.skip_bad_images: true to skip unreadable images"
