@@ -224,6 +224,53 @@ def to_markdown(rows: list[dict], peft: dict, env: dict) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- strategies-benchmark:start -->", "<!-- strategies-benchmark:end -->"
+
+TARGETS = (
+    ("head", "step_ratio_vs_full", 0.35, "head-only step <= 0.35x full fine-tuning"),
+    ("lora r8+head", "step_ratio_vs_full", 0.8, "LoRA step <= 0.8x full fine-tuning"),
+    ("lora r8+head", "latency_ratio_vs_base", 1.02, "merged LoRA latency <= 1.02x base"),
+)
+
+
+def target_lines(rows: list[dict], peft: dict) -> list[str]:
+    """One line per target: measured value, met or missed."""
+    out = []
+    for strategy, key, limit, text in TARGETS:
+        for r in rows:
+            if r["strategy"] == strategy:
+                ok = "met" if r[key] <= limit else "MISSED"
+                out.append(f"- {text}: {r['model']} {r[key]:.3f} ({ok})")
+    ok = "met" if peft["ratio"] <= 1.05 else "MISSED"
+    out.append(f"- visionpeft / PEFT LoRA step <= 1.05: {peft['ratio']:.3f} ({ok})")
+    return out
+
+
+def update_docs(path: Path, md: str, rows: list[dict], peft: dict) -> None:
+    """Replace the strategies section of ``path`` (between the markers), keeping the rest."""
+    section = "\n".join([
+        START,
+        "## Strategy costs side by side (`benchmarks/strategies.py`)",
+        "",
+        md,
+        "",
+        "Targets:",
+        *target_lines(rows, peft),
+        "",
+        "Step and memory are ratios to full fine-tuning measured round-robin in one process; memory on CPU is",
+        "parameters + gradients + optimizer state + activations saved for backward (`visionpeft.profiling`).",
+        "Latency is the shipped form (merged where the method allows) against the plain base model.",
+        END,
+    ])
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -234,6 +281,7 @@ def main() -> None:
     ap.add_argument("--cnn", default="resnet18")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (batch 2, 64 px, 2 rounds)")
     ap.add_argument("--out", default="benchmarks/results/strategies.json")
+    ap.add_argument("--update-docs", default=None, help="markdown file whose strategies section is replaced")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.size, args.rounds, args.latency_reps = 2, 64, 2, 2
@@ -255,6 +303,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env": env, "rows": rows, "peft": peft}, indent=2))
     out.with_suffix(".md").write_text(md + "\n")
+    if args.update_docs:
+        update_docs(Path(args.update_docs), md, rows, peft)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,14 @@ class LoRALayer(nn.Module):
     def _lora_forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF PEFT's init: each rank-sized block of ``A`` (one per segment / group) Kaiming-uniform, ``B``
+        zero, so a fresh adapter changes no output."""
+        for a in self.lora_A.split(self.rank, dim=0):
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
     def get_delta_weight(self) -> Tensor:
         """The update that :meth:`merge` adds, in the base weight's dtype (computed in float32/float64)."""
         w = self.base_weight
@@ -178,13 +186,6 @@ class LoRALinear(LoRALayer):
         self.lora_B = nn.Parameter(torch.zeros(rows, rank, **kw))
         self.reset_parameters()
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """HF PEFT's init: ``A`` Kaiming-uniform per segment, ``B`` zero (the adapter starts as a no-op)."""
-        for a in self.lora_A.split(self.rank, dim=0):
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
-
     def _full_B(self, dtype: torch.dtype) -> Tensor:
         """``B`` as an ``out x (S * rank)`` block matrix: segment ``s`` feeds only its own output rows."""
         b = self.lora_B.to(dtype)
@@ -233,13 +234,6 @@ class LoRAConv2d(LoRALayer):
         self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, **kw))
         self._pad = _explicit_padding(base)
         self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """HF PEFT's init, per group: ``A`` Kaiming-uniform, ``B`` zero."""
-        for a in self.lora_A.split(self.rank, dim=0):
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
 
     def _delta(self, dtype: torch.dtype) -> Tensor:
         base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
