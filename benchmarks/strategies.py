@@ -29,6 +29,7 @@ from torch import nn
 import visionpeft
 from visionpeft.backends.timm import timm_spec
 from visionpeft.profiling import measure_step_memory
+from visionpeft.report.sections import replace_marked_section
 
 VIT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
 
@@ -262,13 +263,7 @@ def update_docs(path: Path, md: str, rows: list[dict], peft: dict) -> None:
         "Latency is the shipped form (merged where the method allows) against the plain base model.",
         END,
     ])
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    replace_marked_section(path, START, END, section)
 
 
 def main() -> None:

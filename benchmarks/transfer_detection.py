@@ -114,13 +114,10 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Na
 
 
 def update_docs(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace this script's section of ``path`` (or append it), leaving other sections alone."""
+    from visionpeft.report.sections import replace_marked_section
+
+    replace_marked_section(path, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
