@@ -38,19 +38,9 @@ from visionpeft.tasks.detection import callbacks as vp_callbacks  # noqa: E402
 from visionpeft.tasks.detection.ddp import ENV_VAR, launch_env, rewrap_ddp, settings_from_env  # noqa: E402
 from visionpeft.tasks.detection.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import copy_dataset, offline_args  # noqa: E402
+from .detection_support import offline_args  # noqa: E402
 
 STRATEGIES = [{"method": "freeze", "n": 2}, {"method": "lora", "rank": 4, "alpha": 8}, {"method": "head"}]
-
-
-@pytest.fixture(scope="module")
-def coco8(shared, tmp_path_factory):
-    return copy_dataset(shared, "coco8", tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def weights(shared):
-    return str(shared / "weights" / "yolov5nu-cocobackbone.pt")
 
 
 def _configured(run_dir: Path):

@@ -67,11 +67,6 @@ class Probe:
         return callbacks
 
 
-@pytest.fixture(scope="module")
-def weights(shared):
-    return str(shared / "weights" / "yolov5nu-cocobackbone.pt")
-
-
 def two_class_coco8(shared, dest):
     """coco8 copied under ``dest`` with class ids folded to 0/1 (a new head, as for a custom dataset)."""
     data = copy_dataset(shared, "coco8", dest)

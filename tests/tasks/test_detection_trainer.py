@@ -15,7 +15,7 @@ import visionpeft  # noqa: E402
 from visionpeft.errors import ConfigError, PlanViolationError  # noqa: E402
 from visionpeft.tasks.detection.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
 
-from .detection_support import copy_dataset, offline_args  # noqa: E402
+from .detection_support import offline_args  # noqa: E402
 
 STRATEGIES = [{"method": "freeze", "n": 2}, {"method": "lora", "rank": 4, "alpha": 8}, {"method": "head"}]
 
@@ -49,16 +49,6 @@ def _train(trainer_cls, args, **extra_callbacks):
         trainer.add_callback(event, fn)
     trainer.train()
     return trainer, rec
-
-
-@pytest.fixture(scope="module")
-def coco8(shared, tmp_path_factory):
-    return copy_dataset(shared, "coco8", tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def weights(shared):
-    return str(shared / "weights" / "yolov5nu-cocobackbone.pt")
 
 
 @pytest.fixture(scope="module")
