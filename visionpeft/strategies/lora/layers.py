@@ -10,6 +10,7 @@ merged (the original architecture, original parameter names).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -42,7 +43,7 @@ def _delta_dtype(base_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if base_dtype == torch.float64 else torch.float32
 
 
-class LoRALayer(nn.Module):
+class LoRALayer(nn.Module, ABC):
     """Shared state and merge logic; subclasses define the update's shape and the forward pass.
 
     Attributes:
@@ -84,12 +85,13 @@ class LoRALayer(nn.Module):
         w = self.base_weight
         return {"device": w.device, "dtype": _adapter_dtype(w.dtype)}
 
+    @abstractmethod
     def _delta(self, dtype: torch.dtype) -> Tensor:
         """The weight update ``scale * B @ A`` in ``dtype``, shaped like the base weight."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _lora_forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``scale * B(A(x))`` for an input already in the adapter's dtype."""
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
