@@ -38,7 +38,7 @@ def test_compare_eval_merge(recipe_file, tmp_path, capsys):
     assert 0 < report["runs"][1]["peak_mem_mb"] < report["runs"][0]["peak_mem_mb"]
     for name in ("report.md", "report.csv", "pareto.png"):
         assert (cdir / name).is_file()
-    assert not (cdir / "00-full" / "tb").exists()  # tensorboard=false
+    assert not list(cdir.rglob("events.out.tfevents.*"))  # tensorboard=false
     run_recipe = yaml.safe_load((cdir / "02-lora" / "recipe.yaml").read_text())
     assert run_recipe["strategies"][0]["method"] == "lora" and run_recipe["compare"] is None
     capsys.readouterr()

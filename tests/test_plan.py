@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import visionpeft
+from visionpeft.api import parse_strategies
 from visionpeft.errors import ConfigError, PlanViolationError, TargetNotFoundError
 
 from .fixtures import BLOCK, DW, FC, STEM, TOTAL, tiny_cnn
@@ -123,7 +124,26 @@ def test_plan_is_json_and_printable() -> None:
     plan = visionpeft.apply(tiny_cnn(), [{"method": "freeze", "n": 1}, {"method": "head"}])
     data = json.loads(plan.to_json())
     assert data["trainable_count"] == FC and data["strategies"] == ["freeze", "head"]
-    assert "trainable: " in str(plan)
+    assert data["labels"] == ["freeze 1 block", "head"]
+    assert "trainable: " in str(plan) and "strategies: freeze 1 block -> head" in str(plan)
+
+
+@pytest.mark.parametrize(("entry", "label"), [
+    ({"method": "freeze", "n": 10}, "freeze 10 blocks"),
+    ({"method": "freeze", "n": [0, 3]}, "freeze blocks 0,3"),
+    ({"method": "freeze", "patterns": ["a.*", "b"], "bn": "train"}, "freeze 2 patterns bn=train"),
+    ({"method": "lora"}, "lora r8"),
+    ({"method": "lora", "rank": 4, "alpha": 8, "qkv": "qv"}, "lora r4 a8 qv"),
+    ({"method": "lora", "rank": 16, "alpha": 16, "start_block": 2}, "lora r16 from block 2"),
+    ({"method": "vpt", "tokens": 1, "mode": "deep"}, "vpt deep 1 token"),
+    ({"method": "vpt"}, "vpt shallow 10 tokens"),
+    ({"method": "bitfit"}, "bitfit"),
+    ({"method": "full"}, "full"),
+])
+def test_strategy_labels_name_their_settings(entry: dict, label: str) -> None:
+    """The plan text, the report and TensorBoard's methods column say 'freeze 10 blocks', 'lora r8'."""
+    (config,) = parse_strategies([entry])
+    assert config.label() == label
 
 
 def test_merge_of_plain_strategies_restores_plain_model() -> None:

@@ -88,7 +88,8 @@ def apply(
     ctx = ApplyContext(spec=spec)
     owners = _apply_all(root, objs, ctx)
     _freeze_always(root, spec, ctx, owners)
-    plan = TrainabilityPlan.build(root, owners, ctx.bn_policy, [c.method for c in configs])
+    plan = TrainabilityPlan.build(root, owners, ctx.bn_policy, [c.method for c in configs],
+                                 [c.label() for c in configs])
     plan.enforce(root)
     setattr(root, STATE_ATTR, AdaptedState(configs=configs, spec=spec, plan=plan))
     return plan

@@ -33,7 +33,7 @@ def _task_of_run(run_dir: Path) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
     from .tasks import get_task
-    from .tasks.compare import new_run_dir
+    from .tasks.compare import new_run_dir, write_experiment_for
 
     recipe = load_recipe(args.recipe, args.overrides)
     if not recipe.strategies:
@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "(use 'visionpeft compare' for the recipe's compare runs)")
     run_dir = new_run_dir(recipe)
     result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
+    write_experiment_for(run_dir, recipe, [result])
     _print_result(result)
     return 0
 

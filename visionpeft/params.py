@@ -12,14 +12,14 @@ def parameter_report(model: Any) -> dict[str, Any]:
     """Counts for ``model`` (adapted or plain).
 
     Keys: ``total``, ``trainable``, ``trainable_pct``, ``frozen``, ``by_strategy``, ``by_module_type``,
-    ``adapter_bytes`` (size of ``adapter.safetensors`` tensors), ``bn_modes``, ``strategies``.
+    ``adapter_bytes`` (size of ``adapter.safetensors`` tensors), ``bn_modes``, ``strategies``, ``labels``.
     """
     root = unwrap(model)
     state = get_state(root)
     if state is None:
         plan = TrainabilityPlan.build(root, {}, "eval", [])
     else:
-        plan = TrainabilityPlan.build(root, state.plan.trainable, "eval", state.plan.strategies)
+        plan = TrainabilityPlan.build(root, state.plan.trainable, "eval", state.plan.strategies, state.plan.labels)
         plan.bn_modes = state.plan.bn_modes
     from .adapter_io import adapter_tensors
 
@@ -37,6 +37,7 @@ def parameter_report(model: Any) -> dict[str, Any]:
         "adapter_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
         "bn_modes": modes,
         "strategies": plan.strategies,
+        "labels": plan.labels,
     }
 
 
@@ -44,7 +45,7 @@ def format_parameter_report(report: dict[str, Any], title: str = "") -> str:
     """Plain-text rendering of :func:`parameter_report` for the CLI and logs."""
     lines = [title] if title else []
     lines += [
-        f"strategies      {' -> '.join(report['strategies']) or '(none: plain model)'}",
+        f"strategies      {' -> '.join(report.get('labels') or report['strategies']) or '(none: plain model)'}",
         f"total           {report['total']:>14,}",
         f"trainable       {report['trainable']:>14,}  ({report['trainable_pct']:.4f}%)",
         f"frozen          {report['frozen']:>14,}",

@@ -54,6 +54,7 @@ class TrainabilityPlan:
         trainable_count: number of trainable parameter elements.
         by_strategy / by_module_type: trainable elements per owner / per owning module class.
         strategies: the methods applied, in order.
+        labels: the same strategies with their settings (``freeze 10 blocks``, ``lora r8``), in order.
     """
 
     trainable: dict[str, str]
@@ -63,10 +64,12 @@ class TrainabilityPlan:
     by_strategy: dict[str, int]
     by_module_type: dict[str, int]
     strategies: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
 
     @classmethod
     def build(
-        cls, model: nn.Module, owners: dict[str, str], bn_policy: str, strategies: list[str]
+        cls, model: nn.Module, owners: dict[str, str], bn_policy: str, strategies: list[str],
+        labels: list[str] | None = None,
     ) -> TrainabilityPlan:
         """Plan from the model's current ``requires_grad`` flags; ``owners`` attributes names to strategies."""
         modules = dict(model.named_modules())
@@ -100,6 +103,7 @@ class TrainabilityPlan:
             by_strategy=dict(by_strategy),
             by_module_type=dict(by_type),
             strategies=list(strategies),
+            labels=list(labels if labels is not None else strategies),
         )
 
     @property
@@ -149,10 +153,14 @@ class TrainabilityPlan:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def describe(self, sep: str = " + ") -> str:
+        """The strategies with their settings, e.g. ``freeze 10 blocks + lora r8 + head``."""
+        return sep.join(self.labels or self.strategies)
+
     def summary(self) -> str:
         """A short human-readable account (also logged to TensorBoard as text)."""
         lines = [
-            f"strategies: {' -> '.join(self.strategies)}",
+            f"strategies: {self.describe(' -> ')}",
             f"trainable: {self.trainable_count:,} / {self.total:,} ({self.trainable_pct:.3f}%)",
             "by strategy: " + ", ".join(f"{k}={v:,}" for k, v in sorted(self.by_strategy.items())),
             "by module type: " + ", ".join(f"{k}={v:,}" for k, v in sorted(self.by_module_type.items())),

@@ -72,18 +72,24 @@ def test_full_fine_tuning_learns_the_toy_task(toy, tmp_path):
 def test_tensorboard_values_match_metrics(toy, tmp_path):
     r = recipe(toy, tmp_path, [{"method": "head"}])
     TASK.train(r, list(r.strategies), tmp_path / "run", "probe")
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
-    top1 = [e.value for e in acc.Scalars("val/top1")]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    history = metrics["history"]
+    top1 = [e.value for e in acc.Scalars("metrics/top1")]
     assert top1 == pytest.approx([h["top1"] for h in history])
-    assert [e.step for e in acc.Scalars("val/top1")] == [0, 1]
+    # x = training batches so far: toy has 36 training images in batches of 8 -> 5 batches per epoch.
+    assert [e.step for e in acc.Scalars("metrics/top1")] == [5, 10]
+    assert [(e.step, e.value) for e in acc.Scalars("progress/epoch")] == [(5, 1), (10, 2)]
+    assert acc.Scalars("loss/train")[0].step == 1
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "lr/head", "val/top5", "perf/img_per_s", "perf/peak_mem_mb", "params/trainable",
-            "hparam/top1", "val_class/class_0", "perf/epoch_seconds"} <= tags
-    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
-    assert acc.Scalars("params/trainable")[0].value == plan["trainable_count"]
-    lrs = [e.value for e in acc.Scalars("lr/head")]
+    assert {"loss/train", "loss/val", "optim/lr_head", "metrics/top5", "perf/img_per_s", "perf/peak_mem_mb",
+            "perf/step_time_s", "val_class/class_0", "result/top1"} <= tags
+    assert not any(t.startswith(("hparam/", "params/", "train/", "val/", "lr/")) for t in tags)
+    # The kept model's evaluation (the best epoch's validation) is a result/* point at the last step.
+    (final,) = acc.Scalars("result/top1")
+    assert final.step == 10 and final.value == pytest.approx(metrics["best_metrics"]["top1"])
+    lrs = [e.value for e in acc.Scalars("optim/lr_head")]
     assert 0.04 < lrs[0] <= 0.05 and lrs[-1] < lrs[0]  # head_lr (not lr = 0.01), cosine-decaying
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 

@@ -90,7 +90,7 @@ def test_launcher_exports_settings_and_keeps_the_run_dir(coco8, weights, tmp_pat
     assert state["run_dir"] == str(run_dir) and state["run_name"] == "ddp-run" and state["device"] == "0,1"
     assert Path(state["save_dir"]) == run_dir
     assert (run_dir / "recipe.yaml").is_file()  # Ultralytics would have deleted the save dir
-    assert not (run_dir / "tb").exists()  # the launcher trains nothing and logs nothing
+    assert not list(run_dir.glob("events.out.tfevents.*"))  # the launcher trains nothing and logs nothing
 
 
 def record_worker(tr) -> None:
@@ -129,8 +129,9 @@ def test_generated_ddp_script_recreates_and_trains(coco8, weights, tmp_path, han
     assert set(report["callback_counts"].values()) == {1}  # the pickled callbacks were not added twice
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["strategy"] == "ddp-run" and metrics["trainable_params"] == report["trainable"]
-    for name in ("adapter/adapter.json", "adapter_last/adapter.json", "plan.json", "tb", "weights/merged.pt"):
+    for name in ("adapter/adapter.json", "adapter_last/adapter.json", "plan.json", "weights/merged.pt"):
         assert (run_dir / name).exists(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))  # rank 0's TensorBoard events
 
 
 ULTRALYTICS_83_SCRIPT = """

@@ -132,9 +132,11 @@ def test_resumed_run_continues_at_epoch_3(killed_and_resumed):
     assert (run / "weights" / "merged.pt").is_file() and (run / "adapter" / "adapter.safetensors").is_file()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run / "tb"))  # both segments' event files, epochs counted on
+    events = EventAccumulator(str(run))  # both segments' event files, steps counted on
     events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    nb = len(resumed.trainer.train_loader)  # x = training batches so far, continued across the resume
+    assert [e.step for e in events.Scalars("loss/train")] == [nb, 2 * nb, 3 * nb]
+    assert [e.value for e in events.Scalars("progress/epoch")] == [1, 2, 3]
 
 
 def test_resumed_weights_and_optimizer_come_from_the_checkpoint(killed_and_resumed):

@@ -40,8 +40,9 @@ def test_cli_train_writes_the_run_dir(recipe, tmp_path, capsys):
     assert "[tiny] map50=" in capsys.readouterr().out
     (run,) = (tmp_path / "runs").iterdir()
     for name in ("recipe.yaml", "metrics.json", "plan.json", "adapter/adapter.json", "adapter_last/adapter.json",
-                 "weights/best.pt", "weights/merged.pt", "tb", "results.csv"):
+                 "weights/best.pt", "weights/merged.pt", "results.csv"):
         assert (run / name).exists(), name
+    assert list(run.glob("events.out.tfevents.*"))  # TensorBoard events in the run dir: the run is named after it
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["strategy"] == "tiny" and set(metrics["metrics"]) >= {"map50", "map50_95"}
     assert 0 < metrics["trainable_params"] < metrics["total_params"] and metrics["step_time_s"] > 0

@@ -107,10 +107,21 @@ def test_outputs_adapter_plan_and_tensorboard(lora_run, weights, coco8):
     assert all(torch.equal(v, ema[k]) for k, v in fresh.state_dict().items() if v.is_floating_point())
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tb"))
+    acc = EventAccumulator(str(run_dir))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "val/map50", "val/map50_95", "lr/pg0", "params/trainable", "perf/img_per_s"} <= tags
+    assert {"loss/train", "loss/train_box", "loss/val", "metrics/map50", "metrics/map50_95", "perf/img_per_s",
+            "progress/epoch", "result/map50_95"} <= tags
+    # Learning rates are named by the strategies owning each Ultralytics group, not pg0..pg2.
+    lr_tags = {t for t in tags if t.startswith("optim/lr_")}
+    assert lr_tags and all("lora" in t or "head" in t for t in lr_tags) and not any("pg" in t for t in lr_tags)
+    # x = training batches: epoch k's validation at k * batches per epoch; the final evaluation of best.pt
+    # is a result/* point at the last step, not a third epoch.
+    nb = len(trainer.train_loader)
+    assert [(e.step, e.value) for e in acc.Scalars("progress/epoch")] == [(nb, 1), (2 * nb, 2)]
+    assert [e.step for e in acc.Scalars("metrics/map50_95")] == [nb, 2 * nb]
+    (final,) = acc.Scalars("result/map50_95")
+    assert final.step == 2 * nb and final.value == pytest.approx(trainer.metrics["metrics/mAP50-95(B)"])
 
 
 def test_final_eval_sees_lora(lora_run, coco8):

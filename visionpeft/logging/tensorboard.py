@@ -1,19 +1,37 @@
 """TensorBoard logging for one run: scalars, the trainability plan as text, and HParams.
 
-Compare writes one run per strategy under the compare directory (``<NN>-<name>/tb``), so pointing
-TensorBoard at the compare directory overlays the strategies and the HParams tab compares them.
+A run writes its event files into its own run directory, so pointing TensorBoard at a compare directory
+shows one run per strategy named like its folder (``00-full``, ``01-lora``...), and the HParams tab
+compares them (see :mod:`visionpeft.logging.hparams`).
 
-Tag names shared by every task: ``train/loss``, ``val/top1``, ``val/map50``, ``lr/<group>``,
-``perf/img_per_s``, ``perf/peak_mem_mb``, ``params/trainable``.
+**x-axis** (both tasks): ``step`` = training batches processed since the run started (it continues across a
+resume). Training scalars are logged at the step they were measured, validation scalars at the step where
+their epoch ended; ``progress/epoch`` (epochs completed, 1-based) at that same step maps steps to epochs.
+The kept model's final evaluation is not one more epoch: it goes to its own ``result/`` tags at the last step.
+
+Tags (TensorBoard's TIME SERIES groups them by the part before ``/`` in this order, and opens the first two:
+losses and the task metric):
+
+* ``loss/train``: training loss (classification: cross-entropy of the logged batch; detection: box + cls +
+  dfl, mean over the epoch; its parts as ``loss/train_box``...); ``loss/val`` (and ``loss/val_box``...).
+* ``metrics/<name>``: validation metrics after each epoch, fractions in 0-1: ``top1``, ``top5``,
+  ``mean_class_acc`` (classification); ``map50_95``, ``map50``, ``precision``, ``recall`` (detection).
+* ``optim/lr_<owner>``: learning rate of each parameter group, named by what it holds (``head``, ``lora``...).
+* ``perf/img_per_s`` (training images per second over the epoch), ``perf/peak_mem_mb`` (MiB),
+  ``perf/step_time_s`` (mean seconds per training batch over the epoch).
+* ``progress/epoch``: epochs completed.
+* ``result/<name>``: the kept model's final evaluation (classification: the best epoch's validation;
+  detection: Ultralytics' re-validation of ``best.pt`` with the adapters merged), read by the HParams tab.
+* ``val_class/<class>``: per-class validation accuracy (classification, up to 100 classes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLogger"]
+__all__ = ["RunLogger", "write_experiment"]
 
 
 class RunLogger:
@@ -53,34 +71,36 @@ class RunLogger:
             self._writer.add_text(tag, text, int(step))
 
     def plan(self, plan: Any) -> None:
-        """The trainability plan as text plus the trainable-parameter count as ``params/trainable``."""
+        """The trainability plan as text (TEXT tab); its counts are hyper-parameters (:meth:`session_start`)."""
         summary = plan.summary() if hasattr(plan, "summary") else str(plan)
         self.text("plan", "```\n" + str(summary) + "\n```")
-        count = getattr(plan, "trainable_count", None)
-        if count is not None:
-            self.scalar("params/trainable", float(count), 0)
-        total = getattr(plan, "total", None)
-        if total is not None:
-            self.scalar("params/total", float(total), 0)
 
-    def hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, float]) -> None:
-        """Record hyper-parameters and final metrics for the HParams tab, in this run's own folder.
+    def _summary(self, summary: Any) -> None:
+        if self._writer is not None:
+            self._writer._get_file_writer().add_summary(summary)
 
-        ``SummaryWriter.add_hparams`` would write into a new timestamped sub-folder, which splits one
-        run in two in the UI; writing the three hparams summaries here keeps them together.
+    def session_start(self, hparams: Mapping[str, Any]) -> None:
+        """This run's hyper-parameters for the HParams tab (names from :data:`~.hparams.HPARAMS`)."""
+        from .hparams import session_start_summary
+
+        self._summary(session_start_summary(hparams))
+
+    def session_end(self, ok: bool = True) -> None:
+        """Mark this run finished (``ok=False``: failed) in the HParams tab."""
+        from .hparams import session_end_summary
+
+        self._summary(session_end_summary(ok))
+
+    def experiment(self, task: str, sessions: Sequence[Mapping[str, Any]]) -> None:
+        """The experiment summary over the runs below this log directory (see :mod:`.hparams`).
+
+        Args:
+            task: ``classification`` or ``detection`` (picks the metric columns).
+            sessions: the hyper-parameters of every run, as given to :meth:`session_start`.
         """
-        if self._writer is None:
-            return
-        from torch.utils.tensorboard.summary import hparams
+        from .hparams import experiment_summary
 
-        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()}
-        metrics = {f"hparam/{k}": float(v) for k, v in metric_dict.items()}
-        exp, ssi, sei = hparams(clean, metrics)
-        writer = self._writer._get_file_writer()
-        for summary in (exp, ssi, sei):
-            writer.add_summary(summary)
-        for tag, value in metrics.items():
-            self._writer.add_scalar(tag, value, 0)
+        self._summary(experiment_summary(task, sessions))
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -91,3 +111,15 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def write_experiment(log_dir: str | Path, task: str, sessions: Sequence[Mapping[str, Any]]) -> None:
+    """Write the HParams experiment summary of the runs below ``log_dir`` into ``log_dir`` itself.
+
+    ``compare`` calls it for the compare directory, ``train`` for its run directory (see :mod:`.hparams`).
+    """
+    logger = RunLogger(log_dir)
+    try:
+        logger.experiment(task, sessions)
+    finally:
+        logger.close()

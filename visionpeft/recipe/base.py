@@ -64,7 +64,7 @@ class BaseRecipe(Section):
             ``full: [{method: full}]`` is always trained first.
         seed: random seed shared by every run of a compare, so runs differ only by strategy.
         output: root folder of run directories.
-        tensorboard: write TensorBoard event files into ``<run_dir>/tb``.
+        tensorboard: write TensorBoard event files into the run directory (see ``visionpeft.logging``).
     """
 
     task: str = "classification"

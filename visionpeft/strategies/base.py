@@ -18,6 +18,13 @@ class StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: str
 
+    def label(self) -> str:
+        """A short human-readable name with the settings that matter (``lora r8``, ``freeze 10 blocks``).
+
+        Shown in the plan text, the compare report and TensorBoard's HParams ``methods`` column.
+        """
+        return self.method
+
 
 @dataclass
 class ApplyContext:

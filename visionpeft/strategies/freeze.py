@@ -43,6 +43,19 @@ class FreezeConfig(StrategyConfig):
             raise ValueError("block indices must be >= 0")
         return v
 
+    def label(self) -> str:
+        """``freeze 10 blocks``, ``freeze blocks 0,3,5``, ``freeze 2 patterns`` (+ `` bn=train`` if not eval)."""
+        parts = ["freeze"]
+        if isinstance(self.n, int):
+            parts.append(f"{self.n} block" + ("" if self.n == 1 else "s"))
+        elif self.n is not None:
+            parts.append("blocks " + ",".join(str(i) for i in self.n))
+        if self.patterns:
+            parts.append(f"{len(self.patterns)} pattern" + ("" if len(self.patterns) == 1 else "s"))
+        if self.bn != "eval":
+            parts.append(f"bn={self.bn}")
+        return " ".join(parts)
+
 
 @register
 class FreezeStrategy(Strategy):

@@ -59,6 +59,10 @@ class VPTConfig(StrategyConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init: Literal["xavier", "zeros"] = "xavier"
 
+    def label(self) -> str:
+        """``vpt shallow 10 tokens`` / ``vpt deep 50 tokens``."""
+        return f"vpt {self.mode} {self.tokens} token" + ("" if self.tokens == 1 else "s")
+
 
 def vpt_init_bound(patch_size: int, embed_dim: int) -> float:
     """The VPT paper's uniform initialisation range (Xavier for a 3 x patch x patch -> embed_dim layer)."""

@@ -63,7 +63,7 @@ class TaskRunner(Protocol):
 
     ``train`` writes the run-dir layout shared by every task: ``recipe.yaml`` (resolved),
     ``adapter/adapter.safetensors`` + ``adapter/adapter.json``, ``metrics.json``, ``plan.json`` and
-    ``tb/`` (when the recipe enables TensorBoard).
+    TensorBoard event files in the run directory itself (when the recipe enables TensorBoard).
     """
 
     primary_metric: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from . import get_task
 from .base import RunResult
 from .distributed import barrier, broadcast_object, is_main
 
-__all__ = ["run_compare", "new_run_dir", "slug"]
+__all__ = ["run_compare", "new_run_dir", "slug", "write_experiment_for", "remove_empty_tree"]
 
 
 def slug(name: str) -> str:
@@ -20,8 +21,16 @@ def slug(name: str) -> str:
 
 
 def new_run_dir(recipe: Any, suffix: str = "") -> Path:
-    """``<output>/<name><suffix>-<timestamp>``, made unique with ``-2``, ``-3``... if it exists."""
-    base = Path(recipe.output) / f"{slug(recipe.name)}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``<output>/<name><suffix>-<timestamp>``, made unique with ``-2``, ``-3``... if it exists.
+
+    The suffix is left out when the name already says it: a recipe named ``bccd-compare`` compares into
+    ``bccd-compare-<timestamp>``, not ``bccd-compare-compare-<timestamp>``.
+    """
+    name = slug(recipe.name)
+    word = suffix.strip("-_.").lower()
+    if word and word in re.split(r"[-_.]+", name.lower()):
+        suffix = ""
+    base = Path(recipe.output) / f"{name}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 2
     while path.exists():
         path = base.with_name(f"{base.name}-{n}")
@@ -29,23 +38,59 @@ def new_run_dir(recipe: Any, suffix: str = "") -> Path:
     return Path(broadcast_object(str(path)))  # every DDP rank must use rank 0's choice
 
 
+def remove_empty_tree(path: Path) -> bool:
+    """Delete ``path`` if it holds no file (only empty folders, or nothing); return whether it was deleted.
+
+    A compare that fails before its first run writes anything leaves no empty folder behind this way.
+    """
+    path = Path(path)
+    if not path.is_dir() or any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+        return False
+    for sub in sorted((p for p in path.rglob("*")), key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+    path.rmdir()
+    return True
+
+
+def write_experiment_for(log_dir: Path, recipe: Any, results: Sequence[RunResult]) -> None:
+    """TensorBoard's HParams experiment over ``results`` in ``log_dir`` (rank 0, when TensorBoard is on).
+
+    ``compare`` writes it at the compare directory's root, ``train`` in its run directory; it declares which
+    hyper-parameters differ between the runs (see :mod:`visionpeft.logging.hparams`).
+    """
+    sessions = [r.extra["hparams"] for r in results if r.extra.get("hparams")]
+    if not getattr(recipe, "tensorboard", False) or not is_main() or not sessions:
+        return
+    from ..logging.tensorboard import write_experiment
+
+    write_experiment(log_dir, recipe.task, sessions)
+
+
 def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     """Train ``full`` then every run of ``recipe.compare_runs()`` and write the report; return the directory.
 
-    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs.
+    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs. If a run
+    fails before anything was written, the (empty) compare directory is removed again.
     """
     task = get_task(recipe.task)
     compare_dir = Path(compare_dir) if compare_dir else new_run_dir(recipe, "-compare")
+    created = not compare_dir.exists()
     if is_main():
         compare_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     results: list[RunResult] = []
-    for i, (name, strategies) in enumerate(recipe.compare_runs().items()):
-        run_dir = compare_dir / f"{i:02d}-{slug(name)}"
-        results.append(task.train(recipe, strategies, run_dir, name))
+    try:
+        for i, (name, strategies) in enumerate(recipe.compare_runs().items()):
+            run_dir = compare_dir / f"{i:02d}-{slug(name)}"
+            results.append(task.train(recipe, strategies, run_dir, name))
+    except BaseException:
+        if created and is_main():
+            remove_empty_tree(compare_dir)
+        raise
     if is_main():
         from ..report.compare import write_report
 
+        write_experiment_for(compare_dir, recipe, results)
         write_report(compare_dir, results, recipe, task.primary_metric)
     barrier()
     return compare_dir

@@ -63,6 +63,19 @@ class LoRAConfig(StrategyConfig):
     max_param_fraction: PositiveFloat | None = 1.0
     start_block: int = Field(0, ge=0)
 
+    def label(self) -> str:
+        """``lora r8``, plus the alpha when it is not the rank, ``qv`` and a ``start_block`` when set."""
+        parts = [f"lora r{self.rank}"]
+        if self.alpha is not None and self.alpha != self.rank:
+            parts.append(f"a{self.alpha:g}")
+        if self.use_rslora:
+            parts.append("rs")
+        if self.qkv == "qv":
+            parts.append("qv")
+        if self.start_block:
+            parts.append(f"from block {self.start_block}")
+        return " ".join(parts)
+
 
 @dataclass(frozen=True)
 class _Target:

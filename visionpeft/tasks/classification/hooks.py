@@ -65,36 +65,49 @@ class PeakMemory(Hook):
 
 
 class TensorBoardHook(Hook):
-    """Scalars: ``train/loss`` (every ``every`` steps), ``lr/<group>``, ``val/*``, ``perf/*``."""
+    """Scalars at step = training batches so far (the tag vocabulary is in :mod:`visionpeft.logging.tensorboard`).
+
+    ``loss/train`` and ``optim/lr_<owner>`` every ``every`` batches (and the first); after each epoch
+    ``loss/val``, ``metrics/*``, ``val_class/*``, ``perf/*`` and ``progress/epoch``.
+    """
+
+    #: Validation metrics shown as ``metrics/<name>`` (all fractions in 0-1).
+    metrics = ("top1", "top5", "mean_class_acc")
 
     def __init__(self, logger: RunLogger, memory: PeakMemory, every: int = 10) -> None:
         self.logger, self.memory, self.every = logger, memory, every
         self._step = 0
         self._images_at_epoch = 0
         self._time_at_epoch = 0.0
+        self._batches_at_epoch = 0
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        self._images_at_epoch, self._time_at_epoch = trainer.state.images, trainer.state.train_time
+        st = trainer.state
+        self._images_at_epoch, self._time_at_epoch, self._batches_at_epoch = st.images, st.train_time, st.batches
 
     def on_step_end(self, trainer: Trainer, loss: float, images: int) -> None:
         self._step += 1
         if self._step % self.every == 0 or self._step == 1:
-            self.logger.scalar("train/loss", loss, trainer.state.updates)
+            step = trainer.state.batches
+            self.logger.scalar("loss/train", loss, step)
             for group, lr in group_lrs(trainer.optimizer).items():
-                self.logger.scalar(f"lr/{group}", lr, trainer.state.updates)
+                self.logger.scalar(f"optim/lr_{group}", lr, step)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        epoch = trainer.state.epoch
-        self.logger.scalars({f"val/{k}": v for k, v in metrics.items() if k in ("top1", "top5", "loss",
-                                                                                 "mean_class_acc")}, epoch)
+        st = trainer.state
+        step = st.batches
+        self.logger.scalar("loss/val", metrics["loss"], step)
+        self.logger.scalars({f"metrics/{k}": metrics[k] for k in self.metrics if k in metrics}, step)
         per_class = {f"val_class/{k[4:]}": v for k, v in metrics.items() if k.startswith("acc/")}
         if len(per_class) <= 100:  # one chart per class is useless beyond that; metrics.json keeps them
-            self.logger.scalars(per_class, epoch)
-        seconds = trainer.state.train_time - self._time_at_epoch
-        images = trainer.state.images - self._images_at_epoch
-        self.logger.scalar("perf/img_per_s", images / max(seconds, 1e-9), epoch)
-        self.logger.scalar("perf/epoch_seconds", seconds, epoch)
-        self.logger.scalar("perf/peak_mem_mb", self.memory.current(), epoch)
+            self.logger.scalars(per_class, step)
+        seconds = st.train_time - self._time_at_epoch
+        images = st.images - self._images_at_epoch
+        times = st.step_times[self._batches_at_epoch:]
+        self.logger.scalar("perf/img_per_s", images / max(seconds, 1e-9), step)
+        self.logger.scalar("perf/peak_mem_mb", self.memory.current(), step)
+        self.logger.scalar("perf/step_time_s", sum(times) / max(len(times), 1), step)
+        self.logger.scalar("progress/epoch", st.epoch + 1, step)
         self.logger.flush()
 
 

@@ -88,7 +88,7 @@ class ClassificationTask:
         ema = self._ema(module, recipe)
         live = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
         target = (lambda: ema.module) if ema is not None else (lambda: live)
-        logger = RunLogger(s.run_dir / "tb", enabled=recipe.tensorboard and is_main())
+        logger = RunLogger(s.run_dir, enabled=recipe.tensorboard and is_main())
         memory = PeakMemory(s.device)
         ckpt = CheckpointHook(
             s.run_dir / "checkpoints", tensors=lambda: _snapshot(target(), s.keep, head_prefix),
@@ -112,8 +112,14 @@ class ClassificationTask:
             set_epoch=set_epoch)
         start = self._maybe_resume(s, trainer, live, ema, head_prefix, ckpt)
         logger.plan(s.plan)
+        logger.session_start(self._hparams(s))
         t0 = time.perf_counter()
-        trainer.fit(start_epoch=start)
+        try:
+            trainer.fit(start_epoch=start)
+        except BaseException:
+            logger.session_end(ok=False)  # the HParams tab shows the run as failed
+            logger.close()
+            raise
         wall = time.perf_counter() - t0
         return self._finish(s, trainer, ckpt, memory, logger, wall)
 
@@ -218,7 +224,7 @@ class ClassificationTask:
             train_seconds=wall + s.cache_seconds,
             adapter_bytes=0, step_time_s=sum(st.step_times) / max(len(st.step_times), 1), run_dir=s.run_dir,
             extra={"best_epoch": st.best_epoch, "epochs_run": len(st.history), "world_size": world,
-                   "cache_seconds": s.cache_seconds})
+                   "cache_seconds": s.cache_seconds, "hparams": self._hparams(s)})
         if is_main():
             adapter = save_adapter(s.model, s.run_dir / "adapter", extra={
                 "task": "classification", "model": s.recipe.model, "weights": s.recipe.weights,
@@ -226,18 +232,23 @@ class ClassificationTask:
             result.adapter_bytes = (adapter / "adapter.safetensors").stat().st_size
             full = {**result.to_dict(), "best_metrics": best, "history": st.history}
             (s.run_dir / "metrics.json").write_text(json.dumps(full, indent=2))
-            logger.hparams(self._hparams(s), {**metrics, "trainable_pct": s.plan.trainable_pct})
+            # The kept (best-epoch) model's metrics, at the last step: what the HParams tab shows.
+            logger.scalars({f"result/{k}": best[k] for k in ("top1", "top5", "loss", "mean_class_acc")
+                            if k in best}, st.batches)
+            logger.session_end(ok=True)
         logger.close()
         barrier()
         return result
 
     @staticmethod
     def _hparams(s: _Setup) -> dict[str, Any]:
+        """The run's TensorBoard hyper-parameters (vocabulary: :data:`visionpeft.logging.HPARAMS`)."""
         r = s.recipe
-        return {"strategy": s.name, "methods": "+".join(s.plan.strategies), "model": r.model,
+        return {"strategy": s.name, "methods": s.plan.describe(), "trainable_params": s.plan.trainable_count,
+                "trainable_pct": round(s.plan.trainable_pct, 4), "total_params": s.plan.total, "model": r.model,
                 "epochs": r.train.epochs, "batch_size": r.train.batch_size, "lr": r.optim.lr,
                 "head_lr": r.optim.head_lr or r.optim.lr, "optimizer": r.optim.name,
-                "img_size": s.data_cfg.img_size, "trainable_params": s.plan.trainable_count, "seed": r.seed}
+                "img_size": s.data_cfg.img_size, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
     @staticmethod

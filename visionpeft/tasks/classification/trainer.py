@@ -48,6 +48,11 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     stop: bool = False
 
+    @property
+    def batches(self) -> int:
+        """Training batches processed so far, across resumes (one step time per batch): TensorBoard's x."""
+        return len(self.step_times)
+
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """``bf16`` when asked, or on ``auto`` when a CUDA device supports it; ``None`` means fp32."""

@@ -142,15 +142,44 @@ def _check_optimizer(trainer: Any, model: torch.nn.Module) -> None:
 
 
 def on_pretrain_routine_end(tr: Any) -> None:
-    """After Ultralytics' setup: enforce and check the plan, check the optimizer, log the plan."""
+    """After Ultralytics' setup: enforce and check the plan, check the optimizer, log the plan and hparams."""
     model = tr.vp_model()
     tr.vp_plan.enforce(model)
     tr.vp_plan.check(model)
     _check_optimizer(tr, model)
     tr.vp_write_plan()
+    tr.vp_lr_tags = lr_tags(tr.optimizer, model, tr.vp_plan)
     if tr.vp_logger is not None:
         tr.vp_logger.plan(tr.vp_plan)
+        tr.vp_logger.session_start(tr.vp_hparams())
     tr.vp_perf.start(tr.device, model, tr.optimizer)
+
+
+def lr_tags(optimizer: Any, model: torch.nn.Module, plan: Any) -> list[str | None]:
+    """``optim/lr_<owners>`` per optimizer group (``None``: empty group), e.g. ``optim/lr_lora+head``.
+
+    Ultralytics groups parameters by kind (``weight`` with decay, ``bn`` and ``bias`` without); each group is
+    named by the strategies that own its parameters, plus its kind when two groups hold the same owners.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    labels: list[str | None] = []
+    for group in optimizer.param_groups:
+        owners = sorted({plan.trainable.get(names.get(id(p), ""), "base") for p in group["params"]})
+        labels.append("+".join(owners) if owners else None)
+    tags: list[str | None] = []
+    for i, (label, group) in enumerate(zip(labels, optimizer.param_groups)):
+        if label is None:
+            tags.append(None)
+            continue
+        shared = labels.count(label) > 1
+        kind = str(group.get("param_group", f"group{i}"))
+        tags.append(f"optim/lr_{label}_{kind}" if shared else f"optim/lr_{label}")
+    return tags
+
+
+def _step(tr: Any) -> int:
+    """TensorBoard's x for the epoch that just ended: training batches so far (Ultralytics' ``ni`` + 1)."""
+    return (int(tr.epoch) + 1) * len(tr.train_loader)
 
 
 def on_train_epoch_start(tr: Any) -> None:
@@ -172,29 +201,44 @@ def on_train_batch_end(tr: Any) -> None:
 
 
 def on_train_epoch_end(tr: Any) -> None:
-    """TensorBoard: losses, learning rate per group, throughput, memory, step time."""
+    """TensorBoard: losses, learning rate per group, throughput, memory, step time (x: batches so far)."""
     log = tr.vp_logger
     if log is None:
         return
-    step = tr.epoch + 1
-    losses = {f"train/{k}": float(v) for k, v in (tr.tloss or {}).items()}
+    step = tr.vp_last_step = _step(tr)
+    losses = {f"loss/train_{k.removesuffix('_loss')}": float(v) for k, v in (tr.tloss or {}).items()}
     if losses:
-        log.scalar("train/loss", sum(losses.values()), step)
+        log.scalar("loss/train", sum(losses.values()), step)
     log.scalars(losses, step)
-    log.scalars({f"lr/pg{i}": float(g["lr"]) for i, g in enumerate(tr.optimizer.param_groups)}, step)
+    tags = getattr(tr, "vp_lr_tags", None) or [f"optim/lr_group{i}" for i in range(len(tr.optimizer.param_groups))]
+    log.scalars({tag: float(g["lr"]) for tag, g in zip(tags, tr.optimizer.param_groups) if tag}, step)
     log.scalar("perf/img_per_s", tr.vp_perf.img_per_s, step)
     log.scalar("perf/peak_mem_mb", tr.vp_perf.peak_mem_mb, step)
     log.scalar("perf/step_time_s", tr.vp_perf.step_time_s, step)
 
 
 def on_fit_epoch_end(tr: Any) -> None:
-    """TensorBoard: validation mAP50 / mAP50-95 / precision / recall and validation losses."""
+    """TensorBoard: validation mAP50-95 / mAP50 / precision / recall and losses after each epoch.
+
+    The final re-validation of ``best.pt`` (``tr.vp_final_eval``) goes to ``result/*`` at the last step
+    instead, so it is not mistaken for one more epoch.
+    """
     log = tr.vp_logger
     if log is None or not tr.metrics:
         return
-    step = tr.epoch + 1
-    log.scalars({f"val/{k}": v for k, v in metrics_from_ultralytics(tr.metrics).items()}, step)
-    log.scalars({k: float(v) for k, v in tr.metrics.items() if k.startswith("val/")}, step)
+    metrics = metrics_from_ultralytics(tr.metrics)
+    if getattr(tr, "vp_final_eval", False):
+        log.scalars({f"result/{k}": v for k, v in metrics.items()}, getattr(tr, "vp_last_step", _step(tr)))
+        log.flush()
+        return
+    step = _step(tr)
+    log.scalars({f"metrics/{k}": v for k, v in metrics.items()}, step)
+    losses = {f"loss/val_{k[4:].removesuffix('_loss')}": float(v) for k, v in tr.metrics.items()
+              if k.startswith("val/")}
+    if losses:
+        log.scalar("loss/val", sum(losses.values()), step)
+    log.scalars(losses, step)
+    log.scalar("progress/epoch", int(tr.epoch) + 1, step)
     log.flush()
 
 
@@ -217,10 +261,7 @@ def on_train_end(tr: Any) -> None:
     # Written here (rank 0), not by the runner: after a DDP launch the launcher holds no trained state.
     tr.vp_result().save(tr.vp_run_dir / "metrics.json")
     if tr.vp_logger is not None:
-        hp = {"strategies": json.dumps(tr.vp_strategies), "epochs": tr.epochs, "imgsz": tr.args.imgsz,
-              "batch": tr.batch_size, "lr0": tr.args.lr0, "optimizer": str(tr.args.optimizer),
-              "trainable_params": tr.vp_plan.trainable_count}
-        tr.vp_logger.hparams(hp, metrics_from_ultralytics(tr.metrics))
+        tr.vp_logger.session_end(ok=True)
         tr.vp_logger.close()
 
 

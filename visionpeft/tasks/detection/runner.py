@@ -8,7 +8,8 @@ Run directory (Ultralytics' own files plus visionpeft's)::
     metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory
                            (written by the trainer on rank 0 at the end of training)
     plan.json              trainability plan
-    tb/                    visionpeft's TensorBoard events (losses, mAP, LR, plan, hparams)
+    events.out.tfevents.*  visionpeft's TensorBoard events (losses, mAP, LR, plan, hparams; the run is named
+                           after this folder in TensorBoard)
     weights/best.pt        Ultralytics checkpoint of the adapted EMA model (needs visionpeft to load)
     weights/last.pt
     args.yaml, results.csv Ultralytics' own records
@@ -42,6 +43,17 @@ def _refuse_torchrun() -> None:
             "detection under torchrun: launch 'visionpeft train' as one process and set ultralytics.device=0,1; "
             "Ultralytics starts one DDP worker per GPU itself"
         )
+
+
+def _train(trainer: Any) -> None:
+    """``trainer.train()``; a failure is marked in TensorBoard's HParams tab before it propagates."""
+    try:
+        trainer.train()
+    except BaseException:
+        if trainer.vp_logger is not None:
+            trainer.vp_logger.session_end(ok=False)
+            trainer.vp_logger.close()
+        raise
 
 
 def _read_run_recipe(run_dir: Path) -> dict[str, Any]:
@@ -87,7 +99,7 @@ class DetectionTask:
                                                      run_name=run_name)
         trainer = trainer_cls(overrides=overrides)
         (run_dir / "metrics.json").unlink(missing_ok=True)
-        trainer.train()
+        _train(trainer)
         return self._result(run_dir)
 
     def resume(self, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
@@ -117,7 +129,7 @@ class DetectionTask:
                                                      tensorboard=recipe.tensorboard, run_name=recipe.name)
         trainer = trainer_cls(overrides=args)
         (run_dir / "metrics.json").unlink(missing_ok=True)
-        trainer.train()
+        _train(trainer)
         return self._result(run_dir)
 
     @staticmethod

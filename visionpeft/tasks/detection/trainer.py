@@ -70,9 +70,9 @@ class PeftDetectionTrainer(DetectionTrainer):
     Attributes:
         vp_strategies: strategy entries (``[{"method": "lora", "rank": 8}, {"method": "head"}]``); ``None``
             on an unconfigured trainer that resumes (taken from the checkpoint).
-        vp_run_dir: where the adapter directories, ``plan.json``, ``metrics.json`` and ``tb/`` go (default:
-            the save dir).
-        vp_tensorboard: write visionpeft's TensorBoard events to ``<run_dir>/tb``.
+        vp_run_dir: where the adapter directories, ``plan.json``, ``metrics.json`` and visionpeft's TensorBoard
+            event files go (default: the save dir).
+        vp_tensorboard: write visionpeft's TensorBoard events into ``vp_run_dir``.
         vp_run_name: the run name recorded in ``metrics.json`` (default: the save dir's name).
     """
 
@@ -119,7 +119,7 @@ class PeftDetectionTrainer(DetectionTrainer):
         if self.vp_tensorboard and RANK in {-1, 0} and not self.ddp:
             from ...logging.tensorboard import RunLogger
 
-            self.vp_logger = RunLogger(self.vp_run_dir / "tb")
+            self.vp_logger = RunLogger(self.vp_run_dir)
         for event, fn in make_callbacks(self).items():
             # A DDP worker receives the launcher's callbacks (ours included) from Ultralytics: add them once.
             if fn not in self.callbacks.get(event, []):
@@ -303,8 +303,18 @@ class PeftDetectionTrainer(DetectionTrainer):
             run_dir=self.vp_run_dir,
             extra={"epochs": int(self.epochs), "imgsz": self.args.imgsz, "batch": int(self.batch_size),
                    "device": str(self.device), "strategies": plan.strategies,
-                   "start_epoch": int(self.start_epoch), "world_size": max(int(self.world_size), 1)},
+                   "start_epoch": int(self.start_epoch), "world_size": max(int(self.world_size), 1),
+                   "hparams": self.vp_hparams()},
         )
+
+    def vp_hparams(self) -> dict[str, Any]:
+        """The run's TensorBoard hyper-parameters, in the vocabulary shared with classification."""
+        plan = self.vp_plan
+        return {"strategy": self.vp_run_name or Path(self.save_dir).name, "methods": plan.describe(),
+                "trainable_params": plan.trainable_count, "trainable_pct": round(plan.trainable_pct, 4),
+                "total_params": plan.total, "model": Path(str(self.args.model)).name, "epochs": int(self.epochs),
+                "batch_size": int(self.batch_size), "lr": float(self.args.lr0), "optimizer": str(self.args.optimizer),
+                "img_size": int(self.args.imgsz), "seed": int(self.args.seed)}
 
     def final_eval(self) -> None:
         """Ultralytics' final validation of ``best.pt``, with adapters merged before the Conv+BN fusion."""
@@ -332,9 +342,13 @@ class PeftDetectionTrainer(DetectionTrainer):
         self.validator.args.compile = False
         self.metrics = self.validator(model=merged)
         self.metrics.pop("fitness", None)
-        self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics does
-        self.run_callbacks("on_fit_epoch_end")
-        self.epoch -= 1
+        self.epoch += 1  # Ultralytics' own loggers record best metrics at epoch epochs+1
+        self.vp_final_eval = True  # visionpeft's TensorBoard logs them as result/* at the last step
+        try:
+            self.run_callbacks("on_fit_epoch_end")
+        finally:
+            self.epoch -= 1
+            self.vp_final_eval = False
 
 
 def api_save_adapter(model: nn.Module, directory: Path, extra: dict[str, Any]) -> Path:
