@@ -101,7 +101,9 @@ def task_metrics(task: str) -> tuple[Metric, ...]:
 def check_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` restricted to plain types, in :data:`HPARAMS` order; unknown names raise ``ValueError``.
 
-    Integers stay integers (TensorBoard shows them without a fraction) and ``None`` values are dropped.
+    Whole numbers (counts, sizes, epochs, seed) become strings with thousands separators (``"1,608,432"``):
+    TensorBoard prints every number with five significant digits (``8.0000``, ``2.6548e+6``). ``None`` values
+    are dropped.
     """
     unknown = sorted(set(values) - set(_BY_NAME))
     if unknown:
@@ -114,7 +116,7 @@ def check_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
         if h.kind is str:
             out[h.name] = str(value)
         elif h.kind is int:
-            out[h.name] = int(value)
+            out[h.name] = f"{int(value):,}"
         else:
             out[h.name] = float(value)
     return out
@@ -164,7 +166,7 @@ def experiment_summary(task: str, sessions: Sequence[Mapping[str, Any]], descrip
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     checked = [check_hparams(s) for s in sessions]
-    types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_FLOAT64, float: api_pb2.DATA_TYPE_FLOAT64}
+    types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
     infos = []
     for h in HPARAMS:
         values = [s[h.name] for s in checked if h.name in s]
@@ -172,8 +174,8 @@ def experiment_summary(task: str, sessions: Sequence[Mapping[str, Any]], descrip
             continue
         info = api_pb2.HParamInfo(name=h.name, display_name=h.display, description=h.description,
                                   type=types[h.kind], differs=len(set(values)) > 1)
-        if h.kind is str:
-            info.domain_discrete.extend(sorted(set(values)))
+        if h.kind is not float:
+            info.domain_discrete.extend(sorted(set(values), key=lambda v: (len(v), v)))
         infos.append(info)
     metrics = [api_pb2.MetricInfo(
         name=api_pb2.MetricName(tag=m.tag), display_name=m.display, description=m.description,
