@@ -59,6 +59,33 @@ def test_train_and_resume(recipe_file, tmp_path):
     assert main(["resume", str(run), "train.epochs=2"]) == 0
     hist = json.loads((run / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [0, 1]
+    # TensorBoard: the run's own events (its folder is the run), x = batches continued across the resume
+    # (24 toy images in batches of 8: 3 per epoch), and the HParams experiment that 'train' writes.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("progress/epoch")] == [(3, 1), (6, 2)]
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+
+
+def test_compare_folder_names(tmp_path):
+    """The compare suffix is added once; a failed start leaves no empty folder, a started run's files stay."""
+    from types import SimpleNamespace
+
+    from visionpeft.tasks.compare import new_run_dir, remove_empty_tree
+
+    for name, expected in [("bccd-compare", "bccd-compare-2"), ("compare_cnn", "compare_cnn-2"),
+                           ("quickstart", "quickstart-compare-2"), ("comparison", "comparison-compare-2")]:
+        path = new_run_dir(SimpleNamespace(name=name, output=str(tmp_path)), "-compare")
+        assert path.name.startswith(expected), (name, path.name)
+    empty = tmp_path / "empty"
+    (empty / "00-full" / "adapter").mkdir(parents=True)
+    assert remove_empty_tree(empty) and not empty.exists()
+    kept = tmp_path / "kept"
+    (kept / "00-full").mkdir(parents=True)
+    (kept / "00-full" / "recipe.yaml").write_text("name: x\n")
+    assert not remove_empty_tree(kept) and (kept / "00-full" / "recipe.yaml").is_file()
 
 
 @pytest.mark.parametrize(
