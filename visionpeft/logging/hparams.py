@@ -68,8 +68,8 @@ _BY_NAME = {h.name: h for h in HPARAMS}
 
 _PERF = (
     Metric("perf/peak_mem_mb", "peak memory (MiB)", "peak training memory, MiB", training=True),
-    Metric("perf/img_per_s", "train images/s", "training throughput of the last epoch, images per second",
-           training=True),
+    Metric("perf/img_per_s", "train images/s", "training throughput at the end (classification: last epoch; "
+           "detection: whole run), images per second", training=True),
 )
 
 #: Metric columns per task, the primary metric first (TensorBoard ticks the first five).

@@ -17,8 +17,8 @@ losses and the task metric):
 * ``metrics/<name>``: validation metrics after each epoch, fractions in 0-1: ``top1``, ``top5``,
   ``mean_class_acc`` (classification); ``map50_95``, ``map50``, ``precision``, ``recall`` (detection).
 * ``optim/lr_<owner>``: learning rate of each parameter group, named by what it holds (``head``, ``lora``...).
-* ``perf/img_per_s`` (training images per second over the epoch), ``perf/peak_mem_mb`` (MiB),
-  ``perf/step_time_s`` (mean seconds per training batch over the epoch).
+* ``perf/img_per_s`` (training images per second), ``perf/peak_mem_mb`` (MiB), ``perf/step_time_s`` (mean
+  seconds per training batch); classification measures the epoch, detection the run so far.
 * ``progress/epoch``: epochs completed.
 * ``result/<name>``: the kept model's final evaluation (classification: the best epoch's validation;
   detection: Ultralytics' re-validation of ``best.pt`` with the adapters merged), read by the HParams tab.
