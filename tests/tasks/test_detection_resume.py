@@ -103,6 +103,7 @@ def killed_and_resumed(recipe):
         assert main(["train", str(recipe)]) == 130  # interrupted, as by Ctrl-C
         (run,) = (recipe.parent / "runs").iterdir()
         shutil.copy(run / "weights" / "last.pt", recipe.parent / "killed_last.pt")  # for the Python API test
+        shutil.copytree(run, recipe.parent / "killed_copy")  # the interrupted run dir, as a user would copy it
         saved_model, saved = load_checkpoint(run / "weights" / "last.pt")
         snapshot = {"epoch": saved["epoch"], "ema": {k: v.clone() for k, v in saved_model.state_dict().items()},
                     "optimizer": saved["optimizer"], "results": (run / "results.csv").read_text(),
@@ -171,10 +172,51 @@ def test_frozen_tensors_bit_identical_to_the_base_and_plan_holds(killed_and_resu
     assert snapshot["base_sha"] == json.loads((run / "adapter_last" / "adapter.json").read_text())["base"]["sha256"]
 
 
+def _files(run):
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_rejected_resumes_leave_the_run_untouched(killed_and_resumed, recipe, tmp_path, capsys):
+    """Checked before anything is written: another rank, another base, a torn last.pt."""
+    src = recipe.parent / "killed_copy"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    before = _files(run)
+    assert main(["resume", str(run), "strategies.1.rank=8"]) == 2
+    err = capsys.readouterr().err
+    assert "strategies" in err and "cannot change on resume" in err and "Traceback" not in err
+    assert main(["resume", str(run), f"model={tmp_path / 'other.pt'}"]) == 2
+    assert "cannot change on resume" in capsys.readouterr().err
+    assert _files(run) == before  # recipe.yaml, plan.json, args.yaml, tb/ ... byte for byte
+    last = run / "weights" / "last.pt"
+    good = last.read_bytes()
+    for torn in (b"", good[: len(good) // 2]):
+        last.write_bytes(torn)
+        assert main(["resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"last.pt: damaged checkpoint ({len(torn)} bytes" in err and "not found" not in err
+    last.write_bytes(good)
+    assert _files(run) == before
+
+
+def test_resuming_a_copied_run_writes_into_the_copy(killed_and_resumed, recipe, tmp_path):
+    """Ultralytics would take save_dir from inside last.pt, i.e. the original run directory."""
+    original, _, _, _ = killed_and_resumed
+    before = _files(original)
+    run = tmp_path / "copy"
+    shutil.copytree(recipe.parent / "killed_copy", run)
+    assert main(["resume", str(run)]) == 0
+    assert _files(original) == before
+    rows = list(csv.DictReader((run / "results.csv").read_text().splitlines()))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3]
+    assert (run / "weights" / "merged.pt").is_file()
+    assert json.loads((run / "metrics.json").read_text())["run_dir"] == str(run.resolve())
+
+
 def test_resume_errors(killed_and_resumed, tmp_path, capsys):
     run, _, _, _ = killed_and_resumed
     assert main(["resume", str(run), "strategies.0.n=3"]) == 2  # not the strategies the run trained
-    assert "the run was trained with strategies" in capsys.readouterr().err
+    assert "strategies: [{'method': 'freeze'" in capsys.readouterr().err
     assert main(["resume", str(run)]) == 2  # finished: last.pt has no optimizer state any more
     assert "nothing to resume" in capsys.readouterr().err
     (tmp_path / "recipe.yaml").write_text((run / "recipe.yaml").read_text())
