@@ -192,15 +192,25 @@ def test_resume_is_not_a_recipe_key(toy, tmp_path):
             recipe(toy, tmp_path, [{"method": "head"}], train=train)
     # Run directories of older versions recorded the defaults: still read.
     assert recipe(toy, tmp_path, [{"method": "head"}], train={"resume": False, "resume_dir": None}).train.epochs == 2
+    import yaml
+
+    from visionpeft.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": "test_efficientnet", "data": str(toy), "output": str(tmp_path / "o"),
+                                    "strategies": [{"method": "head"}]}))
+    assert main(["train", str(path), "train.resume=true"]) == 2  # the example: was accepted and ignored
+    assert not (tmp_path / "o").exists()
 
 
 def test_eval_reproduces_bf16_validation_and_merge_records_preprocessing(toy, tmp_path):
     r = recipe(toy, tmp_path, [{"method": "lora", "rank": 2}, {"method": "head"}], train={"amp": "bf16"},
-               augment={"crop_pct": 1.0})
+               augment={"crop_pct": 1.0}, dataset={"test_split": "val"})
     res = TASK.train(r, list(r.strategies), tmp_path / "run", "bf16")
     again = TASK.evaluate(tmp_path / "run", "val")
     assert again["top1"] == res.metrics["top1"] and again["loss"] == json.loads(
         (tmp_path / "run" / "metrics.json").read_text())["best_metrics"]["loss"]
+    assert TASK.evaluate(tmp_path / "run", "test") == again  # dataset.test_split names the split 'test' means
     out = TASK.merge(tmp_path / "run", tmp_path / "merged.safetensors")
     cfg = json.loads(out.with_suffix(".json").read_text())["data_config"]
     assert cfg["input_size"] == [3, 32, 32] and cfg["crop_pct"] == 1.0  # the run's, not timm's 224 px / 0.875

@@ -293,3 +293,36 @@ def test_load_resumed_state_keeps_the_base_and_checks_it(weights):
     fresh, plan_fresh, ids_fresh = _adapted_pair(weights, seed=1)
     with pytest.raises(ConfigError, match=r"model\.0\.conv\.weight"):  # a tensor the base file provides
         load_resumed_state(fresh, plan_fresh, saved, "t", ids_fresh)
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
+    """A run killed while Ultralytics writes last.pt keeps the previous, intact last.pt."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+
+    trainer = object.__new__(PeftDetectionTrainer)  # only the attributes save_model uses
+    trainer.wdir = tmp_path / "weights"
+    trainer.wdir.mkdir()
+    trainer.last, trainer.best = trainer.wdir / "last.pt", trainer.wdir / "best.pt"
+    trainer.last.write_bytes(b"epoch 1")
+
+    def killed_while_writing(self):
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.last.write_bytes(b"epo")  # Ultralytics' in-place write, cut short
+        raise KeyboardInterrupt
+
+    def complete(self):
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        for path in (self.last, self.best, self.wdir / "epoch2.pt"):
+            path.write_bytes(b"epoch 2")
+        return True
+
+    monkeypatch.setattr(BaseTrainer, "save_model", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_model()
+    assert trainer.last.read_bytes() == b"epoch 1" and trainer.last == tmp_path / "weights" / "last.pt"
+    monkeypatch.setattr(BaseTrainer, "save_model", complete)
+    assert trainer.save_model() is True
+    assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]  # no staging left
+    assert all(p.read_bytes() == b"epoch 2" for p in trainer.wdir.iterdir())

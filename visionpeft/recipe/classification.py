@@ -142,7 +142,8 @@ class DatasetSection(Section):
     """How the dataset is read.
 
     Attributes:
-        train_split / val_split / test_split: split names in the dataset descriptor.
+        train_split / val_split / test_split: split names in the dataset descriptor. Training uses the first
+            two; ``visionpeft eval RUN_DIR --split test`` (``val``, ``train``) evaluates the split named here.
         skip_bad_images: skip unreadable images (counted in the log) instead of stopping with an error.
         max_per_class: keep at most this many images per class and split (quick runs, tests).
     """

@@ -311,6 +311,9 @@ class ClassificationTask:
     def evaluate(self, run_dir: Path, split: str = "val") -> dict[str, float]:
         """Top-1/top-5 (and per-class accuracy) of the run's saved adapter on ``split``.
 
+        ``split`` is a role or a split name: ``val``, ``test`` and ``train`` mean the recipe's
+        ``dataset.val_split`` / ``test_split`` / ``train_split``; any other name is used as it is.
+
         Validated as training validated: the same eval transform and batch size, the same autocast precision
         (``train.amp``) and, for a ``cache_features`` run, the backbone's features computed in float32 and the
         head applied to them. On ``val``, the metrics equal those in ``metrics.json`` (same device type and number
@@ -318,7 +321,9 @@ class ClassificationTask:
         """
         recipe, model, _, meta = self.load_run(run_dir)
         device = resolve_device(recipe.train.device)
-        data = build_data(recipe, meta["preprocess"], eval_split=split, eval_only=True)
+        ds = recipe.dataset
+        name = {"val": ds.val_split, "test": ds.test_split, "train": ds.train_split}.get(split, split)
+        data = build_data(recipe, meta["preprocess"], eval_split=name, eval_only=True)
         classes = tuple(meta["extra"]["classes"])
         if data.classes != classes:
             raise ConfigError(f"split {split!r} classes {list(data.classes)[:10]} differ from the run's "

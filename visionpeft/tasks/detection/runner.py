@@ -5,11 +5,12 @@ Run directory (Ultralytics' own files plus visionpeft's)::
     recipe.yaml            resolved recipe of this run (its strategies, absolute model/data paths)
     adapter/               adapter of the best epoch (safetensors + json with the base fingerprint)
     adapter_last/          adapter of the last epoch
-    metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory
+    metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory,
+                           the final validation's settings (extra.val: what 'visionpeft eval' reuses)
                            (written by the trainer on rank 0 at the end of training)
     plan.json              trainability plan
     tb/                    visionpeft's TensorBoard events (losses, mAP, LR, plan, hparams)
-    weights/best.pt        Ultralytics checkpoint of the adapted EMA model (needs visionpeft to load)
+    weights/best.pt        Ultralytics checkpoint of the adapted EMA model (needs visionpeft to load; fuses exactly)
     weights/last.pt
     args.yaml, results.csv Ultralytics' own records
 """

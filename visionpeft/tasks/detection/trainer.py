@@ -22,10 +22,11 @@ What Ultralytics does, and what this subclass changes (``ultralytics/engine/trai
   plan has frozen its tensors; only rank 0 writes adapters, ``plan.json``, TensorBoard and ``metrics.json``
   (:mod:`.ddp`).
 * Checkpoints still pickle the adapted EMA model (Ultralytics' ``last.pt``/``best.pt``, needs visionpeft to
-  load); the shippable outputs are the adapter directories (``adapter/`` = best epoch, ``adapter_last/``)
-  and ``weights/merged.pt``, the best epoch merged into a plain Ultralytics checkpoint (also written by
-  ``visionpeft merge``). After ``YOLO(...).train(trainer=...)``, predict/export with
-  ``YOLO("<save_dir>/weights/merged.pt")``: the adapted ``best.pt`` the YOLO object reloads cannot be fused.
+  load; predict/val/export fuse it exactly, the LoRA layers fold their update into the fused weights). They
+  are written atomically (:meth:`save_model`), and a resume continues in the directory holding ``last.pt``
+  (:meth:`check_resume`). The shippable outputs are the adapter directories (``adapter/`` = best epoch,
+  ``adapter_last/``) and ``weights/merged.pt``, the best epoch merged into a plain Ultralytics checkpoint
+  (also written by ``visionpeft merge``), loadable without visionpeft.
 
 Use it from Python with ``YOLO(...).train(trainer=PeftDetectionTrainer.configure([...]), data=...)``, or
 through ``visionpeft train`` (the detection task runner).
