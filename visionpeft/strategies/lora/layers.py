@@ -97,8 +97,10 @@ class LoRALayer(nn.Module, ABC):
     def weight(self) -> Tensor:
         """The weight this layer effectively applies: base + ``scale * B @ A`` (the base weight once merged).
 
-        Read-only view for code written against the plain layer (a new tensor, no gradient; shape and dtype of
-        the base weight). Computed exactly as :meth:`merge` computes it, so fusing it equals merge-then-fuse.
+        For code written against the plain layer (no gradient; shape and dtype of the base weight). Unmerged, it
+        is a new tensor computed exactly as :meth:`merge` computes the merged weight, so fusing it equals
+        merge-then-fuse; in-place edits of it change nothing. Merged, it is the base weight itself (detached), so
+        in-place edits reach the layer. Assign ``weight`` to replace it (see :meth:`_assign`).
         """
         w = self.base_weight
         if self.merged:
