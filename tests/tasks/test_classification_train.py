@@ -222,6 +222,15 @@ def test_eval_reproduces_bf16_validation_and_merge_records_preprocessing(toy, tm
     assert list(tf.transforms[1].size) == [32, 32]
 
 
+def test_eval_of_a_cache_features_run_reproduces_its_validation(toy, tmp_path):
+    """Training validated the head on float32 backbone features under bf16 autocast: eval does the same."""
+    r = recipe(toy, tmp_path, [{"method": "head"}], train={"cache_features": True, "amp": "bf16"})
+    TASK.train(r, list(r.strategies), tmp_path / "run", "cached")
+    best = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_metrics"]
+    again = TASK.evaluate(tmp_path / "run", "val")
+    assert again["loss"] == best["loss"] and again["top1"] == best["top1"]
+
+
 def test_cache_features_matches_uncached_head_training(toy, tmp_path):
     plain = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 2, "clip_grad": None})
     cached = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 2, "clip_grad": None,
