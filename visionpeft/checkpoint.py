@@ -19,7 +19,7 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["atomic_save", "atomic_write", "save_training_state", "load_training_state", "save_tensors", "load_tensors",
-           "trainable_state", "load_trainable_state"]
+           "trainable_state", "load_trainable_state", "check_trainable_state"]
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -51,12 +51,28 @@ def trainable_state(model: nn.Module, names: list[str]) -> dict[str, torch.Tenso
     return {n: sd[n].detach().to("cpu", copy=True).contiguous() for n in names}
 
 
-def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy ``tensors`` into the matching state-dict entries of ``model`` (in place, no re-allocation)."""
+def check_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Raise ``ConfigError`` unless every tensor has a place of the same shape in ``model``'s state dict."""
     sd = model.state_dict()
     missing = [k for k in tensors if k not in sd]
-    if missing:
-        raise ConfigError(f"checkpoint tensors have no place in the model: {missing[:5]}")
+    shapes = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(sd[k].shape)} in the model"
+              for k, v in tensors.items() if k in sd and sd[k].shape != v.shape]
+    if missing or shapes:
+        raise ConfigError(
+            f"{where}: the checkpoint does not fit the model built from the recipe: {len(missing)} tensors have no "
+            f"place in it {missing[:5]}, {len(shapes)} differ in shape {shapes[:3]}. The model, weights or "
+            "strategies differ from those the checkpoint was trained with"
+        )
+
+
+def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Copy ``tensors`` into the matching state-dict entries of ``model`` (in place, no re-allocation).
+
+    Raises:
+        ConfigError: a tensor has no place in ``model`` or another shape (checked before anything is copied).
+    """
+    check_trainable_state(model, tensors, where)
+    sd = model.state_dict()
     with torch.no_grad():
         for k, v in tensors.items():
             sd[k].copy_(v)
@@ -95,8 +111,13 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint to resume from (was the run started with "
-                          "train.save_every_epoch: true and did it finish at least one epoch?)")
+                          "train.save_every_epoch: true and did it finish at least one epoch?); nothing was changed")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupted or foreign file: say which
-        raise ConfigError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        size = path.stat().st_size
+        raise ConfigError(f"{path}: unreadable checkpoint ({size} bytes; {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); it cannot be resumed") from None
+    if not isinstance(state, dict) or not {"epoch", "model", "optimizer"} <= set(state):
+        raise ConfigError(f"{path}: not a visionpeft training checkpoint (expected epoch, model and optimizer state)")
+    return state

@@ -49,16 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
     from .tasks import get_task
 
     run_dir = Path(args.run_dir)
-    task = get_task(_task_of_run(run_dir))
-    if hasattr(task, "resume"):  # detection: Ultralytics' own resume from weights/last.pt
-        result = task.resume(run_dir, args.overrides)
-    else:
-        recipe = load_recipe(run_dir / "recipe.yaml", ["train.resume=true", *args.overrides])
-        result = task.train(recipe, list(recipe.strategies), run_dir, recipe.name)
+    # Each task checks the run (checkpoint present and readable, overrides compatible) before writing anything.
+    result = get_task(_task_of_run(run_dir)).resume(run_dir, args.overrides)
     _print_result(result)
     return 0
 

@@ -151,6 +151,57 @@ def test_conv_merge_roundtrip_float64(case):
     _check_merge_roundtrip(layer, torch.randn(2, layer.base_layer.in_channels, 9, 11, dtype=torch.float64))
 
 
+def _rebuild_fuse(conv, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Conv+BN fusion that builds a new conv from the old one's geometry (Ultralytics < 8.4's fuse_conv_and_bn)."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      padding_mode=conv.padding_mode).to(conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.bias)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_bn_fusion_folds_the_update_exactly(case):
+    """Fusion code written for nn.Conv2d reads the effective weight and may assign the fused tensors back
+    (torch's fuse_conv_bn_eval, Ultralytics 8.4) or rebuild a conv from the geometry (older Ultralytics):
+    both give exactly what merge-then-fuse gives, and an assigned weight folds the update in for good."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    layer = LoRAConv2d(_conv(case), rank=2, alpha=3.0)
+    _randomize(layer, seed=3)
+    bn = nn.BatchNorm2d(layer.out_channels).double().eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64))
+        bn.running_var.copy_(0.5 + torch.rand(bn.running_var.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(2, layer.in_channels, 9, 11, dtype=torch.float64)
+    merged = copy.deepcopy(layer).to_base().eval()
+    assert _max_diff(layer.weight, merged.weight) == 0 and layer.bias is layer.base_layer.bias
+    with torch.no_grad():
+        want = bn(merged(x))
+        assert _max_diff(want, bn(layer.base_layer(x))) > 1e-3  # the update matters
+        for fuse in (fuse_conv_bn_eval, _rebuild_fuse):
+            reference = fuse(copy.deepcopy(merged), bn)
+            fused = fuse(copy.deepcopy(layer).eval(), bn)
+            assert _max_diff(fused.weight, reference.weight) == 0 and _max_diff(fused.bias, reference.bias) == 0
+            assert _max_diff(fused(x), want) <= TOL
+    folded = fuse_conv_bn_eval(copy.deepcopy(layer).eval(), bn)
+    assert isinstance(folded, LoRAConv2d) and folded.folded and folded.merged
+    folded.merge()  # no-op: the update is already inside
+    with torch.no_grad():
+        assert _max_diff(folded(x), want) <= TOL
+    with pytest.raises(RuntimeError, match="cannot be taken out again"):
+        folded.unmerge()
+    with pytest.raises(ValueError, match="must keep the shape"):
+        folded.weight = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("case", list(CONV_CASES))
 def test_conv_matches_conv_with_reference_merged_weight(case):

@@ -149,8 +149,7 @@ def test_resume_continues_a_killed_run_exactly(toy, tmp_path, monkeypatch):
         TASK.train(r, strategies, tmp_path / "killed", "whole")
     monkeypatch.setattr(Trainer, "train_epoch", original)
     assert not (tmp_path / "killed" / "adapter").exists()
-    resumed = r.model_copy(update={"train": r.train.model_copy(update={"resume": True})})
-    TASK.train(resumed, strategies, tmp_path / "killed", "whole")
+    TASK.resume(tmp_path / "killed")
     a = load_file(str(tmp_path / "whole" / "adapter" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "killed" / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys()
@@ -158,6 +157,84 @@ def test_resume_continues_a_killed_run_exactly(toy, tmp_path, monkeypatch):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     hist = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_rejected_resumes_change_nothing(toy, tmp_path):
+    """No checkpoint, a torn checkpoint, another rank, other classes: a clear error and the run dir untouched."""
+    from visionpeft.errors import ConfigError
+
+    r = recipe(toy, tmp_path, [{"method": "lora", "rank": 2}, {"method": "head"}], train={"epochs": 1})
+    run = tmp_path / "run"
+    TASK.train(r, list(r.strategies), run, "lora")
+    before = _files(run)
+    with pytest.raises(ConfigError, match=r"strategies cannot change when resuming"):
+        TASK.resume(run, ["strategies.0.rank=8"])
+    other = make_toy_imagefolder(tmp_path / "toy4", classes=4, train_per_class=4, val_per_class=2, size=24)
+    with pytest.raises(ConfigError, match=r"differ in shape .*classifier"):
+        TASK.resume(run, [f"data={other}", "train.epochs=2"])
+    assert _files(run) == before
+    last = run / "checkpoints" / "last.pt"
+    good = last.read_bytes()
+    for torn in (b"", good[: len(good) // 2]):
+        last.write_bytes(torn)
+        with pytest.raises(ConfigError, match=rf"last.pt: unreadable checkpoint \({len(torn)} bytes"):
+            TASK.resume(run, ["train.epochs=2"])
+    last.unlink()
+    with pytest.raises(ConfigError, match="no checkpoints/last.pt to resume from"):
+        TASK.resume(run, ["train.epochs=2"])
+    assert {k: v for k, v in _files(run).items() if k != "checkpoints/last.pt"} == {
+        k: v for k, v in before.items() if k != "checkpoints/last.pt"}
+
+
+def test_resume_is_not_a_recipe_key(toy, tmp_path):
+    from visionpeft.errors import ConfigError
+
+    for train in ({"resume": True}, {"resume_dir": str(tmp_path)}):
+        with pytest.raises(ConfigError, match="visionpeft resume"):
+            recipe(toy, tmp_path, [{"method": "head"}], train=train)
+    # Run directories of older versions recorded the defaults: still read.
+    assert recipe(toy, tmp_path, [{"method": "head"}], train={"resume": False, "resume_dir": None}).train.epochs == 2
+    import yaml
+
+    from visionpeft.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": "test_efficientnet", "data": str(toy), "output": str(tmp_path / "o"),
+                                    "strategies": [{"method": "head"}]}))
+    assert main(["train", str(path), "train.resume=true"]) == 2  # the issue's example: was accepted and ignored
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_reproduces_bf16_validation_and_merge_records_preprocessing(toy, tmp_path):
+    r = recipe(toy, tmp_path, [{"method": "lora", "rank": 2}, {"method": "head"}], train={"amp": "bf16"},
+               augment={"crop_pct": 1.0}, dataset={"test_split": "val"})
+    res = TASK.train(r, list(r.strategies), tmp_path / "run", "bf16")
+    again = TASK.evaluate(tmp_path / "run", "val")
+    assert again["top1"] == res.metrics["top1"] and again["loss"] == json.loads(
+        (tmp_path / "run" / "metrics.json").read_text())["best_metrics"]["loss"]
+    assert TASK.evaluate(tmp_path / "run", "test") == again  # dataset.test_split names the split 'test' means
+    out = TASK.merge(tmp_path / "run", tmp_path / "merged.safetensors")
+    cfg = json.loads(out.with_suffix(".json").read_text())["data_config"]
+    assert cfg["input_size"] == [3, 32, 32] and cfg["crop_pct"] == 1.0  # the run's, not timm's 224 px / 0.875
+    import timm
+
+    plain = timm.create_model("test_efficientnet", num_classes=3)
+    assert timm.data.resolve_data_config(model=plain)["input_size"] != (3, 32, 32)
+    tf = timm.data.create_transform(**cfg)  # rebuilds the run's eval transform
+    assert list(tf.transforms[1].size) == [32, 32]
+
+
+def test_eval_of_a_cache_features_run_reproduces_its_validation(toy, tmp_path):
+    """Training validated the head on float32 backbone features under bf16 autocast: eval does the same."""
+    r = recipe(toy, tmp_path, [{"method": "head"}], train={"cache_features": True, "amp": "bf16"})
+    TASK.train(r, list(r.strategies), tmp_path / "run", "cached")
+    best = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_metrics"]
+    again = TASK.evaluate(tmp_path / "run", "val")
+    assert again["loss"] == best["loss"] and again["top1"] == best["top1"]
 
 
 def test_cache_features_matches_uncached_head_training(toy, tmp_path):

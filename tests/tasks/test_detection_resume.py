@@ -103,6 +103,7 @@ def killed_and_resumed(recipe):
         assert main(["train", str(recipe)]) == 130  # interrupted, as by Ctrl-C
         (run,) = (recipe.parent / "runs").iterdir()
         shutil.copy(run / "weights" / "last.pt", recipe.parent / "killed_last.pt")  # for the Python API test
+        shutil.copytree(run, recipe.parent / "killed_copy")  # the interrupted run dir, as a user would copy it
         saved_model, saved = load_checkpoint(run / "weights" / "last.pt")
         snapshot = {"epoch": saved["epoch"], "ema": {k: v.clone() for k, v in saved_model.state_dict().items()},
                     "optimizer": saved["optimizer"], "results": (run / "results.csv").read_text(),
@@ -173,10 +174,51 @@ def test_frozen_tensors_bit_identical_to_the_base_and_plan_holds(killed_and_resu
     assert snapshot["base_sha"] == json.loads((run / "adapter_last" / "adapter.json").read_text())["base"]["sha256"]
 
 
+def _files(run):
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_rejected_resumes_leave_the_run_untouched(killed_and_resumed, recipe, tmp_path, capsys):
+    """Checked before anything is written: another rank, another base, a torn last.pt."""
+    src = recipe.parent / "killed_copy"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    before = _files(run)
+    assert main(["resume", str(run), "strategies.1.rank=8"]) == 2
+    err = capsys.readouterr().err
+    assert "strategies" in err and "cannot change on resume" in err and "Traceback" not in err
+    assert main(["resume", str(run), f"model={tmp_path / 'other.pt'}"]) == 2
+    assert "cannot change on resume" in capsys.readouterr().err
+    assert _files(run) == before  # recipe.yaml, plan.json, args.yaml, tb/ ... byte for byte
+    last = run / "weights" / "last.pt"
+    good = last.read_bytes()
+    for torn in (b"", good[: len(good) // 2]):
+        last.write_bytes(torn)
+        assert main(["resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"last.pt: damaged checkpoint ({len(torn)} bytes" in err and "not found" not in err
+    last.write_bytes(good)
+    assert _files(run) == before
+
+
+def test_resuming_a_copied_run_writes_into_the_copy(killed_and_resumed, recipe, tmp_path):
+    """Ultralytics would take save_dir from inside last.pt, i.e. the original run directory."""
+    original, _, _, _ = killed_and_resumed
+    before = _files(original)
+    run = tmp_path / "copy"
+    shutil.copytree(recipe.parent / "killed_copy", run)
+    assert main(["resume", str(run)]) == 0
+    assert _files(original) == before
+    rows = list(csv.DictReader((run / "results.csv").read_text().splitlines()))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3]
+    assert (run / "weights" / "merged.pt").is_file()
+    assert json.loads((run / "metrics.json").read_text())["run_dir"] == str(run.resolve())
+
+
 def test_resume_errors(killed_and_resumed, tmp_path, capsys):
     run, _, _, _ = killed_and_resumed
     assert main(["resume", str(run), "strategies.0.n=3"]) == 2  # not the strategies the run trained
-    assert "the run was trained with strategies" in capsys.readouterr().err
+    assert "strategies: [{'method': 'freeze'" in capsys.readouterr().err
     assert main(["resume", str(run)]) == 2  # finished: last.pt has no optimizer state any more
     assert "nothing to resume" in capsys.readouterr().err
     (tmp_path / "recipe.yaml").write_text((run / "recipe.yaml").read_text())
@@ -253,3 +295,36 @@ def test_load_resumed_state_keeps_the_base_and_checks_it(weights):
     fresh, plan_fresh, ids_fresh = _adapted_pair(weights, seed=1)
     with pytest.raises(ConfigError, match=r"model\.0\.conv\.weight"):  # a tensor the base file provides
         load_resumed_state(fresh, plan_fresh, saved, "t", ids_fresh)
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
+    """A run killed while Ultralytics writes last.pt keeps the previous, intact last.pt."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+
+    trainer = object.__new__(PeftDetectionTrainer)  # only the attributes save_model uses
+    trainer.wdir = tmp_path / "weights"
+    trainer.wdir.mkdir()
+    trainer.last, trainer.best = trainer.wdir / "last.pt", trainer.wdir / "best.pt"
+    trainer.last.write_bytes(b"epoch 1")
+
+    def killed_while_writing(self):
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.last.write_bytes(b"epo")  # Ultralytics' in-place write, cut short
+        raise KeyboardInterrupt
+
+    def complete(self):
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        for path in (self.last, self.best, self.wdir / "epoch2.pt"):
+            path.write_bytes(b"epoch 2")
+        return True
+
+    monkeypatch.setattr(BaseTrainer, "save_model", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_model()
+    assert trainer.last.read_bytes() == b"epoch 1" and trainer.last == tmp_path / "weights" / "last.pt"
+    monkeypatch.setattr(BaseTrainer, "save_model", complete)
+    assert trainer.save_model() is True
+    assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]  # no staging left
+    assert all(p.read_bytes() == b"epoch 2" for p in trainer.wdir.iterdir())

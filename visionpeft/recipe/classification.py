@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import BaseRecipe, Section
 
@@ -35,9 +35,12 @@ class TrainSection(Section):
             with other jobs, 1 is often several times faster than oversubscribed cores.
         max_steps_per_epoch: cap on train steps per epoch (smoke tests, quick looks); ``null`` = all.
         progress: show a progress bar.
-        save_every_epoch: write ``checkpoints/last.pt`` after every epoch so ``train.resume`` can continue.
-        resume: continue the run in ``resume_dir`` (or the latest run of this name) from its last checkpoint.
-        resume_dir: the run directory to resume.
+        save_every_epoch: write ``checkpoints/last.pt`` after every epoch so ``visionpeft resume RUN_DIR`` can
+            continue a killed run exactly; ``false`` saves the time of writing it (a run can then not be resumed).
+
+    Resuming is a command, not a recipe key: ``visionpeft resume RUN_DIR [key=value ...]``. Run directories
+    written by older versions recorded ``resume: false`` and ``resume_dir: null``; those two values are still
+    read (and dropped), anything else there is an error pointing to the command.
     """
 
     epochs: int = Field(10, ge=1)
@@ -57,8 +60,21 @@ class TrainSection(Section):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     progress: bool = True
     save_every_epoch: bool = True
-    resume: bool = False
-    resume_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_resume_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not {"resume", "resume_dir"} & set(data):
+            return data
+        data = dict(data)
+        resume, resume_dir = data.pop("resume", False), data.pop("resume_dir", None)
+        if resume not in (False, None) or resume_dir is not None:
+            from ..errors import ConfigError
+
+            target = resume_dir or "RUN_DIR"
+            raise ConfigError(f"train.resume / train.resume_dir: not recipe keys; continue a run with 'visionpeft "
+                              f"resume {target}' (it reads the run's own recipe.yaml and checkpoints/last.pt)")
+        return data
 
 
 class OptimSection(Section):
@@ -126,7 +142,8 @@ class DatasetSection(Section):
     """How the dataset is read.
 
     Attributes:
-        train_split / val_split / test_split: split names in the dataset descriptor.
+        train_split / val_split / test_split: split names in the dataset descriptor. Training uses the first
+            two; ``visionpeft eval RUN_DIR --split test`` (``val``, ``train``) evaluates the split named here.
         skip_bad_images: skip unreadable images (counted in the log) instead of stopping with an error.
         max_per_class: keep at most this many images per class and split (quick runs, tests).
     """

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["RunResult", "TaskRunner"]
+__all__ = ["RunResult", "TaskRunner", "load_run_recipe"]
 
 
 @dataclass
@@ -73,10 +74,26 @@ class TaskRunner(Protocol):
         """Train ``strategies`` with ``recipe``'s settings into ``run_dir``."""
         ...
 
+    def resume(self, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
+        """Continue a killed run in ``run_dir`` from its last checkpoint (never a silent restart)."""
+        ...
+
     def evaluate(self, run_dir: Path, split: str) -> dict[str, float]:
-        """Rebuild the run's model from its adapter and evaluate it on ``split``."""
+        """Rebuild the run's model from its adapter and evaluate it on ``split`` as training validated it."""
         ...
 
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Write a plain model file (no visionpeft needed to load it); return its path."""
         ...
+
+
+def load_run_recipe(run_dir: Path, overrides: Sequence[str] = ()) -> Any:
+    """The resolved recipe a run directory recorded (``recipe.yaml``), with ``key=value`` overrides applied."""
+    from ..errors import ConfigError
+    from ..recipe import load_recipe
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml); give a directory written by "
+                          "'visionpeft train' or one of the NN-name folders of a compare directory")
+    return load_recipe(path, overrides)

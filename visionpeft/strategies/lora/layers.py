@@ -5,6 +5,14 @@ Each layer keeps the original module as ``base_layer`` (frozen) and adds two tra
 freshly wrapped model computes exactly what the original did. ``merge()`` folds ``scale * B @ A`` into the
 base weight, ``unmerge()`` takes it out again, and ``to_base()`` returns the plain layer with the update
 merged (the original architecture, original parameter names).
+
+Code written for the plain layer keeps working on an adapted one: ``weight`` / ``bias`` read the effective
+(merged) tensors, the geometry attributes (``in_channels``, ``kernel_size``, ``in_features``...) are the base
+layer's, and *assigning* ``weight`` or ``bias`` replaces the layer's effective tensors and folds the update in
+for good. That is what Ultralytics' ``fuse()`` does to every ``Conv`` block (``fuse_conv_and_bn`` reads
+``conv.weight`` and either builds a new ``nn.Conv2d`` from it or assigns the folded Conv+BN tensors back), so
+an adapted, unmerged detector fuses exactly as the merged one does (``predict``, ``val`` and ``export`` of a
+run's ``best.pt`` / ``last.pt`` go through it).
 """
 
 from __future__ import annotations
@@ -77,9 +85,55 @@ class LoRALayer(nn.Module, ABC):
         for p in base.parameters():
             p.requires_grad_(False)
 
+    #: Set once ``weight`` was assigned (e.g. by Ultralytics' Conv+BN fusion): the update lives inside the base
+    #: weight for good and cannot be unmerged. A class default, so layers unpickled from older files have it.
+    folded: bool = False
+
     @property
     def base_weight(self) -> Tensor:
         return self.base_layer.weight  # type: ignore[return-value]
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight this layer effectively applies: base + ``scale * B @ A`` (the base weight once merged).
+
+        For code written against the plain layer (no gradient; shape and dtype of the base weight). Unmerged, it
+        is a new tensor computed exactly as :meth:`merge` computes the merged weight, so fusing it equals
+        merge-then-fuse; in-place edits of it change nothing. Merged, it is the base weight itself (detached), so
+        in-place edits reach the layer. Assign ``weight`` to replace it (see :meth:`_assign`).
+        """
+        w = self.base_weight
+        if self.merged:
+            return w.detach()
+        with torch.no_grad():
+            return (w.to(_delta_dtype(w.dtype)) + self._delta(_delta_dtype(w.dtype))).to(w.dtype)
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The base layer's bias (LoRA adds none)."""
+        return self.base_layer.bias  # type: ignore[return-value]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Assigning weight/bias replaces the effective tensors (Ultralytics' fuse_conv_and_bn does
+        # ``conv.weight, conv.bias = fused``); anything else is a normal module attribute.
+        if name in ("weight", "bias") and "base_layer" in self.__dict__.get("_modules", {}):
+            self._assign(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _assign(self, name: str, value: object) -> None:
+        """``weight``: the new tensor is the whole effective weight, so the update is folded in for good."""
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"{type(self).__name__}.{name} must be a tensor, got {type(value).__name__}")
+        if value is not None and not isinstance(value, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=value.requires_grad)
+        if name == "weight":
+            if value is None or value.shape != self.base_weight.shape:
+                got = None if value is None else tuple(value.shape)
+                raise ValueError(f"{type(self).__name__}.weight must keep the shape "
+                                 f"{tuple(self.base_weight.shape)}, got {got}")
+            self.merged = self.folded = True
+        setattr(self.base_layer, name, value)
 
     def _factory(self) -> dict:
         w = self.base_weight
@@ -117,9 +171,16 @@ class LoRALayer(nn.Module, ABC):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the update from the base weight again (no-op if not merged)."""
+        """Subtract the update from the base weight again (no-op if not merged).
+
+        Raises:
+            RuntimeError: the weight was replaced (Conv+BN fusion folded the update into it for good).
+        """
         if not self.merged:
             return
+        if self.folded:
+            raise RuntimeError(f"{type(self).__name__}: the LoRA update was folded into a replaced weight (e.g. by "
+                               "Ultralytics' Conv+BN fuse()); it cannot be taken out again")
         w = self.base_weight
         w.copy_((w.to(_delta_dtype(w.dtype)) - self._delta(_delta_dtype(w.dtype))).to(w.dtype))
         self.merged = False
@@ -191,6 +252,14 @@ class LoRALinear(LoRALayer):
         self.lora_B = nn.Parameter(torch.zeros(rows, rank, **kw))
         self.reset_parameters()
 
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features  # type: ignore[return-value]
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features  # type: ignore[return-value]
+
     def _full_B(self, dtype: torch.dtype) -> Tensor:
         """``B`` as an ``out x (S * rank)`` block matrix: segment ``s`` feeds only its own output rows."""
         b = self.lora_B.to(dtype)
@@ -250,6 +319,16 @@ class LoRAConv2d(LoRALayer):
         self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, **kw))
         self._pad = _explicit_padding(base)
         self.reset_parameters()
+
+    # The base conv's geometry, for code that rebuilds a conv from this one (older Ultralytics' fuse_conv_and_bn).
+    in_channels = property(lambda self: self.base_layer.in_channels)
+    out_channels = property(lambda self: self.base_layer.out_channels)
+    kernel_size = property(lambda self: self.base_layer.kernel_size)
+    stride = property(lambda self: self.base_layer.stride)
+    padding = property(lambda self: self.base_layer.padding)
+    dilation = property(lambda self: self.base_layer.dilation)
+    groups = property(lambda self: self.base_layer.groups)
+    padding_mode = property(lambda self: self.base_layer.padding_mode)
 
     def _delta(self, dtype: torch.dtype) -> Tensor:
         base: nn.Conv2d = self.base_layer  # type: ignore[assignment]

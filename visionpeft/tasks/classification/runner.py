@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...checkpoint import load_tensors, load_trainable_state, load_training_state
+from ...checkpoint import check_trainable_state, load_tensors, load_trainable_state, load_training_state
 from ...data import build_data, list_recipe_splits, resolve_data_config
 from ...data.loaders import make_loader
+from ...errors import ConfigError
 from ...logging.tensorboard import RunLogger
-from ...recipe import load_recipe, save_resolved
-from ..base import RunResult
+from ...recipe import save_resolved
+from ..base import RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from . import features as feat
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
 from .model import build_adapted, resolve_device
 from .optim import build_optimizer, build_scheduler, param_groups
-from .trainer import Trainer, evaluate_model
+from .trainer import Trainer, autocast_dtype, evaluate_model
 
-__all__ = ["ClassificationTask"]
+__all__ = ["ClassificationTask", "FIXED_ON_RESUME"]
+
+#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
+FIXED_ON_RESUME = ("task", "model", "weights", "pretrained", "head_init_std", "seed", "strategies")
 
 
 def _head_modules(spec: Any) -> tuple[str, ...]:
@@ -74,10 +79,46 @@ class ClassificationTask:
     # ------------------------------------------------------------------------------------------ train
     def train(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> RunResult:
         """Train one strategy list; write the run directory; return the result for the report."""
+        return self._run(recipe, strategies, run_dir, run_name, None)
+
+    def resume(self, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
+        """Continue a run from its ``checkpoints/last.pt`` (``visionpeft resume RUN_DIR``), exactly.
+
+        Model tensors, optimizer, scheduler, EMA, the random state and the progress counters come from the
+        checkpoint, so a run killed after epoch ``k`` and resumed ends bit-identical to an uninterrupted one
+        (same device and number of processes). ``overrides`` may change how training goes on (``train.epochs``,
+        ``train.workers``, ``train.device``...); what defines the model (``model``, ``weights``, ``seed``,
+        ``strategies``...) must stay the run's.
+
+        Raises:
+            ConfigError: no or unreadable ``last.pt``, a changed model-defining key, or a checkpoint that does not
+                fit the rebuilt model. Checked before anything in ``run_dir`` is written.
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise ConfigError(
+                f"{run_dir}: no checkpoints/last.pt to resume from (the run stopped before its first epoch ended, "
+                "or it ran with train.save_every_epoch: false); nothing was changed. Start a new run with "
+                "'visionpeft train'"
+            )
+        saved = load_run_recipe(run_dir)
+        recipe = load_run_recipe(run_dir, overrides)
+        changed = [k for k in FIXED_ON_RESUME if getattr(saved, k) != getattr(recipe, k)]
+        if changed:
+            raise ConfigError(
+                f"resume {run_dir}: {', '.join(changed)} cannot change when resuming (the checkpoint holds tensors "
+                f"of the run's own model: {', '.join(f'{k}={getattr(saved, k)!r}' for k in changed)}); start a new "
+                "run with 'visionpeft train' instead"
+            )
+        state = load_training_state(path)
+        return self._run(recipe, list(recipe.strategies), run_dir, recipe.name, state)
+
+    def _run(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+             resume_state: dict[str, Any] | None) -> RunResult:
+        """Build, (restore,) write the run files, train, finish. Nothing is written before a restore succeeded."""
         init_distributed()
         s = _Setup(recipe, strategies, run_dir, run_name)
-        if is_main():
-            self._write_run_files(s)
         module, train_loader, val_loader, head_prefix = self._training_view(s)
         groups = param_groups(s.model, s.plan, s.heads, recipe.optim)
         optimizer = build_optimizer(groups, recipe.optim)
@@ -88,16 +129,11 @@ class ClassificationTask:
         ema = self._ema(module, recipe)
         live = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
         target = (lambda: ema.module) if ema is not None else (lambda: live)
-        logger = RunLogger(s.run_dir, enabled=recipe.tensorboard and is_main())
         memory = PeakMemory(s.device)
         ckpt = CheckpointHook(
             s.run_dir / "checkpoints", tensors=lambda: _snapshot(target(), s.keep, head_prefix),
             raw_tensors=lambda: _snapshot(live, s.keep, head_prefix), save_last=recipe.train.save_every_epoch,
             write=is_main(), extra=lambda: {"ema": _snapshot(ema.module, s.keep, head_prefix)} if ema else {})
-        hooks = [memory, ckpt, TensorBoardHook(logger, memory), LogHook(run_name, is_main()),
-                 ProgressHook(run_name, recipe.train.progress and is_main())]
-        if recipe.train.patience:
-            hooks.append(EarlyStopping(recipe.train.patience))
         sampler = train_loader.sampler if hasattr(train_loader.sampler, "set_epoch") else None
 
         def set_epoch(epoch: int) -> None:  # shuffling and augmentation depend on (seed, epoch) only
@@ -107,10 +143,17 @@ class ClassificationTask:
 
         trainer = Trainer(
             module, optimizer, scheduler, torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing),
-            train_loader, val_loader, recipe.train, s.device, len(s.classes), s.classes, hooks,
+            train_loader, val_loader, recipe.train, s.device, len(s.classes), s.classes, [memory, ckpt],
             eval_model=target, after_step=(lambda t: ema.update(live, step=t.state.updates)) if ema else None,
             set_epoch=set_epoch)
-        start = self._maybe_resume(s, trainer, live, ema, head_prefix, ckpt)
+        start = 0 if resume_state is None else self._restore(s, resume_state, trainer, live, ema, head_prefix, ckpt)
+        if is_main():
+            self._write_run_files(s)
+        logger = RunLogger(s.run_dir, enabled=recipe.tensorboard and is_main())
+        trainer.hooks += [TensorBoardHook(logger, memory), LogHook(run_name, is_main()),
+                          ProgressHook(run_name, recipe.train.progress and is_main())]
+        if recipe.train.patience:
+            trainer.hooks.append(EarlyStopping(recipe.train.patience))
         logger.plan(s.plan)
         logger.session_start(self._hparams(s))
         t0 = time.perf_counter()
@@ -140,8 +183,6 @@ class ClassificationTask:
         if t.cache_features:
             blockers = feat.cache_blockers(s.model, s.plan, s.heads, s.recipe.augment)
             if blockers:
-                from ...errors import ConfigError
-
                 raise ConfigError("train.cache_features: cannot cache features exactly: " + "; ".join(blockers))
             t0 = time.perf_counter()
             # The eval transform equals the (deterministic) train transform, so both splits use it.
@@ -178,20 +219,29 @@ class ClassificationTask:
         return ModelEmaV3(live, decay=recipe.train.ema_decay)
 
     @staticmethod
-    def _maybe_resume(s: _Setup, trainer: Trainer, live: nn.Module, ema: Any, prefix: str,
-                      ckpt: CheckpointHook) -> int:
-        """Restore ``last.pt`` when ``train.resume`` is set; return the epoch to start from."""
-        path = s.run_dir / "checkpoints" / "last.pt"
-        if not s.recipe.train.resume or not path.is_file():
-            return 0
-        state = load_training_state(path)
-        strip = {k[len(prefix):]: v for k, v in state["model"].items()}
-        load_trainable_state(live, strip)
-        if ema is not None and state["extra"].get("ema"):
-            load_trainable_state(ema.module, {k[len(prefix):]: v for k, v in state["extra"]["ema"].items()})
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        if state["scheduler"] is not None:
-            trainer.scheduler.load_state_dict(state["scheduler"])
+    def _restore(s: _Setup, state: dict[str, Any], trainer: Trainer, live: nn.Module, ema: Any, prefix: str,
+                 ckpt: CheckpointHook) -> int:
+        """Load a ``last.pt`` state into the freshly built run; return the epoch to start from.
+
+        Every tensor is checked against the model before anything is loaded; an optimizer state that does not
+        fit (other strategies, other parameter groups) is a ``ConfigError`` too.
+        """
+        where = f"resume {s.run_dir / 'checkpoints' / 'last.pt'}"
+        model_tensors = {k[len(prefix):]: v for k, v in state["model"].items()}
+        ema_tensors = {k[len(prefix):]: v for k, v in (state["extra"].get("ema") or {}).items()}
+        check_trainable_state(live, model_tensors, where)
+        if ema is not None and ema_tensors:
+            check_trainable_state(ema.module, ema_tensors, where)
+        try:
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            if state["scheduler"] is not None:
+                trainer.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ConfigError(f"{where}: the optimizer state does not fit this run's parameter groups ({exc}); "
+                              "resume with the run's own recipe") from None
+        load_trainable_state(live, model_tensors, where)
+        if ema is not None and ema_tensors:
+            load_trainable_state(ema.module, ema_tensors, where)
         torch.set_rng_state(state["rng"]["torch"])
         saved = state["extra"]["state"]
         st = trainer.state
@@ -200,7 +250,8 @@ class ClassificationTask:
         st.step_times = [saved["mean_step_time"]] * saved["step_count"]
         ckpt.best_metrics = saved.get("best_metrics", {})
         if is_main():
-            print(f"[{s.name}] resumed from {path} after epoch {state['epoch'] + 1}", flush=True)
+            print(f"[{s.name}] resumed from {s.run_dir / 'checkpoints' / 'last.pt'} after epoch {state['epoch'] + 1}",
+                  flush=True)
         return int(state["epoch"]) + 1
 
     def _finish(self, s: _Setup, trainer: Trainer, ckpt: CheckpointHook, memory: PeakMemory,
@@ -253,31 +304,49 @@ class ClassificationTask:
     # --------------------------------------------------------------------------------- eval / merge
     @staticmethod
     def load_run(run_dir: Path) -> tuple[Any, nn.Module, Any, dict[str, Any]]:
-        """Rebuild a finished run's model: ``(recipe, model with adapter loaded, plan, adapter meta)``."""
+        """Rebuild a finished run's model: ``(recipe, model with adapter loaded, plan, adapter meta)``.
+
+        ``meta["data_config"]`` is the model's own data config; ``meta["preprocess"]`` the
+        :class:`~visionpeft.data.transforms.DataConfig` the run trained and validated with (recipe overrides applied).
+        """
         from ...adapter_io import load_adapter, read_adapter_config
         from .model import build_base
 
         run_dir = Path(run_dir)
-        recipe = load_recipe(run_dir / "recipe.yaml")
+        recipe = load_run_recipe(run_dir)
         meta = read_adapter_config(run_dir / "adapter")
         model, spec, cfg = build_base(recipe, int(meta["extra"]["num_classes"]))
         plan = load_adapter(model, run_dir / "adapter", spec)
-        return recipe, model, plan, {**meta, "data_config": cfg}
+        return recipe, model, plan, {**meta, "data_config": cfg, "preprocess": resolve_data_config(cfg, recipe.augment)}
 
     def evaluate(self, run_dir: Path, split: str = "val") -> dict[str, float]:
-        """Top-1/top-5 (and per-class accuracy) of the run's saved adapter on ``split``."""
+        """Top-1/top-5 (and per-class accuracy) of the run's saved adapter on ``split``.
+
+        ``split`` is a role or a split name: ``val``, ``test`` and ``train`` mean the recipe's
+        ``dataset.val_split`` / ``test_split`` / ``train_split``; any other name is used as it is.
+
+        Validated as training validated: the same eval transform and batch size, the same autocast precision
+        (``train.amp``) and, for a ``cache_features`` run, the backbone's features computed in float32 and the
+        head applied to them. On ``val``, the metrics equal those in ``metrics.json`` (same device type and number
+        of processes).
+        """
         recipe, model, _, meta = self.load_run(run_dir)
         device = resolve_device(recipe.train.device)
-        data_cfg = resolve_data_config(meta["data_config"], recipe.augment)
-        data = build_data(recipe, data_cfg, eval_split=split, eval_only=True)
+        ds = recipe.dataset
+        name = {"val": ds.val_split, "test": ds.test_split, "train": ds.train_split}.get(split, split)
+        data = build_data(recipe, meta["preprocess"], eval_split=name, eval_only=True)
         classes = tuple(meta["extra"]["classes"])
         if data.classes != classes:
-            from ...errors import ConfigError
-
             raise ConfigError(f"split {split!r} classes {list(data.classes)[:10]} differ from the run's "
                               f"{list(classes)[:10]}")
         model.to(device)
-        return evaluate_model(model, data.val_loader, device, classes)
+        amp = autocast_dtype(recipe.train.amp, device)
+        if not recipe.train.cache_features:
+            return evaluate_model(model, data.val_loader, device, classes, amp)
+        feats, labels = feat.extract_features(model, data.val_loader, device)
+        t = recipe.train
+        loader = feat.cached_loader(feats, labels, t.eval_batch_size or 2 * t.batch_size, False, recipe.seed)
+        return evaluate_model(model.get_classifier(), loader, device, classes, amp)
 
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Fold the adapter into plain weights: a timm state dict (``.safetensors`` or ``.pt``) + ``.json``.
@@ -300,9 +369,13 @@ class ClassificationTask:
             save_file(sd, str(out))
         else:
             atomic_save(sd, out)
+        pre = meta["preprocess"]
+        # timm's data-config keys (timm.data.create_transform(**data_config) rebuilds the eval transform).
+        data_config = {"input_size": [3, pre.img_size, pre.img_size], "interpolation": pre.interpolation,
+                       "mean": list(pre.mean), "std": list(pre.std), "crop_pct": pre.crop_pct, "crop_mode": "center"}
         out.with_suffix(".json").write_text(json.dumps({
             "timm_model": recipe.model, "num_classes": meta["extra"]["num_classes"],
-            "classes": meta["extra"]["classes"], "data_config": meta["data_config"],
+            "classes": meta["extra"]["classes"], "data_config": data_config,
             "load": f"timm.create_model({recipe.model!r}, num_classes={meta['extra']['num_classes']})"
                     ".load_state_dict(state_dict, strict=True)"}, indent=2, default=list))
         return out

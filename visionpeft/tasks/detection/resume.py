@@ -31,7 +31,64 @@ from ...errors import ConfigError
 from ...plan import TrainabilityPlan
 
 __all__ = ["saved_strategies", "check_same_strategies", "load_base_weights", "random_init", "load_resumed_state",
-           "restore_frozen", "base_source"]
+           "restore_frozen", "base_source", "read_checkpoint", "check_resumable", "run_dir_of"]
+
+
+def run_dir_of(last: str | Path) -> Path | None:
+    """The run directory a ``.../weights/last.pt`` belongs to (``None`` for a file elsewhere).
+
+    Ultralytics resumes into the ``save_dir`` recorded *inside* the checkpoint; a copied or moved run directory
+    would then write its checkpoints into the original. The run is where its ``last.pt`` is.
+    """
+    path = Path(last).resolve()
+    return path.parent.parent if path.parent.name == "weights" else None
+
+
+def read_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an Ultralytics checkpoint for resuming; a damaged file is a ``ConfigError`` naming its size.
+
+    Ultralytics answers a torn or empty ``last.pt`` with "Resume checkpoint not found" although the file exists.
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no checkpoint to resume from")
+    try:
+        model, ckpt = load_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, empty file, foreign pickle: say which
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(
+            f"{path}: damaged checkpoint ({path.stat().st_size} bytes; {type(exc).__name__}: {first}), e.g. written "
+            "by a run killed while saving. It cannot be resumed: put an intact checkpoint of this run in its place "
+            "(weights/epochN.pt with ultralytics.save_period) or start a new run"
+        ) from None
+    return model, ckpt
+
+
+def check_resumable(ckpt: dict[str, Any], model: nn.Module, strategies: list[dict[str, Any]],
+                    names: dict[int, str], where: str) -> str:
+    """Everything a resume needs, checked before anything is written; returns the base model source.
+
+    The checkpoint must hold an unfinished visionpeft run with these ``strategies`` and the data's classes, and
+    the base model it started from must still be there.
+    """
+    check_same_strategies(saved_strategies(model, where), strategies, where)
+    start, epochs = int(ckpt.get("epoch", -1)) + 1, int((ckpt.get("train_args") or {}).get("epochs", 0))
+    if not 0 < start < epochs or ckpt.get("optimizer") is None:
+        raise ConfigError(f"{where}: holds a finished run (epoch {start} of {epochs}; a completed run's last.pt has "
+                          "no optimizer state): nothing to resume. Start a new run")
+    saved_names = {int(k): str(v) for k, v in dict(getattr(model, "names", {}) or {}).items()}
+    if saved_names and saved_names != dict(names):
+        raise ConfigError(f"{where}: the data's classes {list(names.values())[:5]} differ from the run's "
+                          f"{list(saved_names.values())[:5]}; resume with the run's data")
+    source = base_source(model, where)
+    if not source.lower().endswith((".yaml", ".yml")) and not Path(source).is_file():
+        raise ConfigError(
+            f"{where}: the base model {source} this run started from is missing; the frozen weights are taken "
+            "from it (the checkpoint holds float16 copies only). Put it back at that path to resume"
+        )
+    return source
 
 
 def saved_strategies(model: nn.Module, where: str) -> list[dict[str, Any]]:

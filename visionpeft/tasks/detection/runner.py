@@ -5,12 +5,13 @@ Run directory (Ultralytics' own files plus visionpeft's)::
     recipe.yaml            resolved recipe of this run (its strategies, absolute model/data paths)
     adapter/               adapter of the best epoch (safetensors + json with the base fingerprint)
     adapter_last/          adapter of the last epoch
-    metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory
+    metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory,
+                           the final validation's settings (extra.val: what 'visionpeft eval' reuses)
                            (written by the trainer on rank 0 at the end of training)
     plan.json              trainability plan
     events.out.tfevents.*  visionpeft's TensorBoard events (losses, mAP, LR, plan, hparams; the run is named
                            after this folder in TensorBoard)
-    weights/best.pt        Ultralytics checkpoint of the adapted EMA model (needs visionpeft to load)
+    weights/best.pt        Ultralytics checkpoint of the adapted EMA model (needs visionpeft to load; fuses exactly)
     weights/last.pt
     args.yaml, results.csv Ultralytics' own records
 """
@@ -25,7 +26,8 @@ from typing import Any
 import yaml
 
 from ...errors import ConfigError
-from ..base import RunResult
+from ..base import RunResult, load_run_recipe
+from .callbacks import write_json
 
 __all__ = ["DetectionTask"]
 
@@ -54,6 +56,15 @@ def _train(trainer: Any) -> None:
             trainer.vp_logger.session_end(ok=False)
             trainer.vp_logger.close()
         raise
+
+
+#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
+FIXED_ON_RESUME = ("task", "model", "seed", "strategies")
+
+
+def _stamp(path: Path) -> int | None:
+    """Modification time of ``path`` (``None`` if absent): tells a freshly written file from an old one."""
+    return path.stat().st_mtime_ns if path.is_file() else None
 
 
 def _read_run_recipe(run_dir: Path) -> dict[str, Any]:
@@ -98,70 +109,76 @@ class DetectionTask:
         trainer_cls = PeftDetectionTrainer.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard,
                                                      run_name=run_name)
         trainer = trainer_cls(overrides=overrides)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
+        stamp = _stamp(run_dir / "metrics.json")
         _train(trainer)
-        return self._result(run_dir)
+        return self._result(run_dir, stamp)
 
     def resume(self, run_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
-        """Continue a killed run from its ``weights/last.pt`` (``visionpeft resume RUN_DIR``).
+        """Continue a killed run from its ``weights/last.pt`` (``visionpeft resume RUN_DIR``), in ``run_dir``.
 
-        The strategies come from the run's ``recipe.yaml`` and must equal those stored in the checkpoint.
         ``overrides`` (``key=value``) may change what Ultralytics lets a resume change (``ultralytics.device``,
-        ``ultralytics.batch``, ``ultralytics.workers``, ``ultralytics.imgsz``...); others are ignored
-        with Ultralytics' warning (the checkpoint's training arguments win).
+        ``ultralytics.batch``, ``ultralytics.workers``...); others are ignored with Ultralytics' warning (the
+        checkpoint's training arguments win). What defines the model (``model``, ``seed``, ``strategies``) cannot
+        change. Everything is checked before anything in ``run_dir`` is written: the checkpoint is readable and
+        unfinished, its strategies and classes are the run's, the base model file is still there.
+        See ``docs/detection.md`` for what a resumed run reproduces exactly.
         """
-        from ...recipe import load_recipe
         from .data import check_data
+        from .resume import check_resumable, read_checkpoint
         from .trainer import PeftDetectionTrainer
 
         _refuse_torchrun()
         run_dir = Path(run_dir).resolve()
         _read_run_recipe(run_dir)
-        recipe = load_recipe(run_dir / "recipe.yaml", list(overrides))
+        saved, recipe = load_run_recipe(run_dir), load_run_recipe(run_dir, overrides)
+        changed = [k for k in FIXED_ON_RESUME if getattr(saved, k) != getattr(recipe, k)]
+        if changed:
+            detail = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(recipe, k)!r}" for k in changed)
+            raise ConfigError(f"resume {run_dir}: the run was trained with other settings than asked ({detail}); "
+                              "what defines the model cannot change on resume. Start a new run with 'visionpeft "
+                              "train'")
         last = run_dir / "weights" / "last.pt"
         if not last.is_file():
             raise ConfigError(f"{run_dir}: no weights/last.pt to resume from (the run stopped before its first "
-                              "epoch ended); start it again with 'visionpeft train'")
-        check_data(recipe.data, check_labels=False)
-        args = {**recipe.train_args(), "resume": str(last), "data": recipe.data, "project": str(run_dir.parent),
-                "name": run_dir.name, "exist_ok": True, "task": "detect", "mode": "train"}
+                              "epoch ended); nothing was changed. Start it again with 'visionpeft train'")
+        info = check_data(recipe.data, check_labels=False)
+        model, ckpt = read_checkpoint(last)
+        check_resumable(ckpt, model, recipe.strategies, info.names, f"resume {last}")
+        del model, ckpt
+        args = {**recipe.train_args(), "resume": str(last), "data": recipe.data, "save_dir": str(run_dir),
+                "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "task": "detect",
+                "mode": "train"}
         trainer_cls = PeftDetectionTrainer.configure(recipe.strategies, run_dir=run_dir,
                                                      tensorboard=recipe.tensorboard, run_name=recipe.name)
         trainer = trainer_cls(overrides=args)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
+        stamp = _stamp(run_dir / "metrics.json")
         _train(trainer)
-        return self._result(run_dir)
+        return self._result(run_dir, stamp)
 
     @staticmethod
-    def _result(run_dir: Path) -> RunResult:
+    def _result(run_dir: Path, stamp: int | None = None) -> RunResult:
         """The ``metrics.json`` the trainer wrote (on rank 0, also when training ran in DDP workers)."""
         path = run_dir / "metrics.json"
-        if not path.is_file():
+        if not path.is_file() or _stamp(path) == stamp:
             raise ConfigError(f"{run_dir}: training ended without writing metrics.json; see the log above")
         return RunResult.from_dict(json.loads(path.read_text()))
 
     def evaluate(self, run_dir: Path, split: str) -> dict[str, float]:
-        """Validate the run's best model (adapters merged) on ``split`` with Ultralytics' validator."""
-        from ultralytics.models.yolo.detect import DetectionValidator
+        """Validate the run's best model (adapters merged) on ``split`` exactly as training validated it.
 
-        from .callbacks import metrics_from_ultralytics
+        The validator gets the settings the trainer's final validation used (rect batches of the same size,
+        ``imgsz``, thresholds, precision; see :mod:`.validation`), so ``split="val"`` reproduces the metrics in
+        ``metrics.json`` for the same weights.
+        """
         from .data import check_data
-        from .merge import load_run_model
-        from .trainer import merged_copy
+        from .validation import evaluate_run
 
         run_dir = Path(run_dir)
         doc = _read_run_recipe(run_dir)
         check_data(doc["data"], check_labels=False, splits=(split,))
-        ultra = doc.get("ultralytics") or {}
-        save_dir = run_dir / f"eval-{split}"
-        args = {
-            "data": doc["data"], "split": split, "imgsz": ultra.get("imgsz", 640), "batch": ultra.get("batch", 16),
-            "device": ultra.get("device"), "plots": False, "verbose": False, "task": "detect", "mode": "val",
-            "project": str(run_dir), "name": save_dir.name, "exist_ok": True,
-        }
-        validator = DetectionValidator(args=args, save_dir=save_dir)
-        metrics = metrics_from_ultralytics(validator(model=merged_copy(load_run_model(run_dir))))
-        (run_dir / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+        device = (doc.get("ultralytics") or {}).get("device")
+        metrics = evaluate_run(run_dir, doc["data"], split, device)
+        write_json(run_dir / f"eval_{split}.json", metrics)
         return metrics
 
     def merge(self, run_dir: Path, out: Path) -> Path:

@@ -22,10 +22,11 @@ What Ultralytics does, and what this subclass changes (``ultralytics/engine/trai
   plan has frozen its tensors; only rank 0 writes adapters, ``plan.json``, TensorBoard and ``metrics.json``
   (:mod:`.ddp`).
 * Checkpoints still pickle the adapted EMA model (Ultralytics' ``last.pt``/``best.pt``, needs visionpeft to
-  load); the shippable outputs are the adapter directories (``adapter/`` = best epoch, ``adapter_last/``)
-  and ``weights/merged.pt``, the best epoch merged into a plain Ultralytics checkpoint (also written by
-  ``visionpeft merge``). After ``YOLO(...).train(trainer=...)``, predict/export with
-  ``YOLO("<save_dir>/weights/merged.pt")``: the adapted ``best.pt`` the YOLO object reloads cannot be fused.
+  load; predict/val/export fuse it exactly, the LoRA layers fold their update into the fused weights). They
+  are written atomically (:meth:`save_model`), and a resume continues in the directory holding ``last.pt``
+  (:meth:`check_resume`). The shippable outputs are the adapter directories (``adapter/`` = best epoch,
+  ``adapter_last/``) and ``weights/merged.pt``, the best epoch merged into a plain Ultralytics checkpoint
+  (also written by ``visionpeft merge``), loadable without visionpeft.
 
 Use it from Python with ``YOLO(...).train(trainer=PeftDetectionTrainer.configure([...]), data=...)``, or
 through ``visionpeft train`` (the detection task runner).
@@ -34,6 +35,8 @@ through ``visionpeft train`` (the detection task runner).
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -253,6 +256,41 @@ class PeftDetectionTrainer(DetectionTrainer):
         return optimizer
 
     # ------------------------------------------------------------------ resume
+    def check_resume(self, overrides: dict[str, Any]) -> None:
+        """Ultralytics' resume check, with a clear error for a damaged ``last.pt`` and the run dir where it lies.
+
+        Ultralytics takes ``save_dir`` from inside the checkpoint, so resuming a copied run directory would write
+        into the original: here the run continues in the directory that holds ``weights/last.pt`` (or in an
+        explicit ``save_dir`` override).
+        """
+        target = self.args.resume
+        if target and isinstance(target, (str, Path)) and Path(target).is_file():
+            resume.read_checkpoint(target)  # ConfigError naming size and cause instead of "not found"
+        super().check_resume(overrides)
+        if self.resume:
+            run_dir = overrides.get("save_dir") or resume.run_dir_of(self.args.resume)
+            if run_dir:
+                self.args.save_dir = str(run_dir)
+
+    def save_model(self) -> Any:
+        """Ultralytics' checkpoints, each written to a temporary file and renamed over the old one.
+
+        Ultralytics writes ``last.pt`` in place: a run killed while saving would leave a torn file and nothing to
+        resume from. Here the previous good file stays until the new one is complete.
+        """
+        wdir, last, best = self.wdir, self.last, self.best
+        staging = wdir / ".saving"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.wdir, self.last, self.best = staging, staging / last.name, staging / best.name
+        try:
+            saved = super().save_model()
+            for path in sorted(staging.iterdir()):  # last.pt first: best.pt / epochN.pt are extra copies
+                os.replace(path, wdir / path.name)
+        finally:
+            self.wdir, self.last, self.best = wdir, last, best
+            shutil.rmtree(staging, ignore_errors=True)
+        return saved
+
     def resume_training(self, ckpt: Any) -> None:
         """Ultralytics' resume (optimizer, EMA, epoch, early stopping), with a clear error for a finished run."""
         if ckpt is not None and self.resume:
@@ -304,7 +342,7 @@ class PeftDetectionTrainer(DetectionTrainer):
             extra={"epochs": int(self.epochs), "imgsz": self.args.imgsz, "batch": int(self.batch_size),
                    "device": str(self.device), "strategies": plan.strategies,
                    "start_epoch": int(self.start_epoch), "world_size": max(int(self.world_size), 1),
-                   "hparams": self.vp_hparams()},
+                   "hparams": self.vp_hparams(), "val": getattr(self, "vp_val_settings", None)},
         )
 
     def vp_hparams(self) -> dict[str, Any]:
@@ -319,14 +357,13 @@ class PeftDetectionTrainer(DetectionTrainer):
     def final_eval(self) -> None:
         """Ultralytics' final validation of ``best.pt``, with adapters merged before the Conv+BN fusion."""
         from ultralytics.nn.tasks import load_checkpoint
-        from ultralytics.utils.torch_utils import strip_optimizer
 
         best = self.best if self.best.exists() else None
         with torch_distributed_zero_first(LOCAL_RANK):  # DDP: other ranks read best.pt once rank 0 rewrote it
             if RANK in {-1, 0}:
-                ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+                ckpt = _strip_atomic(self.last) if self.last.exists() else {}
                 if best:
-                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+                    _strip_atomic(self.best, updates={"train_results": ckpt.get("train_results")})
         if best is None:
             return
         LOGGER.info(f"\nValidating {best} (visionpeft: adapters merged before fusing)...")
@@ -342,6 +379,9 @@ class PeftDetectionTrainer(DetectionTrainer):
         self.validator.args.compile = False
         self.metrics = self.validator(model=merged)
         self.metrics.pop("fitness", None)
+        from .validation import record_settings
+
+        self.vp_val_settings = record_settings(self.validator)  # so 'visionpeft eval' validates the same way
         self.epoch += 1  # Ultralytics' own loggers record best metrics at epoch epochs+1
         self.vp_final_eval = True  # visionpeft's TensorBoard logs them as result/* at the last step
         try:
@@ -349,6 +389,20 @@ class PeftDetectionTrainer(DetectionTrainer):
         finally:
             self.epoch -= 1
             self.vp_final_eval = False
+
+
+def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ultralytics' ``strip_optimizer`` (final checkpoint: EMA as model, no optimizer), written atomically."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    staging = path.with_name(f".{path.name}.strip")
+    try:
+        out = strip_optimizer(path, str(staging), updates=updates)
+        if staging.is_file():
+            os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return out
 
 
 def api_save_adapter(model: nn.Module, directory: Path, extra: dict[str, Any]) -> Path:
