@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..safe_yaml import brief
 from ..strategies.registry import parse_config
 
 __all__ = ["Section", "BaseRecipe", "validate_strategy_list", "FULL_BASELINE"]
@@ -37,7 +38,7 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
         from ..errors import ConfigError
 
         raise ConfigError(f"{where}: expected a list of strategies like [{{method: lora, rank: 8}}]; "
-                          f"got {entries!r}")
+                          f"got {brief(entries)}")
     from ..errors import ConfigError
 
     out = []
@@ -92,7 +93,7 @@ class BaseRecipe(Section):
 
             raise ConfigError(
                 "compare: expected a mapping of run name -> strategy list, e.g. "
-                "{lora: [{method: lora}], linear_probe: [{method: head}]}; got " + repr(value)
+                "{lora: [{method: lora}], linear_probe: [{method: head}]}; got " + brief(value)
             )
         return {str(k): validate_strategy_list(v, f"compare.{k}") for k, v in value.items()}
 

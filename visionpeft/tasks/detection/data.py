@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import ConfigError
+from ...safe_yaml import load_yaml_file
 
 __all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
 
@@ -62,10 +61,7 @@ def label_path(image: Path) -> Path:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"data: data yaml {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"data: {path} is not valid YAML: {exc}") from None
+    doc = load_yaml_file(path, "data")
     if not isinstance(doc, dict):
         raise ConfigError(f"data: {path} must be a mapping with train/val/names keys")
     return doc

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import ConfigError
+from ...safe_yaml import load_yaml_file
 from ..base import RunResult
 
 __all__ = ["DetectionTask"]
@@ -48,7 +47,7 @@ def _read_run_recipe(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no recipe.yaml; expected a run directory written by 'visionpeft train'")
-    doc = yaml.safe_load(path.read_text())
+    doc = load_yaml_file(path)
     if not isinstance(doc, dict) or doc.get("task") != "detection":
         raise ConfigError(f"{path}: not a detection run (task {doc.get('task') if isinstance(doc, dict) else None!r})")
     return doc
