@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VisionPeftError
+from .outputs import make_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -44,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"{args.recipe}: 'strategies' is empty; 'visionpeft train' trains that list "
                           "(use 'visionpeft compare' for the recipe's compare runs)")
+    make_dir(recipe.output, "output")
     run_dir = new_run_dir(recipe)
     result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
     _print_result(result)
@@ -71,6 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .tasks.distributed import is_main
 
     recipe = load_recipe(args.recipe, args.overrides)
+    make_dir(recipe.output, "output")
     out = run_compare(recipe)
     if is_main():
         print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}")

@@ -25,9 +25,10 @@ from pydantic import Field, field_validator
 
 from ..errors import closest
 from ..safe_yaml import brief, brief_text
-from .base import BaseRecipe
+from .base import BaseRecipe, Section
 
-__all__ = ["DetectionRecipe", "validate_ultralytics_args", "OWN_KEYS", "DEFAULT_ULTRALYTICS_ARGS"]
+__all__ = ["DetectionRecipe", "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
+           "DEFAULT_ULTRALYTICS_ARGS"]
 
 #: Ultralytics arguments visionpeft sets itself, and where the recipe sets them instead.
 OWN_KEYS: dict[str, str] = {
@@ -151,6 +152,17 @@ def _coerce(value: Any) -> Any:
     return value
 
 
+class DetectionDatasetSection(Section):
+    """How detection images are read.
+
+    Attributes:
+        skip_bad_images: skip images that cannot be decoded (empty, truncated, too large, 32-bit samples),
+            counted in the run's ``data.json``, instead of stopping with an error naming the file.
+    """
+
+    skip_bad_images: bool = False
+
+
 class DetectionRecipe(BaseRecipe):
     """An Ultralytics detector fine-tuned with visionpeft strategies, Ultralytics being the engine.
 
@@ -163,13 +175,16 @@ class DetectionRecipe(BaseRecipe):
         ultralytics: Ultralytics training arguments passed through unchanged (``epochs``, ``imgsz``,
             ``batch``, ``lr0``, ``optimizer``, ``mosaic``, ``fraction``, ``device``, ``amp``, ``workers``...).
             visionpeft's defaults where they differ: ``plots: false``, ``deterministic: true``.
-        check_labels: scan every label file before training (seconds for thousands of images); turn off
-            only for huge datasets you have already checked.
+        check_labels: scan every label file and decode every image of the train and val splits before training
+            (seconds for thousands of images); turn off only for huge datasets you have already checked.
+        dataset: ``skip_bad_images: true`` leaves unreadable images out of training and evaluation (counted in
+            the run's ``data.json``) instead of stopping with an error naming the first one.
     """
 
     task: Literal["detection"] = "detection"
     ultralytics: dict[str, Any] = Field(default_factory=dict)
     check_labels: bool = True
+    dataset: DetectionDatasetSection = Field(default_factory=lambda: DetectionDatasetSection())
 
     @field_validator("ultralytics", mode="before")
     @classmethod

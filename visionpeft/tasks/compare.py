@@ -37,7 +37,9 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     task = get_task(recipe.task)
     compare_dir = Path(compare_dir) if compare_dir else new_run_dir(recipe, "-compare")
     if is_main():
-        compare_dir.mkdir(parents=True, exist_ok=True)
+        from ..outputs import make_dir
+
+        make_dir(compare_dir, "output")
     barrier()
     results: list[RunResult] = []
     for i, (name, strategies) in enumerate(recipe.compare_runs().items()):

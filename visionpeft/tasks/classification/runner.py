@@ -132,7 +132,9 @@ class ClassificationTask:
         return self._finish(s, trainer, ckpt, memory, logger, wall)
 
     def _write_run_files(self, s: _Setup) -> None:
-        s.run_dir.mkdir(parents=True, exist_ok=True)
+        from ...outputs import make_dir
+
+        make_dir(s.run_dir, "output")
         save_resolved(s.run_recipe, s.run_dir / "recipe.yaml")
         (s.run_dir / "plan.json").write_text(s.plan.to_json())
         info = s.data.info
@@ -291,13 +293,14 @@ class ClassificationTask:
 
         from ...api import merge as merge_model
         from ...checkpoint import atomic_save
+        from ...outputs import check_output_file
 
-        recipe, model, _, meta = self.load_run(run_dir)
-        merge_model(model)
         out = Path(out)
         if out.suffix not in (".safetensors", ".pt", ".pth"):
             out = out / "model.safetensors"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        check_output_file(out, "merge -o")
+        recipe, model, _, meta = self.load_run(run_dir)
+        merge_model(model)
         sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         if out.suffix == ".safetensors":
             save_file(sd, str(out))

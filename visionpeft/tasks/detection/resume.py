@@ -72,7 +72,7 @@ def load_base_weights(source: str, where: str) -> nn.Module | None:
             f"{where}: the base model {source} this run started from is missing; the frozen weights are taken "
             "from it (the checkpoint holds float16 copies only). Put it back at that path to resume"
         )
-    from ultralytics.nn.tasks import load_checkpoint
+    from ...backends.safe_load import load_checkpoint
 
     weights, _ = load_checkpoint(path)
     if api.get_state(weights) is not None:
