@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VisionPeftError as exc:
         msg = _worker_message(exc) or str(exc)
-        print(f"visionpeft: error: {msg}", file=sys.stderr)
+        print(f"visionpeft: error: {' '.join(msg.split())}", file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("visionpeft: interrupted", file=sys.stderr)
