@@ -125,3 +125,13 @@ def test_recipe_with_bad_imgsz_is_refused_at_load(tmp_path: Path):
     path.write_text("task: detection\nmodel: yolo11n.yaml\ndata: d.yaml\nultralytics: {imgsz: abc}\n")
     with pytest.raises(ConfigError, match="ultralytics.imgsz: expected a positive image size .* \\(got 'abc'\\)"):
         load_recipe(path)
+
+
+def test_bare_method_names_in_a_strategy_list(tmp_path: Path):
+    path = tmp_path / "r.yaml"
+    path.write_text(HEAD + "strategies: [lora, head]\ncompare: {probe: [head]}\n")
+    recipe = load_recipe(path)
+    assert [s["method"] for s in recipe.strategies] == ["lora", "head"] and recipe.strategies[0]["rank"] == 8
+    assert load_recipe(path, ["strategies=[bitfit]"]).strategies[0]["method"] == "bitfit"
+    with pytest.raises(ConfigError, match="strategies.0: .*unknown strategy method 'lorra'.*did you mean 'lora'"):
+        load_recipe(path, ["strategies=[lorra]"])

@@ -30,7 +30,8 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
     """Validate strategy mappings with the registry and return them with defaults filled in.
 
     Keeping plain mappings (not config objects) makes the resolved recipe a readable YAML document
-    and lets ``key=value`` overrides address ``strategies.1.rank`` directly.
+    and lets ``key=value`` overrides address ``strategies.1.rank`` directly. A bare method name in the list
+    (``[lora, head]``) stands for ``{method: NAME}`` with defaults.
     """
     if entries is None:
         return []
@@ -42,6 +43,7 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
     from ..errors import ConfigError
 
     out = []
+    entries = [{"method": e} if isinstance(e, str) else e for e in entries]  # bare names: [lora, head]
     for i, entry in enumerate(entries):
         try:
             cfg = parse_config(entry, where=f"{where}.{i}")
