@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from ...safe_yaml import load_yaml_file
+from ...safe_yaml import brief, brief_text, load_yaml_file
 
 __all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
 
@@ -100,7 +100,7 @@ def _root(doc: dict[str, Any], path: Path) -> Path:
         root = root.resolve()
     if not root.is_dir():
         raise ConfigError(
-            f"{path}: path: {doc['path']!r} is not a folder ({root}). Give an absolute path, or drop 'path:' "
+            f"{path}: path: {brief(doc['path'])} is not a folder ({root}). Give an absolute path, or drop 'path:' "
             "so the splits resolve relative to the yaml's folder"
         )
     return root
@@ -123,9 +123,11 @@ def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[P
         elif p.is_file() and p.suffix.lower() in IMG_SUFFIXES:
             images.append(p)
         else:
-            raise ConfigError(f"{yaml_path}: {split}: {item!r} -> {p} does not exist (expected an image folder)")
+            raise ConfigError(f"{yaml_path}: {split}: {brief(item)} -> {brief_text(str(p))} does not exist "
+                              "(expected an image folder)")
     if not images:
-        raise ConfigError(f"{yaml_path}: {split}: no images under {items} (suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
+        raise ConfigError(f"{yaml_path}: {split}: no images under {brief(items)} "
+                          f"(suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
     return images
 
 
@@ -140,20 +142,20 @@ def _check_label_file(path: Path, nc: int) -> int:
         where = f"{path}:{lineno}"
         if len(parts) < 5 or (len(parts) > 5 and len(parts) % 2 == 0):
             raise ConfigError(
-                f"{where}: malformed label line {line!r}: expected 'class cx cy w h' (5 numbers) or a polygon "
+                f"{where}: malformed label line {brief(line)}: expected 'class cx cy w h' (5 numbers) or a polygon "
                 "'class x1 y1 x2 y2 ...'"
             )
         try:
             cls_f = float(parts[0])
             coords = [float(v) for v in parts[1:]]
         except ValueError:
-            raise ConfigError(f"{where}: malformed label line {line!r}: every field must be a number") from None
+            raise ConfigError(f"{where}: malformed label line {brief(line)}: every field must be a number") from None
         if cls_f != int(cls_f) or not 0 <= cls_f < nc:
             raise ConfigError(
                 f"{where}: class id {parts[0]} out of range: the data yaml has {nc} classes (ids 0..{nc - 1})"
             )
         if any(not (-_COORD_TOL <= v <= 1 + _COORD_TOL) for v in coords):
-            raise ConfigError(f"{where}: coordinates {parts[1:]} are not normalised to [0, 1]")
+            raise ConfigError(f"{where}: coordinates {brief(parts[1:])} are not normalised to [0, 1]")
         _check_extent(coords, where, line)
         rows += 1
     return rows
@@ -168,7 +170,7 @@ def _check_extent(coords: list[float], where: str, line: str) -> None:
         width, height = max(xs) - min(xs), max(ys) - min(ys)
     if width <= 0 or height <= 0:
         raise ConfigError(
-            f"{where}: {'zero-width' if width <= 0 else 'zero-height'} box in label line {line!r}: "
+            f"{where}: {'zero-width' if width <= 0 else 'zero-height'} box in label line {brief(line)}: "
             f"w and h must be > 0 (fraction of the image). Fix or delete the line"
         )
 
