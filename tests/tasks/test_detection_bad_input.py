@@ -86,7 +86,8 @@ def test_sixteen_bit_and_other_readable_modes_pass(tmp_path):
 
 @pytest.fixture
 def tiny_recipe(tmp_path, shared) -> Path:
-    data = make_dataset(tmp_path / "data", {**GOOD, "train/e": ["0 0.3 0.3 0.2 0.2"]}, ["cat", "dog"])
+    data = make_dataset(tmp_path / "data", {**GOOD, "train/e": ["0 0.3 0.3 0.2 0.2"], "val/f": ["0 0.5 0.5 0.4 0.4"]},
+                        ["cat", "dog"])
     path = tmp_path / "det.yaml"
     path.write_text(yaml.safe_dump({
         "task": "detection", "name": "tiny", "model": str(shared / "weights" / "yolov5nu-cocobackbone.pt"),
@@ -103,9 +104,16 @@ def test_cli_zero_byte_image_is_an_error_then_a_counted_skip(tiny_recipe, tmp_pa
     (run,) = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.json").is_file()]
     record = json.loads((run / "data.json").read_text())
     assert record["skipped_bad_images"] == {"train": 1, "val": 0} and record["skipped_files"]["train"] == [str(bad)]
-    assert record["images"] == {"train": 2, "val": 1}
+    assert record["images"] == {"train": 2, "val": 2}
     trained_on = (run / "data" / "images-train.txt").read_text().split()
     assert str(bad) not in trained_on and len(trained_on) == 2
+    # eval applies the run's policy too: a val image broken since training is skipped and counted.
+    broken_val = tmp_path / "data" / "images" / "val" / "f.jpg"
+    broken_val.write_bytes(b"\xff\xd8 truncated")
+    assert main(["eval", str(run)]) == 0
+    record = json.loads((run / "eval-val" / "data.json").read_text())
+    assert record["skipped_files"] == {"val": [str(broken_val)]} and record["images"] == {"val": 1}
+    assert set(json.loads((run / "eval_val.json").read_text())) >= {"map50", "map50_95"}
 
 
 # ------------------------------------------------------------------------------------- no code from files

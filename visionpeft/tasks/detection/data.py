@@ -266,6 +266,8 @@ def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:
         listing = out_dir / f"images-{split}.txt"
         listing.write_text("".join(f"{p.resolve()}\n" for p in images))
         doc[split] = str(listing)
+    for required in ("train", "val"):  # Ultralytics needs both keys; an eval of 'test' lists only that split
+        doc.setdefault(required, doc[next(iter(info.splits))])
     target = out_dir / "data.yaml"
     target.write_text(yaml.safe_dump(doc, sort_keys=False))
     return target

@@ -134,10 +134,10 @@ class DetectionTask:
         if not last.is_file():
             raise ConfigError(f"{run_dir}: no weights/last.pt to resume from (the run stopped before its first "
                               "epoch ended); start it again with 'visionpeft train'")
-        check_data(recipe.data, check_labels=False)
+        info = check_data(recipe.data, check_labels=False, check_images=recipe.check_labels,
+                          skip_bad_images=recipe.dataset.skip_bad_images)
         load_checkpoint(last)  # refused here, in one line, if it holds more than model classes
-        kept = run_dir / "data" / "data.yaml"  # the readable images, when the run skipped bad ones
-        data = str(kept) if kept.is_file() else recipe.data
+        data = _data_for_run(info, recipe.data, run_dir / "data")
         args = {**recipe.train_args(), "resume": str(last), "data": data, "project": str(run_dir.parent),
                 "name": run_dir.name, "exist_ok": True, "task": "detect", "mode": "train"}
         trainer_cls = PeftDetectionTrainer.configure(recipe.strategies, run_dir=run_dir,
@@ -167,7 +167,8 @@ class DetectionTask:
         run_dir = Path(run_dir)
         doc = _read_run_recipe(run_dir)
         skip = bool((doc.get("dataset") or {}).get("skip_bad_images", False))
-        info = check_data(doc["data"], check_labels=False, splits=(split,), check_images=True, skip_bad_images=skip)
+        info = check_data(doc["data"], check_labels=False, splits=(split,), check_images=doc.get("check_labels", True),
+                          skip_bad_images=skip)
         ultra = doc.get("ultralytics") or {}
         save_dir = run_dir / f"eval-{split}"
         data = _data_for_run(info, doc["data"], save_dir / "data")
