@@ -169,3 +169,26 @@ def test_crafted_checkpoint_through_eval_and_resume(crafted, tiny_recipe, tmp_pa
     err = one_line_error(capsys, ["merge", run, "-o", tmp_path / "m.pt"])
     assert "refused to load" in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "strategies",
+    [[{"method": "lora", "rank": 2}, {"method": "head"}], [{"method": "freeze", "n": 5}], [{"method": "bitfit"}]],
+)
+def test_adapted_checkpoints_load_through_the_allow_list(tmp_path, strategies):
+    """What a visionpeft run pickles in weights/last.pt (any strategy) is on the allow-list."""
+    import torch
+
+    import visionpeft
+    from visionpeft.backends.safe_load import load_checkpoint
+    from visionpeft.backends.ultralytics import build_model
+
+    model = build_model("yolov8n.yaml", nc=2)
+    visionpeft.apply(model, strategies)
+    path = tmp_path / "last.pt"
+    torch.save({"model": None, "ema": model, "train_args": {}}, path)
+    loaded, _ = load_checkpoint(path)
+    assert visionpeft.get_plan(loaded).trainable == visionpeft.get_plan(model).trainable
+    x = torch.rand(1, 3, 64, 64)
+    model.eval()
+    torch.testing.assert_close(loaded.eval()(x)[0], model(x)[0])

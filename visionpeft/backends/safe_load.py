@@ -42,8 +42,7 @@ def visionpeft_globals() -> list[Any]:
     from ..strategies import registry
     from ..strategies.lora import layers
 
-    registry.available()  # imports the built-in strategies
-    configs = [cls.config_cls for cls in registry._REGISTRY.values()]
+    configs = [registry.config_class(method) for method in registry.available()]
     return [api.AdaptedState, plan.TrainabilityPlan, plan.keep_bn_eval, spec.ModelSpec, spec.PromptSpec,
             layers.LoRALinear, layers.LoRAConv2d, *configs]
 
