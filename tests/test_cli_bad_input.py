@@ -188,6 +188,8 @@ def test_merge_output_checks(trained, tmp_path, capsys):
     assert f"merge -o: cannot create the folder {blocker}" in err
     err = run_error(capsys, ["merge", run, "-o", "/proc/visionpeft/m.pt"])
     assert "merge -o: cannot create the folder /proc/visionpeft" in err
+    err = run_error(capsys, ["merge", run, "-o", "/proc/m.safetensors"])  # the folder exists, writing fails
+    assert "merge -o: cannot write into the folder /proc" in err
     # A folder without a model-file suffix is where model.safetensors goes (documented behaviour).
     assert main(["merge", str(run), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -8,6 +8,7 @@ training or saving, sometimes after the training time was spent.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
@@ -40,8 +41,12 @@ def make_dir(path: str | Path, field: str) -> Path:
     except OSError as exc:
         raise ConfigError(f"{field}: cannot create the folder {path} ({exc.strerror or exc}); choose a location "
                           "you can write to") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field}: the folder {path} is not writable; choose a location you can write to")
+    try:  # a real write: os.access says yes to root on read-only mounts and pseudo file systems like /proc
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot write into the folder {path} ({exc.strerror or exc}); choose a location "
+                          "you can write to") from None
     return path
 
 
