@@ -169,6 +169,11 @@ def test_crafted_checkpoint_through_eval_and_resume(crafted, tiny_recipe, tmp_pa
     err = one_line_error(capsys, ["merge", run, "-o", tmp_path / "m.pt"])
     assert "refused to load" in err
     assert not marker.exists()
+    # merge -o onto a directory or an unwritable place is refused before anything is loaded
+    err = one_line_error(capsys, ["merge", run, "-o", tmp_path])
+    assert f"merge -o: {tmp_path} is a directory; give a file path such as {tmp_path / 'merged.pt'}" in err
+    err = one_line_error(capsys, ["merge", run, "-o", "/proc/merged.pt"])
+    assert "merge -o: cannot write into the folder /proc" in err
 
 
 @pytest.mark.parametrize(
