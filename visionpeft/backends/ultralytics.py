@@ -151,7 +151,8 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
         The ``DetectionModel`` in float32, eval mode.
 
     Raises:
-        ConfigError: unknown file type, missing file, not an Ultralytics detection checkpoint.
+        ConfigError: unknown file type, missing file, not an Ultralytics detection checkpoint, or a checkpoint
+            referencing objects outside the allow-list (see :mod:`.safe_load`).
     """
     _require_ultralytics()
     text = str(source)
@@ -165,12 +166,9 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
     if nc is not None:
         raise ConfigError("model: 'nc' applies to a model yaml only; a checkpoint keeps its own classes")
     check_checkpoint_file(text)
-    from ultralytics.nn.tasks import load_checkpoint
+    from .safe_load import load_checkpoint
 
-    try:
-        model, _ = load_checkpoint(text)
-    except (TypeError, ModuleNotFoundError, AttributeError) as exc:
-        raise ConfigError(f"{text}: Ultralytics could not load this checkpoint: {exc}") from None
+    model, _ = load_checkpoint(text)  # restricted unpickling: no code from the file runs
     if not is_detection_model(model) or getattr(model, "task", "detect") != "detect":
         raise ConfigError(
             f"{text}: a {type(model).__name__} (task {getattr(model, 'task', '?')!r}); visionpeft detection "

@@ -2,6 +2,7 @@
 
 from .dataset import DataError, ImageDataset, read_image
 from .descriptor import DatasetInfo, load_descriptor
+from .image import ImageError
 from .loaders import DataBundle, build_data, list_recipe_splits
 from .samples import SplitSamples, check_class_sets, list_split, list_splits
 from .transforms import DataConfig, build_transforms, resolve_data_config
@@ -12,6 +13,7 @@ __all__ = [
     "DataError",
     "DatasetInfo",
     "ImageDataset",
+    "ImageError",
     "SplitSamples",
     "build_data",
     "list_recipe_splits",

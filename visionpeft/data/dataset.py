@@ -1,4 +1,4 @@
-"""The image dataset: decode with PIL, transform with albumentations, clear errors for bad files."""
+"""The image dataset: decode with PIL (:mod:`.image`), transform with albumentations, clear errors for bad files."""
 
 from __future__ import annotations
 
@@ -11,27 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .image import ImageError, read_image
 from .samples import DataError
 
-__all__ = ["ImageDataset", "read_image", "find_bad_images", "DataError"]
+__all__ = ["ImageDataset", "read_image", "find_bad_images", "DataError", "ImageError"]
 
 log = logging.getLogger("visionpeft.data")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode ``path`` to an RGB ``uint8`` HWC array, or raise :class:`DataError` naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    # ImportError: once Ultralytics is imported in the process it patches PIL's open to retry unknown
-    # files as HEIF, which raises ModuleNotFoundError (pi_heif) instead of UnidentifiedImageError.
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as exc:
-        raise DataError(
-            f"{path}: cannot read this image ({type(exc).__name__}: {exc}). Fix or delete the file, or set "
-            "dataset.skip_bad_images: true to skip unreadable images"
-        ) from None
 
 
 def find_bad_images(samples: Sequence[tuple[Path, int]]) -> list[Path]:
@@ -40,7 +25,7 @@ def find_bad_images(samples: Sequence[tuple[Path, int]]) -> list[Path]:
     for path, _ in samples:
         try:
             read_image(path)
-        except DataError:
+        except ImageError:
             bad.append(path)
     return bad
 

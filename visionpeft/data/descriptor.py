@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError, closest
+from ..safe_yaml import load_yaml_file
 
 __all__ = ["DatasetInfo", "load_descriptor"]
 
@@ -91,10 +91,7 @@ def _from_folder(root: Path) -> DatasetInfo:
 
 
 def _from_yaml(path: Path) -> DatasetInfo:
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"data: {path} is not valid YAML: {exc}") from None
+    doc = load_yaml_file(path, "data") or {}
     try:
         desc = _Descriptor.model_validate(doc)
     except ValidationError as exc:

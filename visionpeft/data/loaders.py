@@ -108,8 +108,9 @@ def build_data(recipe: Any, data_cfg: DataConfig, rank: int = 0, world: int = 1,
                          roles["train"], seed=recipe.seed)
     val = ImageDataset(splits["val"].samples, eval_tf, ds.skip_bad_images, roles["val"])
     t = recipe.train
-    # Drop a ragged last batch only when it would leave a single image (BatchNorm cannot train on 1).
-    drop_last = len(train) // world % t.batch_size == 1
+    # Drop a ragged last batch only when it would leave a single image (BatchNorm cannot train on 1). Each
+    # process gets ceil(len / world) samples (DistributedSampler pads the last shard).
+    drop_last = t.batch_size > 1 and -(-len(train) // world) % t.batch_size == 1
     train_loader, sampler = make_loader(train, t.batch_size, 0 if eval_only else t.workers, True,
                                         recipe.seed, rank, world, drop_last)
     val_loader, _ = make_loader(val, t.eval_batch_size or 2 * t.batch_size, t.workers, False, recipe.seed,

@@ -61,6 +61,9 @@ def list_split(info: DatasetInfo, split: str, max_per_class: int | None = None) 
     where = info.split(split)
     if info.format == "csv":
         rows = _read_csv(where)
+        if not rows:
+            raise DataError(f"empty split in {where}: split {split!r} has a header but no 'path,label' rows; add its "
+                            "images or point the dataset YAML at the right file")
         found = sorted({label for _, label in rows})
     else:
         if not where.is_dir():
@@ -100,9 +103,26 @@ def check_class_sets(splits: dict[str, SplitSamples]) -> None:
             )
 
 
+def check_enough_classes(train: SplitSamples, where: Path | str) -> None:
+    """Classification needs at least two classes: with one, every prediction is right and nothing is learnt."""
+    present = sorted({train.classes[i] for _, i in train.samples})
+    if len(present) < 2:
+        raise DataError(
+            f"{where}: split {train.split!r} has {len(present)} class{'' if len(present) == 1 else 'es'} "
+            f"{present}; classification needs at least 2 (one class gives top-1 = 1.0 and nothing to learn). "
+            "Add a folder (or CSV label) per class"
+        )
+
+
 def list_splits(info: DatasetInfo, names: dict[str, str], max_per_class: int | None = None
                 ) -> dict[str, SplitSamples]:
-    """List several splits (role -> split name, e.g. ``{"train": "train", "val": "val"}``) and check them."""
+    """List several splits (role -> split name, e.g. ``{"train": "train", "val": "val"}``) and check them.
+
+    Raises:
+        DataError: an empty split, fewer than 2 classes in the training split, or splits whose class sets differ.
+    """
     out = {role: list_split(info, split, max_per_class) for role, split in names.items()}
+    train = out.get("train") or next(iter(out.values()))
+    check_enough_classes(train, info.splits.get(train.split, info.root))
     check_class_sets(out)
     return out

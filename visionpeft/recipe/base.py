@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..safe_yaml import brief
 from ..strategies.registry import parse_config
 
 __all__ = ["Section", "BaseRecipe", "validate_strategy_list", "FULL_BASELINE"]
@@ -29,7 +30,8 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
     """Validate strategy mappings with the registry and return them with defaults filled in.
 
     Keeping plain mappings (not config objects) makes the resolved recipe a readable YAML document
-    and lets ``key=value`` overrides address ``strategies.1.rank`` directly.
+    and lets ``key=value`` overrides address ``strategies.1.rank`` directly. A bare method name in the list
+    (``[lora, head]``) stands for ``{method: NAME}`` with defaults.
     """
     if entries is None:
         return []
@@ -37,10 +39,11 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
         from ..errors import ConfigError
 
         raise ConfigError(f"{where}: expected a list of strategies like [{{method: lora, rank: 8}}]; "
-                          f"got {entries!r}")
+                          f"got {brief(entries)}")
     from ..errors import ConfigError
 
     out = []
+    entries = [{"method": e} if isinstance(e, str) else e for e in entries]  # bare names: [lora, head]
     for i, entry in enumerate(entries):
         try:
             cfg = parse_config(entry, where=f"{where}.{i}")
@@ -92,7 +95,7 @@ class BaseRecipe(Section):
 
             raise ConfigError(
                 "compare: expected a mapping of run name -> strategy list, e.g. "
-                "{lora: [{method: lora}], linear_probe: [{method: head}]}; got " + repr(value)
+                "{lora: [{method: lora}], linear_probe: [{method: head}]}; got " + brief(value)
             )
         return {str(k): validate_strategy_list(v, f"compare.{k}") for k, v in value.items()}
 

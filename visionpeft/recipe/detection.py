@@ -18,14 +18,17 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from ..errors import closest
-from .base import BaseRecipe
+from ..safe_yaml import brief, brief_text
+from .base import BaseRecipe, Section
 
-__all__ = ["DetectionRecipe", "validate_ultralytics_args", "OWN_KEYS", "DEFAULT_ULTRALYTICS_ARGS"]
+__all__ = ["DetectionRecipe", "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
+           "DEFAULT_ULTRALYTICS_ARGS"]
 
 #: Ultralytics arguments visionpeft sets itself, and where the recipe sets them instead.
 OWN_KEYS: dict[str, str] = {
@@ -69,7 +72,7 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
     if args is None:
         return {}
     if not isinstance(args, dict):
-        raise ValueError(f"{where}: expected a mapping of Ultralytics arguments like {{imgsz: 320}}, got {args!r}")
+        raise ValueError(f"{where}: expected a mapping of Ultralytics arguments like {{imgsz: 320}}, got {brief(args)}")
     known, check_cfg = _ultralytics_cfg()
     out: dict[str, Any] = {}
     problems = []
@@ -90,8 +93,53 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
     try:
         check_cfg(out, hard=True)  # Ultralytics' own type/range rules (float, fraction, int, bool keys)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(f"{where}: {brief_text(str(exc))}") from None
+    problems = [f"{where}.{key}: {msg} (got {brief(out[key])})" for key in out
+                if (msg := _value_problem(key, out[key], known)) is not None]
+    if problems:
+        raise ValueError("; ".join(problems))
     return out
+
+
+_OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD", "auto")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+(,\d+)*)?|-1|\d+(,\d+)*)$", re.IGNORECASE)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
+    """What is wrong with ``value`` for the arguments ``check_cfg`` leaves unchecked (``None``: fine).
+
+    ``check_cfg`` types Ultralytics' float / fraction / int / bool keys only; these rules cover the keys a
+    training run reads that it does not (``imgsz``, ``optimizer``, ``cache``, ``device``) and the ranges of
+    ``batch`` and ``workers``; any other key whose default is a string must be a string.
+    """
+    if key == "imgsz":
+        sizes = value if isinstance(value, list) and len(value) in (1, 2) else [value]
+        if not all(_is_int(v) and v > 0 for v in sizes):
+            return "expected a positive image size in pixels such as 640 (or [height, width])"
+    elif key == "batch":
+        if not (value == -1 or (_is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value < 1)):
+            return "expected images per batch (>= 1), -1 (auto batch) or a GPU-memory fraction in (0, 1)"
+    elif key == "workers":
+        if not (_is_int(value) and value >= 0):
+            return "expected a number of dataloader workers >= 0"
+    elif key == "optimizer":
+        if not isinstance(value, str) or value.lower() not in {o.lower() for o in _OPTIMIZERS}:
+            return f"expected one of {list(_OPTIMIZERS)}"
+    elif key == "cache":
+        if not (isinstance(value, bool) or value in ("ram", "disk")):
+            return "expected true / false, 'ram' or 'disk'"
+    elif key == "device":
+        ids = value if isinstance(value, list) and value else [value]
+        if not (value is None or all(_is_int(v) and v >= -1 for v in ids)
+                or (isinstance(value, str) and _DEVICE.match(value.replace(" ", "")))):
+            return "expected cpu, mps, cuda, a GPU index like 0, or a list like '0,1'"
+    elif isinstance(known.get(key), str) and not isinstance(value, str):
+        return f"expected a string like {known[key]!r}"
+    return None
 
 
 def _coerce(value: Any) -> Any:
@@ -102,6 +150,17 @@ def _coerce(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+class DetectionDatasetSection(Section):
+    """How detection images are read.
+
+    Attributes:
+        skip_bad_images: skip images that cannot be decoded (empty, truncated, too large, 32-bit samples),
+            counted in the run's ``data.json``, instead of stopping with an error naming the file.
+    """
+
+    skip_bad_images: bool = False
 
 
 class DetectionRecipe(BaseRecipe):
@@ -116,13 +175,16 @@ class DetectionRecipe(BaseRecipe):
         ultralytics: Ultralytics training arguments passed through unchanged (``epochs``, ``imgsz``,
             ``batch``, ``lr0``, ``optimizer``, ``mosaic``, ``fraction``, ``device``, ``amp``, ``workers``...).
             visionpeft's defaults where they differ: ``plots: false``, ``deterministic: true``.
-        check_labels: scan every label file before training (seconds for thousands of images); turn off
-            only for huge datasets you have already checked.
+        check_labels: scan every label file and decode every image of the train and val splits before training
+            (seconds for thousands of images); turn off only for huge datasets you have already checked.
+        dataset: ``skip_bad_images: true`` leaves unreadable images out of training and evaluation (counted in
+            the run's ``data.json``) instead of stopping with an error naming the first one.
     """
 
     task: Literal["detection"] = "detection"
     ultralytics: dict[str, Any] = Field(default_factory=dict)
     check_labels: bool = True
+    dataset: DetectionDatasetSection = Field(default_factory=lambda: DetectionDatasetSection())
 
     @field_validator("ultralytics", mode="before")
     @classmethod
@@ -134,7 +196,7 @@ class DetectionRecipe(BaseRecipe):
     def _check_model(cls, value: str) -> str:
         if not value.lower().endswith((".pt", ".yaml", ".yml")):
             raise ValueError(
-                f"expected an Ultralytics '.pt' checkpoint or a model yaml (e.g. yolo11n.yaml), got {value!r}"
+                f"expected an Ultralytics '.pt' checkpoint or a model yaml (e.g. yolo11n.yaml), got {brief(value)}"
             )
         return value
 
@@ -142,7 +204,7 @@ class DetectionRecipe(BaseRecipe):
     @classmethod
     def _check_data(cls, value: str) -> str:
         if not value.lower().endswith((".yaml", ".yml")):
-            raise ValueError(f"expected an Ultralytics data yaml (e.g. path/to/data.yaml), got {value!r}")
+            raise ValueError(f"expected an Ultralytics data yaml (e.g. path/to/data.yaml), got {brief(value)}")
         return value
 
     def train_args(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, closest
+from ..safe_yaml import brief, brief_text, check_size, load_yaml_file
 from .base import BaseRecipe
 
 __all__ = ["TASK_SCHEMAS", "load_recipe", "parse_recipe", "apply_overrides", "save_resolved",
@@ -46,8 +47,9 @@ def _parse_value(text: str) -> Any:
     """Parse an override value the way YAML would (``3e-4`` -> float, ``true`` -> bool, ``[1,2]`` -> list)."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
+    check_size(value, f"override value {brief_text(text, 60)!r}")
     # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the float the user meant.
     if isinstance(value, str):
         try:
@@ -60,6 +62,9 @@ def _parse_value(text: str) -> Any:
 def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``doc[a][b][1][c] = value`` for ``"a.b.1.c"``; create missing mapping keys along the way."""
     parts = dotted.split(".")
+    if "" in parts:
+        raise ConfigError(f"override {dotted!r}: empty key between dots (position {parts.index('') + 1}); "
+                          "write dotted keys like train.epochs=3 or strategies.0.rank=16")
     node: Any = doc
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -86,7 +91,7 @@ def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
                     node[part] = {}
                 node = node[part]
         else:
-            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a value ({node!r}), "
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a value ({brief(node)}), "
                               "not a mapping or list")
 
 
@@ -131,7 +136,7 @@ def format_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
             hint = closest(str(loc[-1]), fields, n=1)
             msg = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {fields}")
         elif "input" in err and err["type"] not in ("missing", "value_error"):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {brief(err['input'])})"
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         # Strategy errors already start with their own path (strategies.1.rank: ...).
@@ -143,6 +148,7 @@ def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> BaseRecipe:
     """Validate a recipe mapping with the schema its ``task`` key selects."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(doc).__name__}")
+    check_size(doc, source)
     cls = schema_for(str(doc.get("task", "classification")))
     try:
         return cls.model_validate(doc)
@@ -158,11 +164,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> BaseRecipe:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"recipe file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    doc = load_yaml_file(path) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(doc).__name__}")
     return parse_recipe(apply_overrides(doc, overrides), source=str(path))

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError, closest
+from ..safe_yaml import brief
 from .base import Strategy, StrategyConfig
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -47,7 +48,7 @@ def config_class(method: str) -> type[StrategyConfig]:
     if method not in _REGISTRY:
         hint = closest(method, _REGISTRY)
         raise ConfigError(
-            f"unknown strategy method {method!r}; available: {sorted(_REGISTRY)}"
+            f"unknown strategy method {brief(method)}; available: {sorted(_REGISTRY)}"
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
     return _REGISTRY[method].config_cls
@@ -60,9 +61,11 @@ def parse_config(entry: Mapping[str, Any] | StrategyConfig, where: str = "strate
     if not isinstance(entry, Mapping) or "method" not in entry:
         raise ConfigError(
             f"{where}: expected a mapping with a 'method' key, e.g. {{'method': 'lora', 'rank': 8}}; "
-            f"got {entry!r}"
+            f"got {brief(entry)}"
         )
-    cls = config_class(str(entry["method"]))
+    if not isinstance(entry["method"], str):
+        raise ConfigError(f"{where}.method: expected a method name such as 'lora', got {brief(entry['method'])}")
+    cls = config_class(entry["method"])
     try:
         return cls.model_validate(dict(entry))
     except ValidationError as exc:
@@ -80,7 +83,7 @@ def format_validation_error(exc: ValidationError, where: str, cls: type | None =
             hint = closest(str(err["loc"][-1]), fields, n=1)
             msg = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {fields}")
         elif "input" in err and err["type"] != "missing":
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {brief(err['input'])})"
         lines.append(f"{path}: {msg}")
     return "; ".join(lines)
 

@@ -76,7 +76,9 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     compare_dir = Path(compare_dir) if compare_dir else new_run_dir(recipe, "-compare")
     created = not compare_dir.exists()
     if is_main():
-        compare_dir.mkdir(parents=True, exist_ok=True)
+        from ..outputs import make_dir
+
+        make_dir(compare_dir, "output")
     barrier()
     results: list[RunResult] = []
     try:

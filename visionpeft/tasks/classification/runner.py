@@ -50,6 +50,19 @@ def _absolute_paths(recipe: Any) -> dict[str, str]:
     return out
 
 
+def check_batch_for_bn(plan: Any, train: Any) -> None:
+    """BatchNorm layers that train need 2+ images per batch ("Expected more than 1 value per channel")."""
+    training_bn = [name for name, mode in plan.bn_modes.items() if mode == "train"]
+    if train.batch_size == 1 and training_bn and not train.cache_features:
+        from ...errors import ConfigError
+
+        raise ConfigError(
+            f"train.batch_size: 1 with {len(training_bn)} BatchNorm layers in train mode ({training_bn[0]}, ...): "
+            "BatchNorm statistics need at least 2 images per batch. Use train.batch_size >= 2 (lower it with "
+            "train.grad_accum to save memory) or a strategy that keeps BatchNorm frozen (e.g. lora, head)"
+        )
+
+
 class _Setup:
     """Everything one training run is built from (kept together so helpers stay short)."""
 
@@ -61,6 +74,7 @@ class _Setup:
         listed = list_recipe_splits(recipe)
         self.classes = listed[1]["train"].classes
         self.model, self.spec, self.plan, model_cfg = build_adapted(recipe, strategies, len(self.classes))
+        check_batch_for_bn(self.plan, recipe.train)
         self.data_cfg = resolve_data_config(model_cfg, recipe.augment)
         self.data = build_data(recipe, self.data_cfg, rank(), world_size(), listed=listed)
         self.model.to(self.device)
@@ -167,7 +181,9 @@ class ClassificationTask:
         return self._finish(s, trainer, ckpt, memory, logger, wall)
 
     def _write_run_files(self, s: _Setup) -> None:
-        s.run_dir.mkdir(parents=True, exist_ok=True)
+        from ...outputs import make_dir
+
+        make_dir(s.run_dir, "output")
         save_resolved(s.run_recipe, s.run_dir / "recipe.yaml")
         (s.run_dir / "plan.json").write_text(s.plan.to_json())
         info = s.data.info
@@ -357,13 +373,14 @@ class ClassificationTask:
 
         from ...api import merge as merge_model
         from ...checkpoint import atomic_save
+        from ...outputs import check_output_file
 
-        recipe, model, _, meta = self.load_run(run_dir)
-        merge_model(model)
         out = Path(out)
         if out.suffix not in (".safetensors", ".pt", ".pth"):
             out = out / "model.safetensors"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        check_output_file(out, "merge -o")
+        recipe, model, _, meta = self.load_run(run_dir)
+        merge_model(model)
         sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         if out.suffix == ".safetensors":
             save_file(sd, str(out))

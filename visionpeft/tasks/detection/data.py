@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import ConfigError
+from ...safe_yaml import brief, brief_text, load_yaml_file
 
 __all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
 
@@ -38,12 +37,14 @@ class DataInfo:
         names: class id -> name.
         splits: split name -> image files.
         boxes: split name -> number of label rows (checked when ``check_labels``).
+        skipped: split name -> unreadable images left out of ``splits`` (``skip_bad_images``).
     """
 
     yaml_path: Path
     names: dict[int, str]
     splits: dict[str, list[Path]]
     boxes: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def nc(self) -> int:
@@ -62,10 +63,7 @@ def label_path(image: Path) -> Path:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"data: data yaml {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"data: {path} is not valid YAML: {exc}") from None
+    doc = load_yaml_file(path, "data")
     if not isinstance(doc, dict):
         raise ConfigError(f"data: {path} must be a mapping with train/val/names keys")
     return doc
@@ -102,7 +100,7 @@ def _root(doc: dict[str, Any], path: Path) -> Path:
         root = root.resolve()
     if not root.is_dir():
         raise ConfigError(
-            f"{path}: path: {doc['path']!r} is not a folder ({root}). Give an absolute path, or drop 'path:' "
+            f"{path}: path: {brief(doc['path'])} is not a folder ({root}). Give an absolute path, or drop 'path:' "
             "so the splits resolve relative to the yaml's folder"
         )
     return root
@@ -125,9 +123,11 @@ def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[P
         elif p.is_file() and p.suffix.lower() in IMG_SUFFIXES:
             images.append(p)
         else:
-            raise ConfigError(f"{yaml_path}: {split}: {item!r} -> {p} does not exist (expected an image folder)")
+            raise ConfigError(f"{yaml_path}: {split}: {brief(item)} -> {brief_text(str(p))} does not exist "
+                              "(expected an image folder)")
     if not images:
-        raise ConfigError(f"{yaml_path}: {split}: no images under {items} (suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
+        raise ConfigError(f"{yaml_path}: {split}: no images under {brief(items)} "
+                          f"(suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
     return images
 
 
@@ -142,34 +142,90 @@ def _check_label_file(path: Path, nc: int) -> int:
         where = f"{path}:{lineno}"
         if len(parts) < 5 or (len(parts) > 5 and len(parts) % 2 == 0):
             raise ConfigError(
-                f"{where}: malformed label line {line!r}: expected 'class cx cy w h' (5 numbers) or a polygon "
+                f"{where}: malformed label line {brief(line)}: expected 'class cx cy w h' (5 numbers) or a polygon "
                 "'class x1 y1 x2 y2 ...'"
             )
         try:
             cls_f = float(parts[0])
             coords = [float(v) for v in parts[1:]]
         except ValueError:
-            raise ConfigError(f"{where}: malformed label line {line!r}: every field must be a number") from None
+            raise ConfigError(f"{where}: malformed label line {brief(line)}: every field must be a number") from None
         if cls_f != int(cls_f) or not 0 <= cls_f < nc:
             raise ConfigError(
                 f"{where}: class id {parts[0]} out of range: the data yaml has {nc} classes (ids 0..{nc - 1})"
             )
         if any(not (-_COORD_TOL <= v <= 1 + _COORD_TOL) for v in coords):
-            raise ConfigError(f"{where}: coordinates {parts[1:]} are not normalised to [0, 1]")
+            raise ConfigError(f"{where}: coordinates {brief(parts[1:])} are not normalised to [0, 1]")
+        _check_extent(coords, where, line)
         rows += 1
     return rows
 
 
-def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:
-    """Validate an Ultralytics detection data yaml (and its labels).
+def _check_extent(coords: list[float], where: str, line: str) -> None:
+    """A box (``cx cy w h``) or polygon must cover an area: Ultralytics would train on an empty box."""
+    if len(coords) == 4:
+        width, height = coords[2], coords[3]
+    else:
+        xs, ys = coords[0::2], coords[1::2]
+        width, height = max(xs) - min(xs), max(ys) - min(ys)
+    if width <= 0 or height <= 0:
+        raise ConfigError(
+            f"{where}: {'zero-width' if width <= 0 else 'zero-height'} box in label line {brief(line)}: "
+            f"w and h must be > 0 (fraction of the image). Fix or delete the line"
+        )
+
+
+#: PIL modes Ultralytics' reader (OpenCV ``imread``) turns into correct 8-bit BGR (16-bit grey is scaled).
+READABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B",
+                            "I;16N"})
+
+
+def image_problem(path: Path) -> str | None:
+    """Why Ultralytics cannot train on the image at ``path`` (a one-line message naming it), or ``None``."""
+    from ...data.image import SKIP_HINT, ImageError, open_checked
+
+    try:
+        img = open_checked(path)
+    except ImageError as exc:
+        return str(exc)
+    mode = img.mode
+    img.close()
+    if mode not in READABLE_MODES:
+        return (f"{path}: PIL image mode {mode!r} (32-bit integer or float samples), which Ultralytics' image reader "
+                f"(OpenCV) cannot decode. Save it as 8- or 16-bit RGB or greyscale. {SKIP_HINT}")
+    return None
+
+
+def _check_images(images: list[Path], skip_bad: bool, where: str) -> tuple[list[Path], list[Path]]:
+    """(readable images, skipped ones); without ``skip_bad`` the first unreadable image is an error."""
+    good, bad = [], []
+    for image in images:
+        problem = image_problem(image)
+        if problem is None:
+            good.append(image)
+        elif not skip_bad:
+            raise ConfigError(problem)
+        else:
+            bad.append(image)
+    if not good:
+        raise ConfigError(f"{where}: no readable images left after skipping {len(bad)} unreadable ones")
+    return good, bad
+
+
+def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val"),
+               check_images: bool = False, skip_bad_images: bool = False) -> DataInfo:
+    """Validate an Ultralytics detection data yaml (and its labels and images).
 
     Args:
         data: the data yaml.
-        check_labels: read every label file of the checked splits (class ids, field counts, ranges).
+        check_labels: read every label file of the checked splits (class ids, field counts, ranges, box sizes).
         splits: splits that must exist; ``test`` is checked when the yaml lists it.
+        check_images: decode every image of the checked splits completely (the same check classification makes):
+            Ultralytics would otherwise drop an empty or truncated image with a warning and train without it.
+        skip_bad_images: leave unreadable images out (listed in ``DataInfo.skipped``) instead of an error.
 
     Raises:
-        ConfigError: naming the yaml key, folder, or label file and line that is wrong.
+        ConfigError: naming the yaml key, folder, image, or label file and line that is wrong.
     """
     path = Path(data)
     doc = _read_yaml(path)
@@ -178,10 +234,13 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
     wanted = list(splits) + [s for s in ("test",) if s in doc and s not in splits and doc[s]]
     out: dict[str, list[Path]] = {}
     boxes: dict[str, int] = {}
+    skipped: dict[str, list[Path]] = {}
     for split in wanted:
         if not doc.get(split):
             raise ConfigError(f"{path}: missing '{split}:' (an image folder relative to the yaml, e.g. images/{split})")
         out[split] = _split_images(doc[split], root, path, split)
+        if check_images:
+            out[split], skipped[split] = _check_images(out[split], skip_bad_images, f"{path}: {split}")
         if check_labels:
             boxes[split] = sum(
                 _check_label_file(lp, len(names)) for lp in map(label_path, out[split]) if lp.is_file()
@@ -191,4 +250,24 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
                     f"{path}: train: no labels found for {len(out[split])} images (expected YOLO label files "
                     f"such as {label_path(out[split][0])}, beside an 'images' folder in a 'labels' folder)"
                 )
-    return DataInfo(yaml_path=path, names=names, splits=out, boxes=boxes)
+    return DataInfo(yaml_path=path, names=names, splits=out, boxes=boxes, skipped=skipped)
+
+
+def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:
+    """A data yaml in ``out_dir`` whose splits list only ``info``'s readable images (``.txt`` image lists).
+
+    Labels still resolve beside the original images (``.../images/x.jpg`` -> ``.../labels/x.txt``).
+    """
+    import yaml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"path": str(out_dir), "names": dict(info.names)}
+    for split, images in info.splits.items():
+        listing = out_dir / f"images-{split}.txt"
+        listing.write_text("".join(f"{p.resolve()}\n" for p in images))
+        doc[split] = str(listing)
+    for required in ("train", "val"):  # Ultralytics needs both keys; an eval of 'test' lists only that split
+        doc.setdefault(required, doc[next(iter(info.splits))])
+    target = out_dir / "data.yaml"
+    target.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return target

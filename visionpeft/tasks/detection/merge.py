@@ -37,8 +37,8 @@ def run_checkpoint(run_dir: str | Path) -> Path:
 
 
 def load_run_model(run_dir: str | Path) -> nn.Module:
-    """The adapted model of a run (EMA weights of the best epoch), float32, eval mode."""
-    from ultralytics.nn.tasks import load_checkpoint
+    """The adapted model of a run (EMA weights of the best epoch), float32, eval mode (restricted unpickling)."""
+    from ...backends.safe_load import load_checkpoint
 
     model, _ = load_checkpoint(run_checkpoint(run_dir))
     return model.float().eval()
@@ -119,7 +119,10 @@ def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, An
 
 def merge_run(run_dir: str | Path, out: str | Path) -> Path:
     """``visionpeft merge RUN_DIR -o OUT`` for detection: fold adapters, write a plain Ultralytics ``.pt``."""
+    from ...outputs import check_output_file
+
     run_dir = Path(run_dir)
+    out = check_output_file(out, "merge -o")
     model = load_run_model(run_dir)
     state = api.get_state(model)
     if state is None:

@@ -49,14 +49,16 @@ def read_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     Ultralytics answers a torn or empty ``last.pt`` with "Resume checkpoint not found" although the file exists.
     """
-    from ultralytics.nn.tasks import load_checkpoint
+    from ...backends.safe_load import load_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint to resume from")
     try:
-        model, ckpt = load_checkpoint(path)
+        model, ckpt = load_checkpoint(path)  # restricted unpickling: no code from the file runs
     except Exception as exc:  # noqa: BLE001 - truncated zip, empty file, foreign pickle: say which
+        if isinstance(exc, ConfigError) and "refused to load" in str(exc):
+            raise
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(
             f"{path}: damaged checkpoint ({path.stat().st_size} bytes; {type(exc).__name__}: {first}), e.g. written "
@@ -129,7 +131,7 @@ def load_base_weights(source: str, where: str) -> nn.Module | None:
             f"{where}: the base model {source} this run started from is missing; the frozen weights are taken "
             "from it (the checkpoint holds float16 copies only). Put it back at that path to resume"
         )
-    from ultralytics.nn.tasks import load_checkpoint
+    from ...backends.safe_load import load_checkpoint
 
     weights, _ = load_checkpoint(path)
     if api.get_state(weights) is not None:

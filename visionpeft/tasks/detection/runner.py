@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import ConfigError
+from ...outputs import make_dir
+from ...safe_yaml import load_yaml_file
 from ..base import RunResult, load_run_recipe
 from .callbacks import write_json
 
@@ -71,10 +71,29 @@ def _read_run_recipe(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no recipe.yaml; expected a run directory written by 'visionpeft train'")
-    doc = yaml.safe_load(path.read_text())
+    doc = load_yaml_file(path)
     if not isinstance(doc, dict) or doc.get("task") != "detection":
         raise ConfigError(f"{path}: not a detection run (task {doc.get('task') if isinstance(doc, dict) else None!r})")
     return doc
+
+
+def _data_for_run(info: Any, data: str, out_dir: Path) -> str:
+    """The data yaml to train / validate on: ``data``, or a copy listing only readable images (recorded)."""
+    from ultralytics.utils import LOGGER
+
+    from .data import write_without_skipped
+
+    counts = {split: len(files) for split, files in info.skipped.items()}
+    make_dir(out_dir.parent, "output")
+    (out_dir.parent / "data.json").write_text(json.dumps({
+        "data": str(data), "images": {s: len(files) for s, files in info.splits.items()},
+        "skipped_bad_images": counts,
+        "skipped_files": {s: [str(p) for p in files] for s, files in info.skipped.items()}}, indent=2))
+    if not any(counts.values()):
+        return str(Path(data).resolve()) if Path(data).exists() else data
+    LOGGER.warning(f"visionpeft: skipped unreadable images {counts} (dataset.skip_bad_images); listed in "
+                   f"{out_dir.parent / 'data.json'}")
+    return str(write_without_skipped(info, out_dir))
 
 
 class DetectionTask:
@@ -85,17 +104,21 @@ class DetectionTask:
 
     def train(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> RunResult:
         """Validate data and weights, train with Ultralytics' engine, and write the run directory."""
+        from ...backends.safe_load import load_checkpoint
         from ...backends.ultralytics import check_checkpoint_file
         from ...recipe import save_resolved
         from .data import check_data
         from .trainer import PeftDetectionTrainer
 
         _refuse_torchrun()
-        check_data(recipe.data, check_labels=recipe.check_labels)
+        info = check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
+                          skip_bad_images=recipe.dataset.skip_bad_images)
         if recipe.model.lower().endswith(".pt"):
             check_checkpoint_file(recipe.model)
+            load_checkpoint(recipe.model)  # refused here, in one line, if it holds more than model classes
         run_dir = Path(run_dir).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir, "output")
+        data = _data_for_run(info, recipe.data, run_dir / "data")
         resolved = recipe.model_copy(update={
             "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None,
             "model": _abs_if_file(recipe.model), "data": _abs_if_file(recipe.data),
@@ -103,7 +126,7 @@ class DetectionTask:
         save_resolved(resolved, run_dir / "recipe.yaml")
         overrides = {
             **recipe.train_args(),
-            "model": resolved.model, "data": resolved.data, "project": str(run_dir.parent),
+            "model": resolved.model, "data": data, "project": str(run_dir.parent),
             "name": run_dir.name, "exist_ok": True, "seed": recipe.seed, "task": "detect", "mode": "train",
         }
         trainer_cls = PeftDetectionTrainer.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard,
@@ -141,11 +164,13 @@ class DetectionTask:
         if not last.is_file():
             raise ConfigError(f"{run_dir}: no weights/last.pt to resume from (the run stopped before its first "
                               "epoch ended); nothing was changed. Start it again with 'visionpeft train'")
-        info = check_data(recipe.data, check_labels=False)
-        model, ckpt = read_checkpoint(last)
+        info = check_data(recipe.data, check_labels=False, check_images=recipe.check_labels,
+                          skip_bad_images=recipe.dataset.skip_bad_images)
+        model, ckpt = read_checkpoint(last)  # restricted unpickling: refused in one line if it holds code
         check_resumable(ckpt, model, recipe.strategies, info.names, f"resume {last}")
         del model, ckpt
-        args = {**recipe.train_args(), "resume": str(last), "data": recipe.data, "save_dir": str(run_dir),
+        data = _data_for_run(info, recipe.data, run_dir / "data")
+        args = {**recipe.train_args(), "resume": str(last), "data": data, "save_dir": str(run_dir),
                 "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "task": "detect",
                 "mode": "train"}
         trainer_cls = PeftDetectionTrainer.configure(recipe.strategies, run_dir=run_dir,
@@ -175,9 +200,12 @@ class DetectionTask:
 
         run_dir = Path(run_dir)
         doc = _read_run_recipe(run_dir)
-        check_data(doc["data"], check_labels=False, splits=(split,))
+        skip = bool((doc.get("dataset") or {}).get("skip_bad_images", False))
+        info = check_data(doc["data"], check_labels=False, splits=(split,), check_images=doc.get("check_labels", True),
+                          skip_bad_images=skip)
+        data = _data_for_run(info, doc["data"], run_dir / f"eval-{split}" / "data")
         device = (doc.get("ultralytics") or {}).get("device")
-        metrics = evaluate_run(run_dir, doc["data"], split, device)
+        metrics = evaluate_run(run_dir, data, split, device)
         write_json(run_dir / f"eval_{split}.json", metrics)
         return metrics
 

@@ -149,7 +149,14 @@ class PeftDetectionTrainer(DetectionTrainer):
                 "tensorboard": self.vp_tensorboard, "run_name": self.vp_run_name}
 
     def train(self) -> Any:
-        """Ultralytics' training; as a DDP launcher, with the settings exported to the workers' environment."""
+        """Ultralytics' training (checkpoints loaded with the allow-list of :mod:`visionpeft.backends.safe_load`);
+        as a DDP launcher, with the settings exported to the workers' environment."""
+        from ...backends.safe_load import restricted_loading
+
+        with restricted_loading():
+            return self._vp_train()
+
+    def _vp_train(self) -> Any:
         if not self.ddp:
             return super().train()
         # Ultralytics' launcher deletes save_dir unless resuming, and with it visionpeft's recipe.yaml (which
@@ -356,7 +363,8 @@ class PeftDetectionTrainer(DetectionTrainer):
 
     def final_eval(self) -> None:
         """Ultralytics' final validation of ``best.pt``, with adapters merged before the Conv+BN fusion."""
-        from ultralytics.nn.tasks import load_checkpoint
+
+        from ...backends.safe_load import load_checkpoint
 
         best = self.best if self.best.exists() else None
         with torch_distributed_zero_first(LOCAL_RANK):  # DDP: other ranks read best.pt once rank 0 rewrote it
