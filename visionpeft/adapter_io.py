@@ -254,12 +254,16 @@ def _check_structure(root: nn.Module, meta: dict, directory: Path) -> None:
              if k in cur and ref[k].split("|")[0] != cur[k].split("|")[0]]
     settings = [k for k in ref if k in cur and ref[k] != cur[k] and ref[k].split("|")[0] == cur[k].split("|")[0]]
     only_ref, only_cur = [k for k in ref if k not in cur], [k for k in cur if k not in ref]
+    problems = _listed([
+        ("modules of another class (adapter vs model)", kinds),
+        ("modules with other settings (stride, padding, eps, pooling...)", settings),
+        ("modules missing", only_ref),
+        ("unexpected modules", only_cur),
+    ])
     raise AdapterMismatchError(
         f"{directory}: the model's structure differs from the base the adapter was trained on "
-        f"({meta['base'].get('name')!r}): {len(kinds)} modules of another class (adapter vs model) {kinds[:3]}, "
-        f"{len(settings)} with other settings (stride, padding, eps, pooling...) {settings[:3]}, "
-        f"{len(only_ref)} missing {only_ref[:3]}, {len(only_cur)} unexpected {only_cur[:3]}. Build the same model "
-        "(name and arguments), or pass ignore_identity=True if you know both compute the same."
+        f"({meta['base'].get('name')!r}): {problems}. Build the same model (name and arguments), or pass "
+        "ignore_identity=True if you know both compute the same."
     )
 
 
@@ -275,14 +279,22 @@ def _check_keys(
         for k, v in tensors.items()
         if k in sd and sd[k].shape != v.shape
     ]
-    if missing or shapes or absent:
+    problems = _listed([
+        ("adapter tensors have no place in the model", missing),
+        ("shape mismatches", shapes),
+        ("tensors the recorded strategies train are not in the adapter", absent),
+    ])
+    if problems:
         raise AdapterMismatchError(
-            f"{directory}: adapter does not fit this model (adapter base: {meta['base'].get('name')!r}). "
-            f"{len(missing)} adapter tensors have no place in the model {missing[:5]}; "
-            f"{len(shapes)} shape mismatches {shapes[:5]}; the recorded strategies train {len(absent)} tensors "
-            f"the adapter does not hold {absent[:5]}. Build the base model the adapter was trained "
-            "on (same architecture and number of classes), with the adapter.json saved alongside these tensors."
+            f"{directory}: adapter does not fit this model (adapter base: {meta['base'].get('name')!r}): "
+            f"{problems}. Build the base model the adapter was trained on (same architecture and number of "
+            "classes), with the adapter.json saved alongside these tensors."
         )
+
+
+def _listed(groups: list[tuple[str, list[str]]]) -> str:
+    """``"2 shape mismatches ['a: ...', ...]; 1 missing ['b']"`` for the non-empty groups only."""
+    return "; ".join(f"{len(items)} {what} {items[:5]}" for what, items in groups if items)
 
 
 def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, directory: Path) -> None:
@@ -294,9 +306,9 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     only_ref = [k for k in ref if k not in cur]
     only_cur = [k for k in cur if k not in ref]
     differ = [k for k in ref if k in cur and ref[k] != cur[k]]
+    problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)])
     raise AdapterMismatchError(
         f"{directory}: the base weights differ from those the adapter was trained on "
-        f"(base {want['name']!r}): {len(differ)} tensors differ {differ[:5]}, {len(only_ref)} missing "
-        f"{only_ref[:5]}, {len(only_cur)} unexpected {only_cur[:5]}. Load the same base checkpoint, or pass "
+        f"(base {want['name']!r}): {problems}. Load the same base checkpoint, or pass "
         "ignore_fingerprint=True if you know the weights are equivalent."
     )

@@ -179,7 +179,7 @@ def merge(model: Any) -> Any:
     for s in objs:
         if not getattr(type(s), "mergeable", True):
             s.merge(root)
-    with atomic(root):
+    with atomic(root, lora_weights=True):
         for s in reversed(objs):
             s.merge(root)
         remove_bn_hooks(root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 __all__ = ["ModelSnapshot", "atomic"]
@@ -21,16 +22,21 @@ class ModelSnapshot:
     buffers, hooks, plain attributes, training flag), every parameter's ``requires_grad``, and which LoRA
     layers have their update merged into the base weight.
 
-    Tensor *values* are not copied (cheap for any model size): visionpeft's entry points change values only
-    through LoRA merges, which :meth:`restore` undoes exactly with the layers' own ``unmerge``/``merge``.
+    Tensor *values* are not copied by default (cheap for any model size): visionpeft's entry points change
+    values only through LoRA merges. With ``lora_weights=True`` (what :func:`visionpeft.merge` uses) the base
+    weight of every LoRA layer is copied too, so a merge undone by :meth:`restore` is bit-exact (``w + d - d``
+    is not, in floating point); that costs one copy of the adapted layers' weights while it runs.
     """
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, lora_weights: bool = False) -> None:
         from .strategies.lora.layers import LoRALayer
 
         self._modules = [(m, dict(vars(m)), _containers(m)) for m in root.modules()]
         self._grads = [(p, p.requires_grad) for p in root.parameters()]
-        self._lora = [(m, m.merged) for m in root.modules() if isinstance(m, LoRALayer)]
+        self._lora = [
+            (m, m.merged, m.base_weight.detach().clone() if lora_weights else None)
+            for m in root.modules() if isinstance(m, LoRALayer)
+        ]
 
     def restore(self) -> None:
         """Put every recorded module, attribute, hook and flag back; undo LoRA merges made since."""
@@ -44,8 +50,12 @@ class ModelSnapshot:
             vars(module).update(attrs)
         for p, flag in self._grads:
             p.requires_grad_(flag)
-        for layer, merged in self._lora:
-            if layer.merged and not merged:
+        for layer, merged, weight in self._lora:
+            if weight is not None:
+                with torch.no_grad():
+                    layer.base_weight.copy_(weight)
+                layer.merged = merged
+            elif layer.merged and not merged:
                 layer.unmerge()
             elif merged and not layer.merged:
                 layer.merge()
@@ -58,9 +68,9 @@ def _containers(module: nn.Module) -> dict[str, dict | set]:
 
 
 @contextmanager
-def atomic(root: nn.Module) -> Iterator[ModelSnapshot]:
+def atomic(root: nn.Module, lora_weights: bool = False) -> Iterator[ModelSnapshot]:
     """Run the ``with`` body; if it raises (anything, ``KeyboardInterrupt`` included), restore ``root``."""
-    snapshot = ModelSnapshot(root)
+    snapshot = ModelSnapshot(root, lora_weights)
     try:
         yield snapshot
     except BaseException:
