@@ -191,3 +191,35 @@ def test_torn_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ConfigError, match=r"adapter\.safetensors: not a readable safetensors file"):
         visionpeft.load_adapter(tiny_cnn(seed=0), directory)
+
+
+def test_vit_pooling_is_part_of_the_structure(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    kw = {"img_size": 32, "depth": 1, "num_classes": 3}
+    token = timm.create_model("vit_tiny_patch16_224", **kw)
+    avg = timm.create_model("vit_tiny_patch16_224", global_pool="avg", fc_norm=False, **kw)
+    avg.load_state_dict(token.state_dict())  # same tensors, another pooling: other outputs
+    visionpeft.apply(token, [{"method": "lora", "rank": 2}])
+    visionpeft.save_adapter(token, tmp_path)
+    with pytest.raises(AdapterMismatchError, match=r"1 modules with other settings .*\['<root>'\]"):
+        visionpeft.load_adapter(avg, tmp_path)
+
+
+def test_ultralytics_adapter_saved_after_inference_loads_on_a_fresh_model(tmp_path: Path) -> None:
+    """Runtime attributes (Detect.shape after a forward) and trainer bookkeeping are not identity."""
+    from visionpeft.backends.ultralytics import build_model
+
+    torch.manual_seed(0)
+    used = build_model("yolov8n.yaml")
+    torch.manual_seed(0)
+    fresh = build_model("yolov8n.yaml")
+    visionpeft.apply(used, [{"method": "lora", "rank": 2}])
+    used.nc, used.task = 80, "detect"  # what Ultralytics' trainer sets on the model it trains
+    with torch.no_grad():
+        used.eval()(torch.zeros(1, 3, 64, 64))
+    visionpeft.save_adapter(used, tmp_path)
+    visionpeft.load_adapter(fresh, tmp_path)
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(fresh.eval()(x)[0], used(x)[0])

@@ -72,10 +72,13 @@ def _versions() -> dict[str, str]:
 def structure_signature(model: nn.Module) -> dict[str, Any]:
     """What the model computes apart from its tensors: per module, its class and a short hash of its settings.
 
-    Settings are the module's plain attributes (ints, floats, strings, bools, tuples of them: a conv's stride,
-    padding, groups; a norm's eps; a ViT's ``global_pool``), so ``tf_efficientnet_lite0`` (``Conv2dSame``,
-    TF padding) and ``efficientnet_lite0`` (``Conv2d``) differ although their tensors are identical. Things
-    that only matter while training are left out: dropout / drop-path modules, ``drop*`` rates,
+    Settings are the plain attributes a module sets on itself (ints, floats, strings, bools, tuples of them: a
+    conv's stride, padding, groups; a norm's eps; a ViT's ``global_pool``), so ``tf_efficientnet_lite0``
+    (``Conv2dSame``, TF padding) and ``efficientnet_lite0`` (``Conv2d``) differ although their tensors are
+    identical. The root module contributes only the attributes in ``_ROOT_SETTINGS`` (pooling and prefix
+    tokens). Left out, because they change while a model is used or only matter while training: attributes
+    that override a class-level default at run time (Ultralytics ``Detect.shape`` after a forward, export
+    flags), ``torch.Size`` values, file paths (``pt_path``), dropout / drop-path modules, ``drop*`` rates,
     ``training``, ``inplace``, gradient checkpointing, init-only switches.
     """
     modules = {}
@@ -83,20 +86,29 @@ def structure_signature(model: nn.Module) -> dict[str, Any]:
         kind = type(module).__name__
         if isinstance(module, nn.modules.dropout._DropoutNd) or kind.startswith("DropPath"):
             continue
-        settings = sorted((k, repr(v)) for k, v in vars(module).items() if _is_setting(k, v))
+        settings = sorted(
+            (k, repr(v)) for k, v in vars(module).items()
+            if _is_setting(module, k, v) and (name or k in _ROOT_SETTINGS)
+        )
         modules[name or "<root>"] = f"{kind}|{hashlib.sha256(repr(settings).encode()).hexdigest()[:8]}"
     digest = hashlib.sha256("\n".join(f"{k}={v}" for k, v in modules.items()).encode()).hexdigest()
     return {"sha256": digest, "modules": modules}
 
 
+#: The root's own attributes are mostly bookkeeping frameworks add (Ultralytics' trainer sets ``nc``, ``task``,
+#: ``pt_path`` on the model it trains); only these change what a (timm) model computes.
+_ROOT_SETTINGS = {"global_pool", "num_prefix_tokens", "no_embed_class", "pool_include_prefix", "has_class_token",
+                  "num_reg_tokens", "dynamic_img_size", "dynamic_img_pad"}
 _TRAINING_ONLY = {"training", "inplace", "grad_checkpointing", "weight_init_mode", "fix_init"}
+_PLAIN = (bool, int, float, str, type(None))
 
 
-def _is_setting(key: str, value: Any) -> bool:
-    if key.startswith("_") or key in _TRAINING_ONLY or "drop" in key:
+def _is_setting(module: nn.Module, key: str, value: Any) -> bool:
+    if key.startswith("_") or key in _TRAINING_ONLY or "drop" in key or hasattr(type(module), key):
         return False
-    plain = (bool, int, float, str, type(None))
-    return isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value))
+    if isinstance(value, str):
+        return "/" not in value and "\\" not in value  # a location, not a setting
+    return isinstance(value, _PLAIN) or (type(value) is tuple and all(isinstance(v, _PLAIN) for v in value))
 
 
 def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
