@@ -34,12 +34,21 @@ class ModelSnapshot:
         self._modules = [(m, dict(vars(m)), _containers(m)) for m in root.modules()]
         self._grads = [(p, p.requires_grad) for p in root.parameters()]
         self._lora = [
-            (m, m.merged, m.base_weight.detach().clone() if lora_weights else None)
+            (m, m.merged, m.base_layer.weight, m.base_weight.detach().clone() if lora_weights else None)
             for m in root.modules() if isinstance(m, LoRALayer)
         ]
 
     def restore(self) -> None:
         """Put every recorded module, attribute, hook and flag back; undo LoRA merges made since."""
+        # LoRA first, while each layer still shows its live merged/folded state.
+        for layer, merged, weight, data in self._lora:
+            if data is not None:
+                with torch.no_grad():
+                    weight.copy_(data)
+            elif layer.merged and not merged and not getattr(layer, "folded", False):
+                layer.unmerge()
+            elif merged and not layer.merged:
+                layer.merge()
         for module, attrs, containers in self._modules:
             for key, saved in containers.items():
                 live = attrs[key]
@@ -50,15 +59,6 @@ class ModelSnapshot:
             vars(module).update(attrs)
         for p, flag in self._grads:
             p.requires_grad_(flag)
-        for layer, merged, weight in self._lora:
-            if weight is not None:
-                with torch.no_grad():
-                    layer.base_weight.copy_(weight)
-                layer.merged = merged
-            elif layer.merged and not merged:
-                layer.unmerge()
-            elif merged and not layer.merged:
-                layer.merge()
 
 
 def _containers(module: nn.Module) -> dict[str, dict | set]:
