@@ -198,6 +198,9 @@ def test_lora_head_skip_names_the_head_not_exclude() -> None:
     text = str(err.value)
     assert "task head (spec.head)" in text and "'head' strategy" in text
     assert "lora.exclude" not in text and "loosen" not in text
+    with pytest.raises(ConfigError) as err:  # the exact shape: the only Linear is the head
+        visionpeft.apply(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), [{"method": "lora", "targets": ["Linear"]}])
+    assert "task head (spec.head)" in str(err.value) and "lora.exclude" not in str(err.value)
     plan = visionpeft.apply(net, [{"method": "lora", "targets": ["Linear"], "rank": 2}, {"method": "head"}])
     assert plan.trainable["0.lora_A"] == "lora" and plan.trainable["2.weight"] == "head"
 

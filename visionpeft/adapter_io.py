@@ -99,7 +99,8 @@ def structure_signature(model: nn.Module) -> dict[str, Any]:
 #: ``pt_path`` on the model it trains); only these change what a (timm) model computes.
 _ROOT_SETTINGS = {"global_pool", "num_prefix_tokens", "no_embed_class", "pool_include_prefix", "has_class_token",
                   "num_reg_tokens", "dynamic_img_size", "dynamic_img_pad"}
-_TRAINING_ONLY = {"training", "inplace", "grad_checkpointing", "weight_init_mode", "fix_init"}
+#: State rather than settings: the train/eval mode, a LoRA layer's merged flag, training-only switches.
+_TRAINING_ONLY = {"training", "merged", "inplace", "grad_checkpointing", "weight_init_mode", "fix_init"}
 _PLAIN = (bool, int, float, str, type(None))
 
 
