@@ -164,6 +164,21 @@ def test_ultralytics_patterns_freeze_blocks_lora_and_dfl() -> None:
         visionpeft.apply(_yolo(), [{"method": "lora", "targets": ["dfl.conv"]}])
 
 
+@pytest.mark.parametrize("freeze", [{"n": [2]}, {"patterns": ["model.2"]}, {"patterns": ["re:model\\.2\\..*"]}],
+                         ids=["n-list", "prefix", "regex"])
+@pytest.mark.parametrize("method", ["bitfit", "norm", "lora", "full"])
+def test_ultralytics_every_strategy_respects_every_freeze_form(freeze: dict, method: str) -> None:
+    model = _yolo()
+    plan = visionpeft.apply(model, [{"method": "freeze", **freeze}, {"method": method}])
+    assert not [n for n in plan.trainable if _in(n, "model.2") or ".dfl" in n]
+    assert [n for n in plan.trainable if _in(n, "model.3")]
+
+
+def test_ultralytics_head_leaves_the_frozen_part_of_the_head() -> None:
+    plan = visionpeft.apply(_yolo(), [{"method": "freeze", "patterns": ["model.22.cv2"]}, {"method": "head"}])
+    assert plan.trainable and all(_in(n, "model.22.cv3") for n in plan.trainable)
+
+
 def test_ultralytics_freeze_past_the_model_is_an_error_at_apply() -> None:
     """The issue's example: freeze n=23 on yolov8n (23 layers) left 0 trainable parameters."""
     model = _yolo()
