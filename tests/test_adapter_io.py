@@ -101,3 +101,125 @@ def test_adapted_model_survives_deepcopy_and_pickle(tmp_path: Path) -> None:
     back.train()
     back(torch.randn(2, 3, 8, 8))
     assert not torch.equal(before, back.stem[1].running_mean)  # bn: train policy survives pickling
+
+
+# ------------------------------------------------------------------------------ base identity and configs
+
+
+def test_issue_example_tf_padding_twin_is_refused(tmp_path: Path) -> None:
+    """tf_efficientnet_lite0 and efficientnet_lite0 hold the same tensors but pad differently."""
+    import timm
+
+    torch.manual_seed(0)
+    tf = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    plain = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    plain.load_state_dict(tf.state_dict())  # same weights: the fingerprint alone cannot tell them apart
+    visionpeft.apply(tf, [{"method": "head"}])
+    visionpeft.save_adapter(tf, tmp_path)
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(AdapterMismatchError, match=r"trained on base 'timm:tf_efficientnet_lite0', this model is "
+                                                    r"'timm:efficientnet_lite0'"):
+        visionpeft.load_adapter(plain, tmp_path)
+    assert visionpeft.get_plan(plain) is None
+    # Overriding the name still meets the structure check (Conv2dSame vs Conv2d); both overrides load it.
+    spec = visionpeft.backends.timm.timm_spec(plain, name="timm:tf_efficientnet_lite0")
+    with pytest.raises(AdapterMismatchError, match=r"modules of another class .*Conv2dSame vs Conv2d"):
+        visionpeft.load_adapter(plain, tmp_path, spec=spec)
+    visionpeft.load_adapter(plain, tmp_path, ignore_identity=True)
+    assert not torch.allclose(plain(x), tf(x), atol=1e-3)  # what the check protects from
+
+
+def test_same_name_other_settings_is_refused(tmp_path: Path) -> None:
+    _, directory = _trained(tmp_path)
+    other = tiny_cnn(seed=0)
+    other.block[0].padding = (2, 2)  # a module setting that changes outputs, with identical tensors
+    with pytest.raises(AdapterMismatchError, match=r"1 modules with other settings .*\['block\.0'\]"):
+        visionpeft.load_adapter(other, directory)
+    assert visionpeft.get_plan(other) is None and not other.stem[0]._forward_pre_hooks
+
+
+def _edit(directory: Path, **changes: object) -> None:
+    meta = json.loads((directory / "adapter.json").read_text())
+    for key, value in changes.items():
+        index, field = key.split("__")
+        meta["strategies"][int(index[1:])][field] = value
+    (directory / "adapter.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"s0__alpha": 4.0}, r"strategies\.0\.alpha: 4\.0 in adapter\.json, 2\.0 when saved"),
+        ({"s0__rank": 4}, r"strategies\.0\.rank: 4 in adapter\.json, 2 when saved"),
+        ({"s0__use_rslora": True}, r"strategies\.0\.use_rslora"),
+        ({"s0__qkv": "qv"}, r"strategies\.0\.qkv"),
+        ({"s1__modules": ["fc", "stem"]}, r"strategies\.1\.modules"),
+    ],
+)
+def test_config_that_disagrees_with_the_tensors_is_refused(tmp_path: Path, changes: dict, match: str) -> None:
+    model = tiny_cnn(seed=0)
+    visionpeft.apply(model, [{"method": "lora", "rank": 2, "alpha": 2.0}, {"method": "head"}])
+    visionpeft.save_adapter(model, tmp_path)
+    _edit(tmp_path, **changes)
+    fresh = tiny_cnn(seed=0)
+    with pytest.raises(AdapterMismatchError, match=match):
+        visionpeft.load_adapter(fresh, tmp_path)
+    assert visionpeft.get_plan(fresh) is None
+
+
+def test_adapter_without_header_still_refuses_tensors_the_config_does_not_explain(tmp_path: Path) -> None:
+    """Files saved before the safetensors header held the strategies: key set and shapes are still checked."""
+    from safetensors.torch import save_file
+
+    model = tiny_cnn(seed=0)
+    visionpeft.apply(model, [{"method": "lora", "rank": 2, "targets": ["stem.0"]}, {"method": "head"}])
+    visionpeft.save_adapter(model, tmp_path)
+    tensors = load_file(str(tmp_path / "adapter.safetensors"))
+    save_file(tensors, str(tmp_path / "adapter.safetensors"), metadata={"format": "visionpeft-adapter"})
+    _edit(tmp_path, s0__targets=["stem.0", "block.0"])  # the config now creates adapters the file lacks
+    expected = r"2 tensors the recorded strategies train are not in the adapter \['block\.0\.lora_A'"
+    with pytest.raises(AdapterMismatchError, match=expected):
+        visionpeft.load_adapter(tiny_cnn(seed=0), tmp_path)
+    _edit(tmp_path, s0__targets=["stem.0"], s0__rank=3)
+    with pytest.raises(AdapterMismatchError, match=r"stem\.0\.lora_A: adapter \(2, 3, 3, 3\) vs model \(3, 3, 3, 3\)"):
+        visionpeft.load_adapter(tiny_cnn(seed=0), tmp_path)
+
+
+def test_torn_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    _, directory = _trained(tmp_path)
+    path = directory / "adapter.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ConfigError, match=r"adapter\.safetensors: not a readable safetensors file"):
+        visionpeft.load_adapter(tiny_cnn(seed=0), directory)
+
+
+def test_vit_pooling_is_part_of_the_structure(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    kw = {"img_size": 32, "depth": 1, "num_classes": 3}
+    token = timm.create_model("vit_tiny_patch16_224", **kw)
+    avg = timm.create_model("vit_tiny_patch16_224", global_pool="avg", fc_norm=False, **kw)
+    avg.load_state_dict(token.state_dict())  # same tensors, another pooling: other outputs
+    visionpeft.apply(token, [{"method": "lora", "rank": 2}])
+    visionpeft.save_adapter(token, tmp_path)
+    with pytest.raises(AdapterMismatchError, match=r"1 modules with other settings .*\['<root>'\]"):
+        visionpeft.load_adapter(avg, tmp_path)
+
+
+def test_ultralytics_adapter_saved_after_inference_loads_on_a_fresh_model(tmp_path: Path) -> None:
+    """Runtime attributes (Detect.shape after a forward) and trainer bookkeeping are not identity."""
+    from visionpeft.backends.ultralytics import build_model
+
+    torch.manual_seed(0)
+    used = build_model("yolov8n.yaml")
+    torch.manual_seed(0)
+    fresh = build_model("yolov8n.yaml")
+    visionpeft.apply(used, [{"method": "lora", "rank": 2}])
+    used.nc, used.task = 80, "detect"  # what Ultralytics' trainer sets on the model it trains
+    with torch.no_grad():
+        used.eval()(torch.zeros(1, 3, 64, 64))
+    visionpeft.save_adapter(used, tmp_path)
+    visionpeft.load_adapter(fresh, tmp_path)
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(fresh.eval()(x)[0], used(x)[0])

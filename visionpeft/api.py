@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from .errors import ConfigError
-from .plan import BN_TYPES, TrainabilityPlan, remove_bn_hooks
+from .errors import ConfigError, VisionPeftError
+from .plan import TrainabilityPlan, remove_bn_hooks
+from .snapshot import atomic
 from .spec import ModelSpec
 from .strategies.base import ApplyContext, Strategy, StrategyConfig
 from .strategies.registry import build, parse_config
@@ -65,11 +66,19 @@ def parse_strategies(strategies: Sequence[StrategyEntry]) -> list[StrategyConfig
 def apply(
     model: Any, strategies: Sequence[StrategyEntry], spec: ModelSpec | None = None
 ) -> TrainabilityPlan:
-    """Apply strategies in order, in place, and return the enforced trainability plan.
+    """Apply strategies in place and return the enforced trainability plan. All or nothing.
 
     If any listed method adds trainables (``head``, ``lora``, ``vpt``, ``bitfit``, ``norm``) the base
     starts frozen and only what the strategies claim trains; with ``freeze`` alone the rest trains
-    (Ultralytics' ``freeze=N``). ``freeze`` regions receive no adapters.
+    (Ultralytics' ``freeze=N``). ``freeze`` entries run first and build the one frozen region (with
+    ``spec.always_frozen``): no strategy trains or adds adapters inside it, wherever ``freeze`` is listed.
+
+    Every entry is validated against the model before anything changes, and a failure at any later step
+    restores the model exactly (modules, hooks, ``requires_grad``, added attributes).
+
+    Raises:
+        ConfigError / TargetNotFoundError: a bad entry (naming ``strategies.<i>`` or the field), a model that
+            is already adapted, or a plan in which nothing would train (naming what froze it).
     """
     root = unwrap(model)
     if get_state(root) is not None:
@@ -81,48 +90,77 @@ def apply(
         from .backends import spec_for
 
         spec = spec_for(root)
-    objs = build(configs)
-    base_trainable = not any(s.adds_trainables for s in objs)
-    for p in root.parameters():
-        p.requires_grad_(base_trainable)
+    objs = _ordered(build(configs))
     ctx = ApplyContext(spec=spec)
-    owners = _apply_all(root, objs, ctx)
-    _freeze_always(root, spec, ctx, owners)
-    plan = TrainabilityPlan.build(root, owners, ctx.bn_policy, [c.method for c in configs],
-                                 [c.label() for c in configs])
-    plan.enforce(root)
-    setattr(root, STATE_ATTR, AdaptedState(configs=configs, spec=spec, plan=plan))
+    _freeze_always(root, ctx)
+    for i, strategy in objs:
+        _at(i, strategy.check, root, ctx)
+    with atomic(root):
+        plan = _apply_all(root, objs, ctx, configs)
+        plan.enforce(root)
+        setattr(root, STATE_ATTR, AdaptedState(configs=configs, spec=spec, plan=plan))
     return plan
 
 
-def _apply_all(root: nn.Module, objs: list[Strategy], ctx: ApplyContext) -> dict[str, str]:
-    owners: dict[str, str] = {}
-    for strategy in objs:
-        report = strategy.apply(root, ctx)
+def _ordered(objs: list[Strategy]) -> list[tuple[int, Strategy]]:
+    """``freeze`` entries first (they define the region every other strategy reads), the rest in order."""
+    indexed = list(enumerate(objs))
+    return [e for e in indexed if e[1].method == "freeze"] + [e for e in indexed if e[1].method != "freeze"]
+
+
+def _at(index: int, fn: Any, *args: Any) -> Any:
+    """Call ``fn``; a ``VisionPeftError`` it raises names the entry (``strategies.<i>``) it came from."""
+    try:
+        return fn(*args)
+    except VisionPeftError as exc:
+        text = str(exc)
+        if text.startswith("strategies."):
+            raise
+        raise type(exc)(f"strategies.{index}: {text}") from None
+
+
+def _apply_all(
+    root: nn.Module, objs: list[tuple[int, Strategy]], ctx: ApplyContext, configs: list[StrategyConfig]
+) -> TrainabilityPlan:
+    base = list(root.parameters()) if not any(s.adds_trainables for _, s in objs) else []
+    for p in root.parameters():
+        p.requires_grad_(False)
+    for i, strategy in objs:
+        report = _at(i, strategy.apply, root, ctx)
         params = dict(root.named_parameters())
-        for name in report.trainable:
-            params[name].requires_grad_(True)
-            owners.setdefault(name, strategy.method)  # the first strategy that claims a tensor owns it
-    if any(s.method == "freeze" for s in objs):
-        # What freeze leaves trainable belongs to freeze's "rest trains" rule.
-        owners = {**{n: "freeze" for n, p in root.named_parameters() if p.requires_grad}, **owners}
-    return owners
+        ctx.claims.add((params[n] for n in report.trainable), strategy.method)
+    # What freeze leaves trainable belongs to freeze's "rest trains" rule. Claims are re-asserted: a later
+    # strategy (LoRA freezing the layer it wraps) must not silently take one away; the region always wins.
+    ctx.claims.add(base, "freeze")
+    for p in ctx.claims.params():
+        p.requires_grad_(p not in ctx.frozen)
+    owners = {n: ctx.claims.owner(p) or "base" for n, p in root.named_parameters() if p.requires_grad}
+    methods = [c.method for c in configs]
+    plan = TrainabilityPlan.build(root, owners, ctx.bn_policy, methods, [c.label() for c in configs])
+    if plan.trainable_count == 0:
+        raise ConfigError(_nothing_trains_message(root, ctx, methods))
+    return plan
 
 
-def _freeze_always(root: nn.Module, spec: ModelSpec, ctx: ApplyContext, owners: dict[str, str]) -> None:
+def _freeze_always(root: nn.Module, ctx: ApplyContext) -> None:
+    """Put the backend's ``spec.always_frozen`` parameters (Ultralytics' ``.dfl``) into the region."""
     from .matching import name_matches
+    from .strategies.freeze import always_frozen_cause
 
-    for name, p in root.named_parameters():
-        if any(name_matches(name, pat, prefix=True) or pat in name for pat in spec.always_frozen):
-            p.requires_grad_(False)
-    if ctx.bn_policy == "frozen":
-        for m in root.modules():
-            if isinstance(m, BN_TYPES):
-                for p in m.parameters(recurse=False):
-                    p.requires_grad_(False)
-    for name, p in root.named_parameters():
-        if not p.requires_grad:
-            owners.pop(name, None)
+    for pat in ctx.spec.always_frozen:
+        hits = [p for n, p in root.named_parameters() if name_matches(n, pat, prefix=True) or pat in n]
+        ctx.frozen.add(hits, always_frozen_cause(pat))
+
+
+def _nothing_trains_message(root: nn.Module, ctx: ApplyContext, methods: list[str]) -> str:
+    params = list(root.parameters())
+    if not params:
+        return f"strategies {methods}: the model has no parameters, so nothing can train"
+    return (
+        f"strategies {methods}: nothing would train: all {len(params)} parameter tensors are frozen "
+        f"({ctx.frozen.describe(params)}). Freeze less (e.g. a smaller freeze.n; Ultralytics stops the same "
+        "way for freeze=N past the model) or add a strategy that trains (head, lora, bitfit, ...)."
+    )
 
 
 def merge(model: Any) -> Any:
@@ -130,7 +168,7 @@ def merge(model: Any) -> Any:
 
     After merging, the network is the original architecture (state-dict keys as before adaptation) and
     loads into a fresh model with ``strict=True``. Raises ``ConfigError`` for methods that cannot be
-    folded (VPT prompts).
+    folded (VPT prompts), before touching the model; any other failure restores the adapted model.
     """
     root = unwrap(model)
     state = get_state(root)
@@ -141,10 +179,11 @@ def merge(model: Any) -> Any:
     for s in objs:
         if not getattr(type(s), "mergeable", True):
             s.merge(root)
-    for s in reversed(objs):
-        s.merge(root)
-    remove_bn_hooks(root)
-    delattr(root, STATE_ATTR)
-    for p in root.parameters():
-        p.requires_grad_(True)
+    with atomic(root, lora_weights=True):
+        for s in reversed(objs):
+            s.merge(root)
+        remove_bn_hooks(root)
+        delattr(root, STATE_ATTR)
+        for p in root.parameters():
+            p.requires_grad_(True)
     return model

@@ -123,13 +123,14 @@ def test_qkv_qv_splits_fused_projection_and_rank_alpha_patterns():
 
 def test_start_block_and_frozen_region_and_exclude():
     model = _vit()
-    ctx = ApplyContext(spec=VIT_SPEC, frozen_modules={"blocks.1"})
+    ctx = ApplyContext(spec=VIT_SPEC)
+    ctx.frozen.add(model.blocks[1].parameters(), "freeze.n=[1]")
     report = _apply(model, VIT_SPEC, ctx, rank=2, start_block=1, exclude=["mlp.2"])
     assert report.modules == ["embed", "blocks.2.attn.qkv", "blocks.2.attn.proj", "blocks.2.mlp.0"]
     notes = "\n".join(report.notes)
-    assert "blocks.0.attn.qkv: inside spec.blocks[:start_block]" in notes
-    assert "blocks.1.mlp.0: inside a region frozen" in notes
-    assert "blocks.2.mlp.2: excluded" in notes
+    assert "blocks.0.attn.qkv: inside spec.blocks[:start_block] (lora.start_block=1)" in notes
+    assert "blocks.1.mlp.0: its weight lies in the frozen region (freeze.n=[1])" in notes
+    assert "blocks.2.mlp.2: excluded by lora.exclude pattern 'mlp.2'" in notes
 
 
 def test_multihead_attention_out_proj_is_skipped():
@@ -251,9 +252,11 @@ def test_nothing_left_says_why():
     with pytest.raises(ConfigError) as err:
         _apply(tiny_cnn(), CNN_SPEC, targets=["dw.0"])
     assert "max_param_fraction" in str(err.value) and "1 target layers" in str(err.value)
-    ctx = ApplyContext(spec=VIT_SPEC, frozen_modules={"blocks"})
-    with pytest.raises(ConfigError, match="frozen region"):
-        _apply(_vit(), VIT_SPEC, ctx, targets=["qkv"])
+    model = _vit()
+    ctx = ApplyContext(spec=VIT_SPEC)
+    ctx.frozen.add(model.blocks.parameters(), "freeze.patterns 'blocks'")
+    with pytest.raises(ConfigError, match=r"frozen region \(freeze.patterns 'blocks'\).*freeze fewer"):
+        _apply(model, VIT_SPEC, ctx, targets=["qkv"])
 
 
 def test_default_targets_need_only_match_together():

@@ -11,12 +11,13 @@ __all__ = ["plot_pareto"]
 
 def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Path:
     """Scatter ``metric`` vs ``trainable_params`` for every run; the ``full`` run is a red star."""
-    import matplotlib
+    # A bare Figure with its own Agg canvas: no pyplot, so the caller's backend and open figures are untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for row in rows:
         y = row.get(metric)
         x = max(int(row["trainable_params"]), 1)
@@ -39,5 +40,4 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Path:
     ax.set_title(f"{metric} vs trainable parameters")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out

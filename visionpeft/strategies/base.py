@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..spec import ModelSpec
+from .region import Claims, FrozenRegion
 
 
 class StrategyConfig(BaseModel):
@@ -32,21 +33,16 @@ class ApplyContext:
 
     Attributes:
         spec: the backend's description of the model.
-        frozen_params: parameter names a ``freeze`` strategy claimed; later strategies must not train them.
-        frozen_modules: module names inside frozen regions; adapters are not added there.
+        frozen: the one frozen region (every freeze form, ``spec.always_frozen``); strategies train nothing
+            and add no adapters inside it. See :mod:`visionpeft.strategies.region`.
+        claims: parameters earlier strategies made trainable, with their owner.
         bn_policy: BatchNorm policy for frozen parts (set by ``freeze``; ``eval`` by default).
     """
 
     spec: ModelSpec
-    frozen_params: set[str] = field(default_factory=set)
-    frozen_modules: set[str] = field(default_factory=set)
+    frozen: FrozenRegion = field(default_factory=FrozenRegion)
+    claims: Claims = field(default_factory=Claims)
     bn_policy: str = "eval"
-
-    def in_frozen_region(self, module_name: str) -> bool:
-        """Whether ``module_name`` lies inside (or is) a module frozen by a ``freeze`` strategy."""
-        return any(
-            module_name == m or module_name.startswith(m + ".") for m in self.frozen_modules
-        )
 
 
 @dataclass
@@ -75,6 +71,10 @@ class Strategy(ABC):
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
+
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:  # noqa: B027 - nothing to check by default
+        """Validate the config against ``model`` without changing it (every pattern matches, the backend
+        supports the method). :func:`visionpeft.apply` checks every entry before touching the model."""
 
     @abstractmethod
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:

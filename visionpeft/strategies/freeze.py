@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..matching import match_parameters
+from ..plan import BN_TYPES
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
 
@@ -59,31 +60,68 @@ class FreezeConfig(StrategyConfig):
 
 @register
 class FreezeStrategy(Strategy):
-    """Freeze blocks / parameters; the rest keeps training unless an adapter strategy is also listed."""
+    """Freeze blocks / parameters; the rest keeps training unless an adapter strategy is also listed.
+
+    Every form (``n``, ``patterns``, ``bn: frozen``) puts its parameters into the one frozen region
+    (:class:`~visionpeft.strategies.region.FrozenRegion`) with the field that froze them; ``unfreeze`` takes
+    parameters out of it again. :func:`visionpeft.apply` runs ``freeze`` entries before the others, so the
+    region is complete before any strategy reads it, wherever ``freeze`` stands in the list.
+    """
 
     method = "freeze"
     config_cls = FreezeConfig
     adds_trainables = False
 
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:
+        self._selection(model, ctx)
+
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg: FreezeConfig = self.config  # type: ignore[assignment]
-        if cfg.n is None and not cfg.patterns:
-            raise ConfigError("freeze: give 'n' (number or list of block indices) and/or 'patterns'")
+        groups, keep, blocks = self._selection(model, ctx)
+        frozen = 0
+        for cause, params in groups:
+            frozen += ctx.frozen.add(params, cause)
+        ctx.frozen.release(keep.values())
+        for p in ctx.frozen.params():
+            p.requires_grad_(False)
+        ctx.bn_policy = cfg.bn
+        return ApplyReport(
+            trainable=sorted(keep), notes=[f"froze {frozen} tensors in {len(blocks)} blocks"]
+        )
+
+    def _selection(
+        self, model: nn.Module, ctx: ApplyContext
+    ) -> tuple[list[tuple[str, list[nn.Parameter]]], dict[str, nn.Parameter], list[str]]:
+        """``([(cause, parameters)], {unfrozen name: parameter}, frozen block names)``; changes nothing."""
+        cfg: FreezeConfig = self.config  # type: ignore[assignment]
+        if cfg.n is None and not cfg.patterns and cfg.bn != "frozen":
+            raise ConfigError(
+                "freeze: give 'n' (number or list of block indices), 'patterns', and/or bn: frozen"
+            )
         # A block may own more than its own module (a ViT stem also owns cls_token/pos_embed).
         members = ctx.spec.extra.get("block_members", {})
         blocks = [m for b in self._selected_blocks(cfg, ctx) for m in members.get(b, (b,))]
         params = dict(model.named_parameters())
-        frozen = [n for n in params if any(n == b or n.startswith(b + ".") for b in blocks)]
-        if cfg.patterns:
-            frozen += match_parameters(model, cfg.patterns, what="parameter", field="freeze.patterns")
-        keep = set(match_parameters(model, cfg.unfreeze, what="parameter", field="freeze.unfreeze"))
-        frozen = [n for n in dict.fromkeys(frozen) if n not in keep]
-        for name in frozen:
-            params[name].requires_grad_(False)
-        ctx.frozen_params.update(frozen)
-        ctx.frozen_modules.update(blocks)
-        ctx.bn_policy = cfg.bn
-        return ApplyReport(trainable=sorted(keep), notes=[f"froze {len(frozen)} tensors in {len(blocks)} blocks"])
+        groups: list[tuple[str, list[nn.Parameter]]] = []
+        if blocks:
+            groups.append((f"freeze.n={cfg.n}", [p for n, p in params.items() if _under(n, blocks)]))
+        for pattern in cfg.patterns:
+            names = match_parameters(model, [pattern], what="parameter", field="freeze.patterns")
+            groups.append((f"freeze.patterns {pattern!r}", [params[n] for n in names]))
+        if cfg.bn == "frozen":
+            bn = [p for m in model.modules() if isinstance(m, BN_TYPES) for p in m.parameters(recurse=False)]
+            groups.append(("freeze.bn='frozen'", bn))
+        keep: dict[str, nn.Parameter] = {}
+        for pattern in cfg.unfreeze:
+            names = match_parameters(model, [pattern], what="parameter", field="freeze.unfreeze")
+            hits = {n: params[n] for n in names if ctx.frozen.cause(params[n]) not in _always(ctx)}
+            if not hits:
+                raise ConfigError(
+                    f"freeze.unfreeze: pattern {pattern!r} matches only parameters the {ctx.spec.backend} backend "
+                    f"never trains (spec.always_frozen {list(ctx.spec.always_frozen)}: {names[:3]}); drop it"
+                )
+            keep.update(hits)
+        return groups, keep, blocks
 
     @staticmethod
     def _selected_blocks(cfg: FreezeConfig, ctx: ApplyContext) -> list[str]:
@@ -104,3 +142,16 @@ class FreezeStrategy(Strategy):
                 f"(0..{len(blocks) - 1}: {blocks[0]} ... {blocks[-1]}). Use n <= {len(blocks)}."
             )
         return [blocks[i] for i in indices]
+
+
+def _under(name: str, roots: list[str]) -> bool:
+    return any(name == r or name.startswith(r + ".") for r in roots)
+
+
+def always_frozen_cause(pattern: str) -> str:
+    """The cause recorded for parameters the backend never trains (``spec.always_frozen``)."""
+    return f"spec.always_frozen {pattern!r}"
+
+
+def _always(ctx: ApplyContext) -> set[str]:
+    return {always_frozen_cause(p) for p in ctx.spec.always_frozen}

@@ -24,9 +24,27 @@ _BUILTIN = (
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy available under ``cls.method``."""
+    """Class decorator: make a strategy available under ``cls.method``.
+
+    Raises:
+        ConfigError: another class is already registered under that name (built-in methods included:
+            a plug-in strategy must choose a new ``method``; registering the same class again is a no-op).
+    """
+    if cls.__module__ not in _BUILTIN:
+        _load_builtins()  # a plug-in named like a built-in clashes now, not at the first parse
+    existing = _REGISTRY.get(cls.method)
+    if existing is not None and existing is not cls and _qualname(existing) != _qualname(cls):
+        raise ConfigError(
+            f"register: strategy method {cls.method!r} is already registered by {_qualname(existing)}; "
+            f"give {_qualname(cls)} another method name"
+        )
     _REGISTRY[cls.method] = cls
     return cls
+
+
+def _qualname(cls: type) -> str:
+    # The same class re-created by importlib.reload keeps its qualified name: that is not a clash.
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _load_builtins() -> None:

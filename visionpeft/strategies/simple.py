@@ -31,21 +31,35 @@ def _is_norm(module: nn.Module) -> bool:
 def _train_params(
     model: nn.Module, names: list[str], ctx: ApplyContext, what: str
 ) -> ApplyReport:
+    """Claim ``names`` minus the frozen region; raise naming the freeze causes when nothing is left."""
     params = dict(model.named_parameters())
-    picked = [n for n in names if n not in ctx.frozen_params]
+    picked = [n for n in names if params[n] not in ctx.frozen]
     if not picked:
         raise TargetNotFoundError(
-            f"{what}: nothing to train: every candidate lies in a frozen region ({len(names)} candidates)"
+            f"{what}: nothing to train: all {len(names)} candidate tensors lie in the frozen region "
+            f"({ctx.frozen.describe(params[n] for n in names)}); freeze less or drop {what!r}"
+        )
+    notes = []
+    if len(picked) < len(names):
+        notes.append(
+            f"{what}: left {len(names) - len(picked)} tensors frozen "
+            f"({ctx.frozen.describe(params[n] for n in names)})"
         )
     for n in picked:
         params[n].requires_grad_(True)
-    return ApplyReport(trainable=picked)
+    return ApplyReport(trainable=picked, notes=notes)
 
 
 def _set_bn_policy(cfg: StrategyConfig, ctx: ApplyContext) -> None:
     bn = getattr(cfg, "bn", None)
-    if bn is not None:
-        ctx.bn_policy = bn
+    if bn is None:
+        return
+    if ctx.bn_policy == "frozen":
+        raise ConfigError(
+            f"{cfg.method}.bn: {bn!r} contradicts freeze.bn='frozen' (every BatchNorm layer frozen, in eval mode); "
+            f"drop one of them"
+        )
+    ctx.bn_policy = bn
 
 
 class FullConfig(StrategyConfig):
@@ -81,7 +95,15 @@ class HeadStrategy(Strategy):
     method = "head"
     config_cls = HeadConfig
 
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:
+        self._head_modules(model, ctx)
+
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
+        found = self._head_modules(model, ctx)
+        names = [f"{m}.{p}" for m, mod in found.items() for p, _ in mod.named_parameters()]
+        return _train_params(model, list(dict.fromkeys(names)), ctx, "head")
+
+    def _head_modules(self, model: nn.Module, ctx: ApplyContext) -> dict[str, nn.Module]:
         cfg: HeadConfig = self.config  # type: ignore[assignment]
         heads = list(cfg.modules) or list(ctx.spec.head)
         if not heads:
@@ -89,17 +111,8 @@ class HeadStrategy(Strategy):
                 f"head: the {ctx.spec.backend} backend does not know the head of {ctx.spec.name!r}; "
                 "list it: {method: head, modules: ['fc']}"
             )
-        found = match_modules(model, heads, what="module", field="head.modules")
-        names = [
-            f"{m}.{p}" for m, mod in found.items() for p, _ in mod.named_parameters()
-        ]
-        names = list(dict.fromkeys(names))
-        frozen = [n for n in names if n in ctx.frozen_params]
-        if frozen:
-            raise ConfigError(
-                f"head: the head parameters {frozen[:3]} lie in a frozen region; lower freeze.n or drop 'head'"
-            )
-        return _train_params(model, names, ctx, "head")
+        field = "head.modules" if cfg.modules else f"head (the {ctx.spec.backend} backend's spec.head)"
+        return match_modules(model, heads, what="module", field=field)
 
 
 _BN_DOC = """
@@ -122,12 +135,12 @@ class BitFitStrategy(Strategy):
     method = "bitfit"
     config_cls = BitFitConfig
 
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:
+        _biases(model)
+
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
-        names = [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"]
-        if not names:
-            raise TargetNotFoundError("bitfit: the model has no bias parameters")
         _set_bn_policy(self.config, ctx)
-        return _train_params(model, names, ctx, "bitfit")
+        return _train_params(model, _biases(model), ctx, "bitfit")
 
 
 class NormConfig(StrategyConfig):
@@ -142,14 +155,28 @@ class NormStrategy(Strategy):
     method = "norm"
     config_cls = NormConfig
 
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:
+        _norm_affines(model)
+
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
-        names = [
-            f"{mn}.{pn}" if mn else pn
-            for mn, mod in model.named_modules()
-            if _is_norm(mod)
-            for pn, _ in mod.named_parameters(recurse=False)
-        ]
-        if not names:
-            raise TargetNotFoundError("norm: the model has no normalisation layer with affine parameters")
         _set_bn_policy(self.config, ctx)
-        return _train_params(model, names, ctx, "norm")
+        return _train_params(model, _norm_affines(model), ctx, "norm")
+
+
+def _biases(model: nn.Module) -> list[str]:
+    names = [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"]
+    if not names:
+        raise TargetNotFoundError("bitfit: the model has no bias parameters")
+    return names
+
+
+def _norm_affines(model: nn.Module) -> list[str]:
+    names = [
+        f"{mn}.{pn}" if mn else pn
+        for mn, mod in model.named_modules()
+        if _is_norm(mod)
+        for pn, _ in mod.named_parameters(recurse=False)
+    ]
+    if not names:
+        raise TargetNotFoundError("norm: the model has no normalisation layer with affine parameters")
+    return names

@@ -1,18 +1,20 @@
 """Visual Prompt Tuning (Jia et al., ECCV 2022) for ViT-style transformers, without importing timm.
 
 The prompts live in a small module added to the root model (``model.vpt``, parameter ``vpt.prompts`` of
-shape ``(1 or depth, tokens, embed_dim)``), and three kinds of forward hooks splice them into the token
-sequence that flows through the transformer blocks named by ``spec.prompt``:
+shape ``(1 or prompted blocks, tokens, embed_dim)``), and three kinds of forward hooks splice them into the
+token sequence that flows through the transformer blocks named by ``spec.prompt``:
 
-* a pre-hook on the first block inserts the prompt tokens right after the prefix tokens
+* a pre-hook on the first prompted block inserts the prompt tokens right after the prefix tokens
   (class/distillation/register tokens): ``[prefix, prompts, patches]``;
-* in ``deep`` mode a pre-hook on every later block overwrites the prompt slots with that layer's prompts;
+* in ``deep`` mode a pre-hook on every later prompted block overwrites the prompt slots with its own prompts;
 * a hook on the last block removes the prompt slots, so the final norm, pooling (class token, average,
   attention pooling) and the head see exactly the sequence layout they were built for.
 
 The hooks are small picklable callables that hold the prompt module; they survive ``copy.deepcopy`` and
 ``pickle`` (the copies point at the copied prompt module). They fire however the blocks are called
 (``nn.Sequential``, a loop, timm's gradient checkpointing with its default non-reentrant mode).
+Blocks that lie entirely in the frozen region (``freeze``) get no prompts: prompts start at the first block
+outside it, and a frozen block in deep mode carries the previous block's prompt outputs.
 Limitation: ``forward_intermediates`` of the blocks before the last returns sequences with prompt tokens.
 """
 
@@ -151,6 +153,30 @@ class _StripPrompts:
 _HOOK_TYPES = (_InsertPrompts, _ReplacePrompts, _StripPrompts)
 
 
+def _prompted_blocks(model: nn.Module, prompt: PromptSpec, ctx: ApplyContext) -> tuple[list[str], list[str]]:
+    """The transformer blocks that get prompts: those not lying entirely in the frozen region.
+
+    A frozen block receives no prompts of its own (the frozen region gets no adapters): shallow prompts are
+    inserted before the first block outside the region, and in deep mode a frozen block carries the
+    previous block's prompt outputs, as every later block does in shallow mode.
+    """
+    prompted, notes = [], []
+    for name in prompt.blocks:
+        cause = ctx.frozen.module_cause(model.get_submodule(name))
+        if cause is None:
+            prompted.append(name)
+        else:
+            notes.append(f"vpt: no prompts for {name}: it lies in the frozen region ({cause})")
+    if not prompted:
+        block = model.get_submodule(prompt.blocks[0])
+        raise ConfigError(
+            f"vpt: all {len(prompt.blocks)} transformer blocks lie in the frozen region "
+            f"({ctx.frozen.describe(block.parameters())} in {prompt.blocks[0]}, ...), so no block gets prompts; "
+            "freeze fewer blocks"
+        )
+    return prompted, notes
+
+
 def _init_prompts(prompts: VPTPrompts, prompt: PromptSpec, init: str) -> None:
     with torch.no_grad():
         if init == "xavier":
@@ -160,13 +186,14 @@ def _init_prompts(prompts: VPTPrompts, prompt: PromptSpec, init: str) -> None:
             prompts.prompts.zero_()
 
 
-def _attach(model: nn.Module, prompt: PromptSpec, prompts: VPTPrompts, deep: bool) -> None:
-    blocks = [model.get_submodule(b) for b in prompt.blocks]
+def _attach(model: nn.Module, prompted: list[str], last: str, prompts: VPTPrompts, deep: bool) -> None:
+    """Insert before ``prompted[0]``, replace before each later prompted block (deep), strip after ``last``."""
+    blocks = [model.get_submodule(b) for b in prompted]
     blocks[0].register_forward_pre_hook(_InsertPrompts(prompts))
     if deep:
         for layer, block in enumerate(blocks[1:], start=1):
             block.register_forward_pre_hook(_ReplacePrompts(prompts, layer))
-    blocks[-1].register_forward_hook(_StripPrompts(prompts))
+    model.get_submodule(last).register_forward_hook(_StripPrompts(prompts))
 
 
 def remove(model: nn.Module) -> bool:
@@ -199,8 +226,7 @@ class VPTStrategy(Strategy):
     config_cls = VPTConfig
     mergeable = False  # visionpeft.merge refuses before touching the model
 
-    def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
-        cfg: VPTConfig = self.config  # type: ignore[assignment]
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:
         prompt = ctx.spec.prompt
         if prompt is None or not prompt.blocks:
             raise ConfigError(
@@ -215,23 +241,26 @@ class VPTStrategy(Strategy):
         missing = [b for b in prompt.blocks if b not in dict(model.named_modules())]
         if missing:
             raise ConfigError(f"vpt: the prompt blocks {missing[:3]} of {ctx.spec.name!r} are not in the model")
+
+    def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
+        cfg: VPTConfig = self.config  # type: ignore[assignment]
+        self.check(model, ctx)
+        prompt: PromptSpec = ctx.spec.prompt  # type: ignore[assignment]
+        prompted, notes = _prompted_blocks(model, prompt, ctx)
         deep = cfg.mode == "deep"
         ref = next(model.parameters(), None)
         prompts = VPTPrompts(
-            len(prompt.blocks) if deep else 1, cfg.tokens, prompt.embed_dim, prompt.num_prefix_tokens, cfg.dropout
+            len(prompted) if deep else 1, cfg.tokens, prompt.embed_dim, prompt.num_prefix_tokens, cfg.dropout
         )
         if ref is not None:
             prompts.to(device=ref.device, dtype=ref.dtype)
         _init_prompts(prompts, prompt, cfg.init)
         prompts.train(model.training)
         model.add_module(MODULE_NAME, prompts)
-        _attach(model, prompt, prompts, deep)
+        _attach(model, prompted, prompt.blocks[-1], prompts, deep)
         n_params = prompts.prompts.numel()
-        return ApplyReport(
-            trainable=[f"{MODULE_NAME}.prompts"],
-            modules=[MODULE_NAME],
-            notes=[f"vpt-{cfg.mode}: {cfg.tokens} tokens x {prompts.prompts.shape[0]} layers = {n_params} params"],
-        )
+        notes.append(f"vpt-{cfg.mode}: {cfg.tokens} tokens x {prompts.prompts.shape[0]} layers = {n_params} params")
+        return ApplyReport(trainable=[f"{MODULE_NAME}.prompts"], modules=[MODULE_NAME], notes=notes)
 
     def merge(self, model: nn.Module) -> None:
         raise ConfigError(

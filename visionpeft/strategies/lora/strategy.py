@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
@@ -95,6 +97,15 @@ class LoRAStrategy(Strategy):
     method = "lora"
     config_cls = LoRAConfig
     config: LoRAConfig
+
+    def check(self, model: nn.Module, ctx: ApplyContext) -> None:
+        cfg = self.config
+        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
+        candidates, _ = _resolve_targets(model, patterns, strict=cfg.targets is not None)
+        _check_patterns_used(cfg.rank_pattern, candidates, "lora.rank_pattern")
+        _check_patterns_used(cfg.alpha_pattern, candidates, "lora.alpha_pattern")
+        _excluded_roots(model, cfg, ctx)
+        _start_block_roots(cfg, ctx)
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg = self.config
@@ -189,12 +200,20 @@ def _under(name: str, roots: Iterable[str]) -> bool:
     return any(name == r or name.startswith(r + ".") for r in roots)
 
 
-def _excluded_roots(model: nn.Module, cfg: LoRAConfig, ctx: ApplyContext) -> set[str]:
-    """Module names excluded by the user (every pattern must match) or the backend's ``lora_exclude``."""
-    roots = set(match_modules(model, cfg.exclude, what="module", field="lora.exclude")) if cfg.exclude else set()
+def _excluded_roots(model: nn.Module, cfg: LoRAConfig, ctx: ApplyContext) -> dict[str, tuple[str, str]]:
+    """Excluded module name -> (``"exclude"`` or ``"backend_exclude"``, the pattern that excluded it).
+
+    The user's ``lora.exclude`` (every pattern must match) comes first; then the backend's
+    ``spec.lora_exclude``.
+    """
+    roots: dict[str, tuple[str, str]] = {}
+    for pattern in cfg.exclude:
+        for name in match_modules(model, [pattern], what="module", field="lora.exclude"):
+            roots.setdefault(name, ("exclude", pattern))
     for name, module in model.named_modules():
-        if name and any(name_matches(name, p) or type_matches(module, p) for p in ctx.spec.lora_exclude):
-            roots.add(name)
+        for pattern in ctx.spec.lora_exclude:
+            if name and (name_matches(name, pattern) or type_matches(module, pattern)):
+                roots.setdefault(name, ("backend_exclude", pattern))
     return roots
 
 
@@ -211,58 +230,97 @@ def _start_block_roots(cfg: LoRAConfig, ctx: ApplyContext) -> tuple[str, ...]:
 # ---------------------------------------------------------------- filtering and per-layer settings
 
 
-_REASONS = {
-    "frozen region": "inside a region frozen by a 'freeze' strategy",
-    "start_block": "inside spec.blocks[:start_block]",
-    "task head": "task head (spec.head); the 'head' strategy trains it in full",
-    "exclude": "excluded by lora.exclude / the backend's lora_exclude",
-    "max_param_fraction": "adapter larger than max_param_fraction of the layer",
+@dataclass(frozen=True)
+class _Skip:
+    """Why one candidate layer gets no adapter: ``reason`` (a key of ``_HINTS``) and what the user wrote."""
+
+    reason: str
+    detail: str
+
+
+def _skip_reason(name: str, module: nn.Module, cfg: LoRAConfig, ctx: ApplyContext,
+                 excluded: Mapping[str, tuple[str, str]], early: tuple[str, ...]) -> _Skip | None:
+    """The first rule that keeps ``name`` from an adapter (cost aside), or ``None``."""
+    weight = module.weight
+    cause = ctx.frozen.cause(weight)
+    if cause is not None:
+        return _Skip("frozen", cause)
+    owner = ctx.claims.owner(weight)
+    if owner is not None:
+        return _Skip("claimed", owner)
+    if _under(name, early):
+        return _Skip("start_block", str(cfg.start_block))
+    root = next((r for r in _ancestors(name) if r in excluded), None)
+    in_head = _under(name, ctx.spec.head)
+    if in_head and (cfg.targets is None or (root is not None and excluded[root][0] == "backend_exclude")):
+        # Default targets leave the head to the 'head' strategy; explicit targets may reach into it unless
+        # the backend excludes those layers (a classifier re-initialised for the dataset's classes).
+        return _Skip("head" if cfg.targets is None else "head_backend", ctx.spec.backend)
+    if root is not None:
+        return _Skip(*excluded[root])
+    return None
+
+
+def _ancestors(name: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "a.b", "a"]``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+_NOTES = {
+    "frozen": "its weight lies in the frozen region ({})",
+    "claimed": "its weight already trains in full (made trainable by {!r})",
+    "start_block": "inside spec.blocks[:start_block] (lora.start_block={})",
+    "head": "task head (spec.head); the 'head' strategy trains it in full",
+    "head_backend": "task head (spec.head), which the {} backend leaves to the 'head' strategy (spec.lora_exclude)",
+    "exclude": "excluded by lora.exclude pattern {!r}",
+    "backend_exclude": "excluded by the backend's default spec.lora_exclude pattern {!r}",
 }
 _HINTS = {
-    "frozen region": "a freeze strategy covers them; freeze fewer blocks",
-    "start_block": "lower lora.start_block",
-    "task head": "name head layers in lora.targets explicitly, or train the head with the 'head' strategy",
-    "exclude": "loosen lora.exclude",
-    "max_param_fraction": "raise lora.max_param_fraction or set it to null, or lower lora.rank",
+    "frozen": "{} covers them: freeze fewer parameters",
+    "claimed": "{!r} already trains them in full: drop it, or let LoRA adapt other layers",
+    "start_block": "lower lora.start_block (now {})",
+    "head": "name head layers in lora.targets explicitly, or train the head with the 'head' strategy",
+    "head_backend": (
+        "train the head with the 'head' strategy; to adapt it with LoRA anyway, pass visionpeft.apply(..., "
+        "spec=...) with a ModelSpec whose lora_exclude leaves it out ({} backend)"
+    ),
+    "exclude": "loosen lora.exclude (pattern {!r})",
+    "backend_exclude": (
+        "these layers are never adapted by default (pattern {!r}); pass visionpeft.apply(..., spec=...) with a "
+        "ModelSpec whose lora_exclude leaves them out"
+    ),
+    "max_param_fraction": "raise lora.max_param_fraction (now {}) or set it to null, or lower lora.rank",
 }
 
 
 def _select(
     model: nn.Module, candidates: dict[str, nn.Module], cfg: LoRAConfig, ctx: ApplyContext, notes: list[str]
 ) -> list[_Target]:
-    """Drop frozen / early / excluded / too-expensive layers; resolve rank, alpha and qkv segments."""
+    """Drop frozen / claimed / early / head / excluded / too-expensive layers; resolve rank, alpha, qkv."""
     _check_patterns_used(cfg.rank_pattern, candidates, "lora.rank_pattern")
     _check_patterns_used(cfg.alpha_pattern, candidates, "lora.alpha_pattern")
     excluded = _excluded_roots(model, cfg, ctx)
     early = _start_block_roots(cfg, ctx)
-    skipped = dict.fromkeys(_HINTS, 0)
+    skipped: dict[_Skip, int] = {}
     out: list[_Target] = []
     for name, module in candidates.items():
-        if ctx.in_frozen_region(name):
-            reason = "frozen region"
-        elif _under(name, early):
-            reason = "start_block"
-        elif cfg.targets is None and _under(name, ctx.spec.head):
-            # Default targets leave the head to the 'head' strategy; explicit targets may reach into it
-            # (e.g. a pretrained YOLO Detect head adapted rather than retrained).
-            reason = "task head"
-        elif _under(name, excluded):
-            reason = "exclude"
-        else:
+        skip = _skip_reason(name, module, cfg, ctx, excluded, early)
+        if skip is None:
             target = _settings(name, module, cfg)
             cost, limit = _cost(target, cfg)
             if limit is None or cost <= limit:
                 out.append(target)
                 continue
-            reason = "max_param_fraction"
+            skip = _Skip("max_param_fraction", str(cfg.max_param_fraction))
             notes.append(
                 f"skipped {name}: adapter of rank {target.rank} would add {cost} parameters, more than "
                 f"max_param_fraction={cfg.max_param_fraction} of the layer's "
                 f"{base_weight_count(module)} weights"
             )
-        skipped[reason] += 1
-        if reason != "max_param_fraction":
-            notes.append(f"skipped {name}: {_REASONS[reason]}")
+        else:
+            notes.append(f"skipped {name}: " + _NOTES[skip.reason].format(skip.detail))
+        skipped[skip] = skipped.get(skip, 0) + 1
     if not out:
         raise ConfigError(_nothing_left_message(candidates, skipped))
     return out
@@ -306,18 +364,29 @@ def _check_patterns_used(patterns: Mapping[str, object], candidates: Mapping[str
             raise ConfigError(f"{field}: pattern {pattern!r} matches none of the LoRA target layers. Closest: {near}")
 
 
-def _nothing_left_message(candidates: Mapping[str, nn.Module], skipped: Mapping[str, int]) -> str:
-    why = ", ".join(f"{n} by {reason}" for reason, n in skipped.items() if n)
-    fixes = "; ".join(_HINTS[r] for r, n in skipped.items() if n)
+def _nothing_left_message(candidates: Mapping[str, nn.Module], skipped: Mapping[_Skip, int]) -> str:
+    why = "; ".join(f"{n} layer{'s' if n > 1 else ''}: {_why(skip)}" for skip, n in skipped.items())
+    fixes = "; ".join(dict.fromkeys(_HINTS[skip.reason].format(skip.detail) for skip in skipped))
     return (
         f"lora: all {len(candidates)} target layers were skipped ({why}), so LoRA would add nothing. To fix: {fixes}."
     )
 
 
+def _why(skip: _Skip) -> str:
+    if skip.reason == "max_param_fraction":
+        return f"adapter larger than lora.max_param_fraction={skip.detail} of the layer"
+    return _NOTES[skip.reason].format(skip.detail)
+
+
 # ---------------------------------------------------------------- wrapping and merging
 
 
-_STANDARD_KEYS = frozenset(vars(nn.Linear(1, 1))) | frozenset(vars(nn.Conv2d(1, 1, 1)))
+@functools.cache
+def _standard_keys() -> frozenset[str]:
+    """Instance attributes every plain Linear/Conv2d has (computed once, on the meta device: building a
+    module on the CPU would draw from torch's global random generator)."""
+    with torch.device("meta"):
+        return frozenset(vars(nn.Linear(1, 1))) | frozenset(vars(nn.Conv2d(1, 1, 1)))
 
 
 def _wrap(t: _Target, cfg: LoRAConfig) -> LoRALayer:
@@ -330,7 +399,7 @@ def _wrap(t: _Target, cfg: LoRAConfig) -> LoRALayer:
     # Instance attributes only: Ultralytics' .type shadows nn.Module.type on the original layer too.
     own = vars(layer)
     for key, value in vars(t.module).items():
-        if key in _STANDARD_KEYS or key.startswith("_") or key in own:
+        if key in _standard_keys() or key.startswith("_") or key in own:
             continue
         if not isinstance(getattr(type(layer), key, None), property) and key not in layer._modules:
             setattr(layer, key, value)

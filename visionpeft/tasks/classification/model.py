@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ from torch import nn
 
 from ...spec import ModelSpec
 
-__all__ = ["seed_everything", "build_base", "build_adapted", "resolve_device"]
+__all__ = ["seed_everything", "build_base", "build_adapted", "resolve_device", "torch_threads"]
 
 
 def seed_everything(seed: int) -> None:
@@ -19,6 +21,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` CPU threads in torch inside the block (``None``: leave the count alone); restore it after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -21,7 +21,7 @@ from ..base import RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from . import features as feat
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
-from .model import build_adapted, resolve_device
+from .model import build_adapted, resolve_device, torch_threads
 from .optim import build_optimizer, build_scheduler, param_groups
 from .trainer import Trainer, autocast_dtype, evaluate_model
 
@@ -69,8 +69,6 @@ class _Setup:
     def __init__(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> None:
         self.recipe, self.run_dir, self.name = recipe, Path(run_dir), run_name
         self.device = resolve_device(recipe.train.device)
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
         listed = list_recipe_splits(recipe)
         self.classes = listed[1]["train"].classes
         self.model, self.spec, self.plan, model_cfg = build_adapted(recipe, strategies, len(self.classes))
@@ -130,6 +128,12 @@ class ClassificationTask:
 
     def _run(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
              resume_state: dict[str, Any] | None) -> RunResult:
+        """:meth:`_run_scoped` with ``train.threads`` applied to this run only (torch's count is restored)."""
+        with torch_threads(recipe.train.threads):
+            return self._run_scoped(recipe, strategies, run_dir, run_name, resume_state)
+
+    def _run_scoped(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+                    resume_state: dict[str, Any] | None) -> RunResult:
         """Build, (restore,) write the run files, train, finish. Nothing is written before a restore succeeded."""
         init_distributed()
         s = _Setup(recipe, strategies, run_dir, run_name)
