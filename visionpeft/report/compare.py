@@ -104,11 +104,17 @@ _KNOWN_WEIGHTS = {
 
 
 def _data_line(results: Sequence[RunResult]) -> str | None:
-    """The dataset description a run recorded in ``data.json`` (classification runs write one)."""
+    """The dataset description a run recorded in ``data.json`` (both tasks write one, in their own layout)."""
     for r in results:
         path = Path(r.run_dir) / "data.json"
         if path.is_file():
             info = json.loads(path.read_text())
+            if "dataset" not in info:  # detection: the data yaml, images per split, unreadable images skipped
+                images = info.get("images") or {}
+                counts = " / ".join(f"{n} {split}" for split, n in images.items())
+                skipped = sum((info.get("skipped_bad_images") or {}).values())
+                extra = f"; {skipped} unreadable images skipped (dataset.skip_bad_images)" if skipped else ""
+                return f"- dataset: `{info.get('data', '?')}`, {counts} images{extra}"
             src = f"; source: {info['source']}" if info.get("source") else ""
             lic = f"; license: {info['license']}" if info.get("license") else ""
             return (f"- dataset: {info['dataset'].split(';')[0]}, {info['train_images']} train / "
