@@ -10,12 +10,14 @@ merged (the original architecture, original parameter names).
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..adapter_layer import WeightAdapterLayer, conv_like
 
 __all__ = [
     "LoRALayer",
@@ -33,18 +35,8 @@ def lora_scale(rank: int, alpha: float, use_rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
-def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    # Adapters train in full precision: half/bfloat16 bases (or AMP) still get float32 LoRA tensors,
-    # while float64 bases (numerical tests) keep float64 so merges stay exact.
-    return base_dtype if base_dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _delta_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if base_dtype == torch.float64 else torch.float32
-
-
-class LoRALayer(nn.Module, ABC):
-    """Shared state and merge logic; subclasses define the update's shape and the forward pass.
+class LoRALayer(WeightAdapterLayer):
+    """Shared state of the LoRA layers; subclasses define the update's shape and the forward pass.
 
     Attributes:
         base_layer: the wrapped original module (weight and bias frozen).
@@ -53,41 +45,23 @@ class LoRALayer(nn.Module, ABC):
         merged: whether the update currently lives inside ``base_layer.weight``.
     """
 
-    base_layer: nn.Module
+    adapter_kind = "LoRA"
     lora_A: nn.Parameter
     lora_B: nn.Parameter
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, use_rslora: bool) -> None:
-        super().__init__()
         if rank <= 0:
             raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
         if alpha <= 0:
             raise ValueError(f"LoRA alpha must be > 0, got {alpha}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
-        self.base_layer = base
+        super().__init__(base)
         self.rank = rank
         self.alpha = float(alpha)
         self.use_rslora = use_rslora
         self.scale = lora_scale(rank, alpha, use_rslora)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-        # Restored by to_base(): whatever trainability the caller had set before LoRA froze the layer.
-        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-        for p in base.parameters():
-            p.requires_grad_(False)
-
-    @property
-    def base_weight(self) -> Tensor:
-        return self.base_layer.weight  # type: ignore[return-value]
-
-    def _factory(self) -> dict:
-        w = self.base_weight
-        return {"device": w.device, "dtype": _adapter_dtype(w.dtype)}
-
-    @abstractmethod
-    def _delta(self, dtype: torch.dtype) -> Tensor:
-        """The weight update ``scale * B @ A`` in ``dtype``, shaped like the base weight."""
 
     @abstractmethod
     def _lora_forward(self, x: Tensor) -> Tensor:
@@ -100,37 +74,6 @@ class LoRALayer(nn.Module, ABC):
         for a in self.lora_A.split(self.rank, dim=0):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
-
-    def get_delta_weight(self) -> Tensor:
-        """The update that :meth:`merge` adds, in the base weight's dtype (computed in float32/float64)."""
-        w = self.base_weight
-        return self._delta(_delta_dtype(w.dtype)).to(w.dtype)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update to the base weight in place (no-op if already merged)."""
-        if self.merged:
-            return
-        w = self.base_weight
-        w.copy_((w.to(_delta_dtype(w.dtype)) + self._delta(_delta_dtype(w.dtype))).to(w.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update from the base weight again (no-op if not merged)."""
-        if not self.merged:
-            return
-        w = self.base_weight
-        w.copy_((w.to(_delta_dtype(w.dtype)) - self._delta(_delta_dtype(w.dtype))).to(w.dtype))
-        self.merged = False
-
-    def to_base(self) -> nn.Module:
-        """The original layer with the update merged into its weight; the adapter is dropped."""
-        self.merge()
-        base = self.base_layer
-        for name, p in base.named_parameters():
-            p.requires_grad_(self._base_requires_grad.get(name, p.requires_grad))
-        return base
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
@@ -248,7 +191,6 @@ class LoRAConv2d(LoRALayer):
         kw = self._factory()
         self.lora_A = nn.Parameter(torch.empty(rank * g, base.in_channels // g, kh, kw_, **kw))
         self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, **kw))
-        self._pad = _explicit_padding(base)
         self.reset_parameters()
 
     def _delta(self, dtype: torch.dtype) -> Tensor:
@@ -260,30 +202,9 @@ class LoRAConv2d(LoRALayer):
 
     def _lora_forward(self, x: Tensor) -> Tensor:
         base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
-        if base.padding_mode != "zeros":
-            # Same two-step path as nn.Conv2d for reflect/replicate/circular padding.
-            x = F.pad(x, self._pad, mode=base.padding_mode)
-            padding: str | tuple[int, ...] = (0, 0)
-        else:
-            padding = base.padding
-        h = F.conv2d(x, self.lora_A, None, base.stride, padding, base.dilation, base.groups)
+        h = conv_like(base, x, self.lora_A)
         # Scaled after B, as HF PEFT does, so float32 results agree with it to rounding.
         return F.conv2d(h, self.lora_B, None, 1, 0, 1, base.groups) * self.scale
-
-
-def _explicit_padding(conv: nn.Conv2d) -> tuple[int, ...]:
-    """The ``F.pad`` argument nn.Conv2d uses for non-zero padding modes (left/right, top/bottom)."""
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return (0, 0, 0, 0)
-        pads: list[int] = []
-        # 'same': total d * (k - 1), the odd pixel goes right/bottom, exactly like nn.Conv2d.
-        for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size)):
-            total = d * (k - 1)
-            pads += [total // 2, total - total // 2]
-        return tuple(pads)
-    ph, pw = conv.padding
-    return (pw, pw, ph, ph)
 
 
 def _check_segments(segments: Sequence[tuple[int, int]], out_features: int) -> tuple[tuple[int, int], ...]:
