@@ -6,11 +6,13 @@ computes ``mlp(x) + s * up(dropout(relu(down(x))))`` on the MLP's own input ``x`
 Kaiming-uniform, ``up`` and both biases at zero, so a fresh adapter changes nothing; ``s`` is a fixed 0.1 or,
 with ``learnable_scale``, a trained scalar.
 
-The adapter is a module added to the MLP (``blocks.0.mlp.adaptformer.down.weight``) plus a forward hook, so
-the base model's parameter names stay as they were. It cannot be folded into the weights (there is a ReLU
-between ``down`` and ``up``): :meth:`AdaptFormerStrategy.merge` refuses, like VPT; save it with
-``visionpeft.save_adapter`` and load it onto the base with ``visionpeft.load_adapter``. Hooks and modules
-survive ``copy.deepcopy`` and pickling, and :func:`remove` unloads them.
+The adapters live in one ``nn.ModuleDict`` on the root model, keyed by the MLP's name with dots as ``__``
+(``adaptformer.blocks__0__mlp.down.weight``), and a forward hook on each MLP adds its adapter's output, so the
+base model's parameter names stay as they were and ``nn.Sequential`` MLPs are not disturbed. It cannot be
+folded into the weights (there is a ReLU between ``down`` and ``up``): :meth:`AdaptFormerStrategy.merge`
+refuses, like VPT; save it with ``visionpeft.save_adapter`` and load it onto the base with
+``visionpeft.load_adapter``. Hooks and modules survive ``copy.deepcopy`` and pickling, and :func:`remove`
+unloads them.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
 from .targets import filter_targets, nothing_left_message
 
-__all__ = ["AdaptFormerConfig", "AdaptFormerAdapter", "AdaptFormerStrategy", "adaptformer_param_count", "remove"]
+__all__ = [
+    "AdaptFormerConfig", "AdaptFormerAdapter", "AdaptFormerStrategy", "adaptformer_param_count", "adapter_key",
+    "remove",
+]
 
-#: Attribute name of the adapter on each MLP module.
+#: Name of the ``nn.ModuleDict`` of adapters on the root model.
 ATTR = "adaptformer"
+
+
+def adapter_key(mlp_name: str) -> str:
+    """Key of the adapter of MLP ``mlp_name`` in ``model.adaptformer`` (``blocks.0.mlp`` -> ``blocks__0__mlp``)."""
+    return mlp_name.replace(".", "__")
 
 
 class AdaptFormerConfig(StrategyConfig):
@@ -127,9 +137,9 @@ def remove(model: nn.Module) -> bool:
             module._forward_hooks_with_kwargs.pop(key, None)
             module._forward_hooks_always_called.pop(key, None)
             found = True
-        if isinstance(module._modules.get(ATTR), AdaptFormerAdapter):
-            del module._modules[ATTR]
-            found = True
+    if isinstance(model._modules.get(ATTR), nn.ModuleDict):
+        del model._modules[ATTR]
+        found = True
     return found
 
 
@@ -152,25 +162,29 @@ class AdaptFormerStrategy(Strategy):
             )
         patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.mlp_modules)
         found = match_modules(model, patterns, what="module", field="adaptformer.targets")
-        taken = [n for n, m in found.items() if isinstance(m._modules.get(ATTR), AdaptFormerAdapter)]
-        if taken:
-            raise ConfigError(f"adaptformer: {taken[:3]} already carry an AdaptFormer adapter; list it once")
+        if ATTR in model._modules or hasattr(model, ATTR) or isinstance(model, nn.Sequential | nn.ModuleList):
+            raise ConfigError(
+                f"adaptformer: the root model ({type(model).__name__}) cannot hold the adapters as "
+                f"'{ATTR}' (applied twice, or a Sequential root); list adaptformer once, or wrap the model"
+            )
         notes: list[str] = []
         kept, skipped = filter_targets(model, found, ctx, notes, method="adaptformer", explicit=True, exclude=[],
                                        start_block=cfg.start_block)
         if not kept:
             raise ConfigError(nothing_left_message("adaptformer", found, skipped))
         report = ApplyReport(notes=notes)
+        adapters = nn.ModuleDict()
+        model.add_module(ATTR, adapters)
         for name, mlp in kept.items():
             dim_in, dim_out = _widths(name, mlp)
             ref = next(mlp.parameters())
             adapter = AdaptFormerAdapter(dim_in, dim_out, cfg.bottleneck, cfg.scale, cfg.learnable_scale, cfg.dropout)
             adapter.to(device=ref.device, dtype=ref.dtype if ref.dtype == torch.float64 else torch.float32)
             adapter.train(mlp.training)
-            mlp.add_module(ATTR, adapter)
+            adapters[adapter_key(name)] = adapter
             mlp.register_forward_hook(_AddAdapter(adapter))
-            report.modules.append(f"{name}.{ATTR}")
-            report.trainable += [f"{name}.{ATTR}.{p}" for p, _ in adapter.named_parameters()]
+            report.modules.append(f"{ATTR}.{adapter_key(name)}")
+            report.trainable += [f"{ATTR}.{adapter_key(name)}.{p}" for p, _ in adapter.named_parameters()]
         return report
 
     def merge(self, model: nn.Module) -> None:

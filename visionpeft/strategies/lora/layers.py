@@ -86,9 +86,6 @@ class LoRALayer(WeightAdapterLayer):
         """``out + scale * B(A(x))``; subclasses may fuse the addition into the last product."""
         return out + self._lora_forward(x).to(out.dtype)
 
-    def adapter_param_count(self) -> int:
-        return self.lora_A.numel() + self.lora_B.numel()
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
 
