@@ -46,6 +46,11 @@ def vit_methods(spec_blocks: int) -> dict[str, list[dict]]:
         "lora r8 qv+head": [{"method": "lora", "rank": 8, "targets": ["qkv"], "qkv": "qv"}, {"method": "head"}],
         "vpt shallow 10+head": [{"method": "vpt", "tokens": 10, "mode": "shallow"}, {"method": "head"}],
         "vpt deep 10+head": [{"method": "vpt", "tokens": 10, "mode": "deep"}, {"method": "head"}],
+        "dora r8+head": [{"method": "dora", "rank": 8, "targets": VIT_TARGETS}, {"method": "head"}],
+        "loha r4+head": [{"method": "loha", "rank": 4, "targets": VIT_TARGETS}, {"method": "head"}],
+        "lokr r8+head": [{"method": "lokr", "rank": 8, "targets": VIT_TARGETS}, {"method": "head"}],
+        "ssf+head": [{"method": "ssf"}, {"method": "head"}],
+        "adaptformer 16+head": [{"method": "adaptformer", "bottleneck": 16}, {"method": "head"}],
     }
 
 
@@ -63,6 +68,10 @@ def cnn_methods(spec_blocks: int) -> dict[str, list[dict]]:
             {"method": "lora", "rank": 8},
             {"method": "head"},
         ],
+        "dora r8+head": [{"method": "dora", "rank": 8}, {"method": "head"}],
+        "loha r4+head": [{"method": "loha", "rank": 4}, {"method": "head"}],
+        "lokr r8+head": [{"method": "lokr", "rank": 8}, {"method": "head"}],
+        "ssf+head": [{"method": "ssf"}, {"method": "head"}],
     }
 
 

@@ -67,7 +67,7 @@ def apply(
 ) -> TrainabilityPlan:
     """Apply strategies in order, in place, and return the enforced trainability plan.
 
-    If any listed method adds trainables (``head``, ``lora``, ``vpt``, ``bitfit``, ``norm``) the base
+    If any listed method adds trainables (every method but ``full`` and ``freeze``) the base
     starts frozen and only what the strategies claim trains; with ``freeze`` alone the rest trains
     (Ultralytics' ``freeze=N``). ``freeze`` regions receive no adapters.
     """
