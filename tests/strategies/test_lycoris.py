@@ -164,3 +164,19 @@ def test_matches_hf_peft(kind, case):
     assert _max_diff(ours(x), base(x)) > 1e-3
     assert _max_diff(ours(x), peft_model(x)) <= 1e-6
     assert _max_diff(ours.get_delta_weight(), peft_model.base_model.model[0].get_delta_weight("default")) <= 1e-6
+
+
+def test_loha_gradients_match_autograd_of_the_plain_formula():
+    """The custom backward (saves only the factors) gives autograd's gradients of (W1a W1b) * (W2a W2b)."""
+    torch.manual_seed(0)
+    layer = LoHaLayer(nn.Conv2d(4, 6, 3, groups=2).double(), rank=3, alpha=2.0)
+    _randomize(layer)
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    layer(x).pow(2).sum().backward()
+    ours = [getattr(layer, n).grad.clone() for n in layer.adapter_parameter_names()]
+    factors = [getattr(layer, n).detach().clone().requires_grad_(True) for n in layer.adapter_parameter_names()]
+    delta = (factors[0] @ factors[1]) * (factors[2] @ factors[3]) * layer.scale
+    w = layer.base_layer.weight.detach() + delta.reshape(layer.base_layer.weight.shape)
+    torch.nn.functional.conv2d(x, w, layer.base_layer.bias.detach(), groups=2).pow(2).sum().backward()
+    for g_ours, f in zip(ours, factors):
+        assert (g_ours - f.grad).abs().max() <= 1e-10 * max(1.0, f.grad.abs().max().item())
