@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
+from ..matching import name_matches, type_matches
 from .adapter_layer import adapter_dtype, delta_dtype
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
@@ -228,15 +229,12 @@ class SSFStrategy(Strategy):
 
 
 def _note_unsupported_norms(model: nn.Module, patterns: list[str], notes: list[str]) -> None:
-    from ..matching import name_matches, type_matches
-
+    """Notes for matched layers SSF cannot fold into: norms without an affine, Linear/Conv2d without a bias."""
     for name, m in model.named_modules():
-        if name and _is_norm(m) and not _has_affine(m) and any(
-            name_matches(name, p) or type_matches(m, p) for p in patterns
-        ):
+        if not name or not any(name_matches(name, p) or type_matches(m, p) for p in patterns):
+            continue
+        if _is_norm(m) and not _has_affine(m):
             notes.append(f"skipped {name}: {type(m).__name__} without an affine has nothing to fold SSF into")
-        elif isinstance(m, nn.Linear | nn.Conv2d) and m.bias is None and any(
-            name_matches(name, p) or type_matches(m, p) for p in patterns
-        ):
+        elif isinstance(m, nn.Linear | nn.Conv2d) and m.bias is None:
             notes.append(f"skipped {name}: {type(m).__name__} without a bias cannot take the shift; target the "
                          "norm layer after it")
