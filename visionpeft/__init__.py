@@ -1,4 +1,5 @@
-"""visionpeft: freeze, LoRA and visual prompt tuning for timm classifiers and Ultralytics detectors.
+"""visionpeft: freeze, LoRA (and DoRA, LoHa, LoKr), SSF, AdaptFormer and visual prompt tuning for timm classifiers
+and Ultralytics detectors.
 
 Typical use::
 

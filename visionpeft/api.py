@@ -68,7 +68,7 @@ def apply(
 ) -> TrainabilityPlan:
     """Apply strategies in place and return the enforced trainability plan. All or nothing.
 
-    If any listed method adds trainables (``head``, ``lora``, ``vpt``, ``bitfit``, ``norm``) the base
+    If any listed method adds trainables (every method but ``full`` and ``freeze``) the base
     starts frozen and only what the strategies claim trains; with ``freeze`` alone the rest trains
     (Ultralytics' ``freeze=N``). ``freeze`` entries run first and build the one frozen region (with
     ``spec.always_frozen``): no strategy trains or adds adapters inside it, wherever ``freeze`` is listed.
@@ -179,7 +179,7 @@ def merge(model: Any) -> Any:
     for s in objs:
         if not getattr(type(s), "mergeable", True):
             s.merge(root)
-    with atomic(root, lora_weights=True):
+    with atomic(root, adapter_weights=True):
         for s in reversed(objs):
             s.merge(root)
         remove_bn_hooks(root)

@@ -35,6 +35,10 @@ class ModelSpec:
         lora_exclude: patterns never adapted by default (e.g. the stem, the head).
         always_frozen: parameter-name patterns that never train (e.g. Ultralytics' ``.dfl``).
         prompt: prompt insertion point for VPT, or ``None`` when the model is not a supported transformer.
+        ssf_targets: default SSF target patterns (layers followed by a learned scale and shift); the
+            ``lora_exclude`` patterns and the head are left out of them too.
+        mlp_modules: names of the transformer blocks' MLP modules, where AdaptFormer puts its parallel
+            bottleneck; empty when the model has none.
     """
 
     backend: str = "generic"
@@ -45,4 +49,6 @@ class ModelSpec:
     lora_exclude: tuple[str, ...] = ()
     always_frozen: tuple[str, ...] = ()
     prompt: PromptSpec | None = None
+    ssf_targets: tuple[str, ...] = ("Linear", "Conv2d", "_NormBase", "LayerNorm", "GroupNorm")
+    mlp_modules: tuple[str, ...] = ()
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)

@@ -33,3 +33,14 @@ def test_benchmark_tiny(shared, tmp_path, monkeypatch):
     assert "DET" in text and text.count("classification-benchmark:start") == 1
     bench.update_docs(docs, md)  # replacing keeps exactly one classification section
     assert docs.read_text().count("classification-benchmark:start") == 1 and "DET" in docs.read_text()
+
+
+def test_benchmark_only_rejects_unknown_rows(capsys):
+    spec = importlib.util.spec_from_file_location("bench_only", REPO / "benchmarks" / "transfer_classification.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--only", "lora_r8,dora_r9"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only: unknown rows ['dora_r9']" in err and "'dora_r8'" in err

@@ -23,7 +23,6 @@ from ultralytics import YOLO  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
-from visionpeft.strategies.lora.layers import LoRAConv2d  # noqa: E402
 from visionpeft.tasks.detection.trainer import merged_copy  # noqa: E402
 
 from .detection_support import copy_dataset  # noqa: E402
@@ -63,41 +62,54 @@ def _merged_yolo(path):
     return ref
 
 
-def test_fuse_of_an_adapted_model_equals_merge_then_fuse():
-    """``DetectionModel("yolov8n.yaml")`` + LoRA, then ``fuse()``: the issue's AttributeError, now exact."""
+#: The conv-capable methods: each wraps Ultralytics' convs (or, SSF, their BatchNorms) and must fuse exactly.
+CONV_METHODS = [{"method": "lora", "rank": 4}, {"method": "dora", "rank": 4}, {"method": "loha", "rank": 2},
+                {"method": "lokr", "rank": 4}, {"method": "ssf"}]
+
+
+@pytest.mark.parametrize("entry", CONV_METHODS, ids=lambda e: e["method"])
+def test_fuse_of_an_adapted_model_equals_merge_then_fuse(entry):
+    """``DetectionModel("yolov8n.yaml")`` + an adapter, then ``fuse()``: the issue's AttributeError, now exact.
+
+    Ultralytics' ``fuse_conv_and_bn`` reads ``conv.weight`` / ``bn.weight`` ... of the wrappers and assigns the
+    folded tensors back; the result must be bit-identical to merging first.
+    """
     from ultralytics.nn.tasks import DetectionModel
+
+    from visionpeft.snapshot import mergeable_layers
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", verbose=False)
-    visionpeft.apply(model, [{"method": "lora", "rank": 4}])
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-trivial adapters and BN statistics: a fuse that dropped LoRA would differ
-        for name, p in model.named_parameters():
-            if name.endswith("lora_B"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    with torch.no_grad():  # BN statistics that are not the identity: a fuse that ignored them would differ
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(1 + 0.1 * torch.rand(m.running_var.shape, generator=g))
+    base = copy.deepcopy(model).eval()
+    visionpeft.apply(model, [entry])
+    plan = visionpeft.get_plan(model)
+    with torch.no_grad():  # non-trivial adapters: a fuse that dropped the update would differ
+        for name, p in model.named_parameters():
+            if plan.trainable.get(name) == entry["method"]:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
     model.eval()
+    kinds = {type(m) for m in mergeable_layers(model)}
     x = torch.rand(2, 3, 64, 64, generator=g)
     reference = visionpeft.merge(copy.deepcopy(model)).fuse(verbose=False)
-    base = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if name.endswith("lora_B"):
-                p.zero_()
     fused = copy.deepcopy(model).fuse(verbose=False)
     with torch.no_grad():
         out, ref, unadapted = fused(x)[0], reference(x)[0], base.fuse(verbose=False)(x)[0]
     assert (ref - unadapted).abs().max() > 1e-2  # the adapters matter (outputs are boxes in pixels)
     assert torch.equal(out, ref)
-    layers = [m for m in fused.modules() if isinstance(m, LoRAConv2d)]
-    assert layers and all(m.folded and m.merged for m in layers)
-    with pytest.raises(RuntimeError, match="cannot be taken out again"):
-        layers[0].unmerge()
+    layers = [m for m in fused.modules() if type(m) in kinds]
+    assert layers or entry["method"] == "ssf"
+    assert all(m.folded and m.merged for m in layers)  # SSF's BatchNorm wrappers are gone: fuse() removed the BNs
+    if layers:
+        with pytest.raises(RuntimeError, match="cannot be taken out again"):
+            layers[0].unmerge()
     plain = visionpeft.merge(fused)  # a fused adapted model still merges into a plain one
-    assert not any(isinstance(m, LoRAConv2d) for m in plain.modules())
+    assert not mergeable_layers(plain)
     with torch.no_grad():
         assert torch.equal(plain(x)[0], ref)
 

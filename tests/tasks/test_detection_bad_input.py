@@ -178,10 +178,14 @@ def test_crafted_checkpoint_through_eval_and_resume(crafted, tiny_recipe, tmp_pa
 
 @pytest.mark.parametrize(
     "strategies",
-    [[{"method": "lora", "rank": 2}, {"method": "head"}], [{"method": "freeze", "n": 5}], [{"method": "bitfit"}]],
+    [[{"method": "lora", "rank": 2}, {"method": "head"}], [{"method": "freeze", "n": 5}], [{"method": "bitfit"}],
+     [{"method": "dora", "rank": 2}, {"method": "head"}], [{"method": "loha", "rank": 2}],
+     [{"method": "lokr", "rank": 2}], [{"method": "ssf"}]],
+    ids=lambda s: "+".join(e["method"] for e in s),
 )
 def test_adapted_checkpoints_load_through_the_allow_list(tmp_path, strategies):
-    """What a visionpeft run pickles in weights/last.pt (any strategy) is on the allow-list."""
+    """What a visionpeft run pickles in weights/last.pt (any strategy, each adapter layer class) is on the
+    allow-list."""
     import torch
 
     import visionpeft
@@ -194,6 +198,7 @@ def test_adapted_checkpoints_load_through_the_allow_list(tmp_path, strategies):
     torch.save({"model": None, "ema": model, "train_args": {}}, path)
     loaded, _ = load_checkpoint(path)
     assert visionpeft.get_plan(loaded).trainable == visionpeft.get_plan(model).trainable
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
     x = torch.rand(1, 3, 64, 64)
     model.eval()
     torch.testing.assert_close(loaded.eval()(x)[0], model(x)[0])

@@ -37,14 +37,18 @@ def trust_pickle() -> bool:
 
 
 def visionpeft_globals() -> list[Any]:
-    """The visionpeft objects an adapted checkpoint pickles: state, plan, spec, LoRA layers, strategy configs."""
+    """The visionpeft objects an adapted checkpoint pickles: state, plan, spec, strategy configs and every
+    adapter module a strategy puts into the model (LoRA, DoRA, LoHa, LoKr and SSF layers, AdaptFormer's
+    adapters and the forward hook that calls them). A new strategy's module classes belong here."""
     from .. import api, plan, spec
-    from ..strategies import registry
+    from ..strategies import adaptformer, dora, loha, lokr, registry, ssf
     from ..strategies.lora import layers
 
     configs = [registry.config_class(method) for method in registry.available()]
+    modules = [layers.LoRALinear, layers.LoRAConv2d, dora.DoRALinear, dora.DoRAConv2d, loha.LoHaLayer,
+               lokr.LoKrLayer, ssf.SSFLayer, adaptformer.AdaptFormerAdapter, adaptformer._AddAdapter]
     return [api.AdaptedState, plan.TrainabilityPlan, plan.keep_bn_eval, spec.ModelSpec, spec.PromptSpec,
-            layers.LoRALinear, layers.LoRAConv2d, *configs]
+            *modules, *configs]
 
 
 def _safe_load_class() -> Any:

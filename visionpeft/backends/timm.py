@@ -378,6 +378,20 @@ def _lora_defaults(
     return (kind,), tuple(exclude)
 
 
+_SSF_VIT = (
+    "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "blocks.*.norm1",
+    "blocks.*.norm2", "patch_embed.proj", "norm",
+)
+_SSF_NORMS = ("_NormBase", "LayerNorm", "GroupNorm")
+
+
+def _mlp_modules(model: nn.Module) -> tuple[str, ...]:
+    return tuple(
+        n for n, m in model.named_modules()
+        if n.rpartition(".")[2] == "mlp" and any(isinstance(c, nn.Linear) for c in m.modules())
+    )
+
+
 def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
     """Describe a timm model to the strategies.
 
@@ -394,6 +408,9 @@ def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
     * ``lora_targets``: ViT block linears (``qkv``, ``proj``, ``fc1``, ``fc2``); CNNs ``Conv2d`` without the
       stem conv; other models the dominant layer type. The head is always excluded.
     * ``prompt``: for timm ``VisionTransformer`` and subclasses (DeiT), where VPT inserts prompt tokens.
+    * ``ssf_targets``: ViTs the paper's placement (block qkv/proj/fc1/fc2, norm1/norm2, the patch embedding
+      and the final norm); other models every normalisation layer (one after each conv in a CNN).
+    * ``mlp_modules``: every ``*.mlp`` module holding Linear layers (ViT blocks' MLPs), for AdaptFormer.
 
     Args:
         model: a timm model.
@@ -412,5 +429,7 @@ def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
         lora_targets=targets,
         lora_exclude=exclude,
         prompt=prompt,
+        ssf_targets=_SSF_VIT if prompt is not None else _SSF_NORMS,
+        mlp_modules=_mlp_modules(model),
         extra={"block_members": {g[0]: g for g in groups}, "head_modules": tuple(head)},
     )

@@ -237,6 +237,8 @@ def ultralytics_spec(model: Any) -> ModelSpec:
         - ``.dfl``: never trains.
       Depthwise convs (the DWConv layers of YOLO11 heads, C2PSA's positional conv) stay targets; the LoRA
       strategy skips a layer whose adapter would exceed ``max_param_fraction`` of its weight.
+    * ``ssf_targets``: the BatchNorm of every ``Conv`` block (SSF folds into its affine); ``lora_exclude`` and
+      the head apply as for LoRA.
     """
     model = unwrap_yolo(model)
     if not is_detection_model(model):
@@ -260,6 +262,7 @@ def ultralytics_spec(model: Any) -> ModelSpec:
         lora_exclude=exclude,
         always_frozen=ALWAYS_FROZEN,
         prompt=None,
+        ssf_targets=("BatchNorm2d",),
         extra={
             "nc": int(getattr(model, "nc", model.yaml.get("nc", 0)) or 0),
             "head_type": type(model.model[last]).__name__,

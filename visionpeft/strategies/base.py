@@ -58,9 +58,9 @@ class Strategy(ABC):
     """One PEFT method. Subclasses set ``method`` and ``config_cls`` and implement :meth:`apply`.
 
     ``adds_trainables`` tells :func:`visionpeft.apply` whether the method trains something on top of a
-    frozen base (LoRA, VPT, head, BitFit, norm). When a recipe contains any such method, every base
-    parameter not claimed by a strategy is frozen; otherwise (``freeze`` alone) the rest trains, as in
-    Ultralytics' ``freeze=N``.
+    frozen base (LoRA, DoRA, LoHa, LoKr, SSF, AdaptFormer, VPT, head, BitFit, norm). When a recipe contains
+    any such method, every base parameter not claimed by a strategy is frozen; otherwise (``freeze`` alone)
+    the rest trains, as in Ultralytics' ``freeze=N``.
     """
 
     method: ClassVar[str]

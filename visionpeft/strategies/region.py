@@ -3,8 +3,9 @@
 Every freeze form lands in one :class:`FrozenRegion`: ``freeze.n`` (an int or a list), ``freeze.patterns``,
 ``freeze.bn='frozen'`` (BatchNorm affines) and the backend's ``spec.always_frozen`` (Ultralytics ``.dfl``);
 ``freeze.unfreeze`` takes parameters out again. Every strategy reads the region the same way: ``head``,
-``bitfit``, ``norm`` and ``full`` train nothing inside it, ``lora`` wraps no layer whose weight lies in it,
-``vpt`` gives no prompts to a block that lies in it entirely.
+``bitfit``, ``norm`` and ``full`` train nothing inside it, ``lora``, ``dora``, ``loha``, ``lokr`` and ``ssf``
+wrap no layer whose weight lies in it (:mod:`visionpeft.strategies.targets`), ``vpt`` gives no prompts to a
+block and ``adaptformer`` no adapter to an MLP that lies in it entirely.
 
 Both records are keyed by parameter *identity*, not by name: LoRA renames ``qkv.weight`` to
 ``qkv.base_layer.weight`` when it wraps the layer, and the region must still hold it afterwards.

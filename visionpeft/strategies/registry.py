@@ -20,6 +20,11 @@ _BUILTIN = (
     "visionpeft.strategies.simple",
     "visionpeft.strategies.lora.strategy",
     "visionpeft.strategies.vpt",
+    "visionpeft.strategies.dora",
+    "visionpeft.strategies.loha",
+    "visionpeft.strategies.lokr",
+    "visionpeft.strategies.ssf",
+    "visionpeft.strategies.adaptformer",
 )
 
 

@@ -5,25 +5,19 @@ Each layer keeps the original module as ``base_layer`` (frozen) and adds two tra
 freshly wrapped model computes exactly what the original did. ``merge()`` folds ``scale * B @ A`` into the
 base weight, ``unmerge()`` takes it out again, and ``to_base()`` returns the plain layer with the update
 merged (the original architecture, original parameter names).
-
-Code written for the plain layer keeps working on an adapted one: ``weight`` / ``bias`` read the effective
-(merged) tensors, the geometry attributes (``in_channels``, ``kernel_size``, ``in_features``...) are the base
-layer's, and *assigning* ``weight`` or ``bias`` replaces the layer's effective tensors and folds the update in
-for good. That is what Ultralytics' ``fuse()`` does to every ``Conv`` block (``fuse_conv_and_bn`` reads
-``conv.weight`` and either builds a new ``nn.Conv2d`` from it or assigns the folded Conv+BN tensors back), so
-an adapted, unmerged detector fuses exactly as the merged one does (``predict``, ``val`` and ``export`` of a
-run's ``best.pt`` / ``last.pt`` go through it).
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..adapter_layer import WeightAdapterLayer, conv_like
 
 __all__ = [
     "LoRALayer",
@@ -41,18 +35,8 @@ def lora_scale(rank: int, alpha: float, use_rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
-def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    # Adapters train in full precision: half/bfloat16 bases (or AMP) still get float32 LoRA tensors,
-    # while float64 bases (numerical tests) keep float64 so merges stay exact.
-    return base_dtype if base_dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _delta_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if base_dtype == torch.float64 else torch.float32
-
-
-class LoRALayer(nn.Module, ABC):
-    """Shared state and merge logic; subclasses define the update's shape and the forward pass.
+class LoRALayer(WeightAdapterLayer):
+    """Shared state of the LoRA layers; subclasses define the update's shape and the forward pass.
 
     Attributes:
         base_layer: the wrapped original module (weight and bias frozen).
@@ -61,87 +45,23 @@ class LoRALayer(nn.Module, ABC):
         merged: whether the update currently lives inside ``base_layer.weight``.
     """
 
-    base_layer: nn.Module
+    adapter_kind = "LoRA"
     lora_A: nn.Parameter
     lora_B: nn.Parameter
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, use_rslora: bool) -> None:
-        super().__init__()
         if rank <= 0:
             raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
         if alpha <= 0:
             raise ValueError(f"LoRA alpha must be > 0, got {alpha}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
-        self.base_layer = base
+        super().__init__(base)
         self.rank = rank
         self.alpha = float(alpha)
         self.use_rslora = use_rslora
         self.scale = lora_scale(rank, alpha, use_rslora)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-        # Restored by to_base(): whatever trainability the caller had set before LoRA froze the layer.
-        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-        for p in base.parameters():
-            p.requires_grad_(False)
-
-    #: Set once ``weight`` was assigned (e.g. by Ultralytics' Conv+BN fusion): the update lives inside the base
-    #: weight for good and cannot be unmerged. A class default, so layers unpickled from older files have it.
-    folded: bool = False
-
-    @property
-    def base_weight(self) -> Tensor:
-        return self.base_layer.weight  # type: ignore[return-value]
-
-    @property
-    def weight(self) -> Tensor:
-        """The weight this layer effectively applies: base + ``scale * B @ A`` (the base weight once merged).
-
-        For code written against the plain layer (no gradient; shape and dtype of the base weight). Unmerged, it
-        is a new tensor computed exactly as :meth:`merge` computes the merged weight, so fusing it equals
-        merge-then-fuse; in-place edits of it change nothing. Merged, it is the base weight itself (detached), so
-        in-place edits reach the layer. Assign ``weight`` to replace it (see :meth:`_assign`).
-        """
-        w = self.base_weight
-        if self.merged:
-            return w.detach()
-        with torch.no_grad():
-            return (w.to(_delta_dtype(w.dtype)) + self._delta(_delta_dtype(w.dtype))).to(w.dtype)
-
-    @property
-    def bias(self) -> Tensor | None:
-        """The base layer's bias (LoRA adds none)."""
-        return self.base_layer.bias  # type: ignore[return-value]
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # Assigning weight/bias replaces the effective tensors (Ultralytics' fuse_conv_and_bn does
-        # ``conv.weight, conv.bias = fused``); anything else is a normal module attribute.
-        if name in ("weight", "bias") and "base_layer" in self.__dict__.get("_modules", {}):
-            self._assign(name, value)
-        else:
-            super().__setattr__(name, value)
-
-    def _assign(self, name: str, value: object) -> None:
-        """``weight``: the new tensor is the whole effective weight, so the update is folded in for good."""
-        if value is not None and not isinstance(value, Tensor):
-            raise TypeError(f"{type(self).__name__}.{name} must be a tensor, got {type(value).__name__}")
-        if value is not None and not isinstance(value, nn.Parameter):
-            value = nn.Parameter(value, requires_grad=value.requires_grad)
-        if name == "weight":
-            if value is None or value.shape != self.base_weight.shape:
-                got = None if value is None else tuple(value.shape)
-                raise ValueError(f"{type(self).__name__}.weight must keep the shape "
-                                 f"{tuple(self.base_weight.shape)}, got {got}")
-            self.merged = self.folded = True
-        setattr(self.base_layer, name, value)
-
-    def _factory(self) -> dict:
-        w = self.base_weight
-        return {"device": w.device, "dtype": _adapter_dtype(w.dtype)}
-
-    @abstractmethod
-    def _delta(self, dtype: torch.dtype) -> Tensor:
-        """The weight update ``scale * B @ A`` in ``dtype``, shaped like the base weight."""
 
     @abstractmethod
     def _lora_forward(self, x: Tensor) -> Tensor:
@@ -155,44 +75,6 @@ class LoRALayer(nn.Module, ABC):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
-    def get_delta_weight(self) -> Tensor:
-        """The update that :meth:`merge` adds, in the base weight's dtype (computed in float32/float64)."""
-        w = self.base_weight
-        return self._delta(_delta_dtype(w.dtype)).to(w.dtype)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update to the base weight in place (no-op if already merged)."""
-        if self.merged:
-            return
-        w = self.base_weight
-        w.copy_((w.to(_delta_dtype(w.dtype)) + self._delta(_delta_dtype(w.dtype))).to(w.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update from the base weight again (no-op if not merged).
-
-        Raises:
-            RuntimeError: the weight was replaced (Conv+BN fusion folded the update into it for good).
-        """
-        if not self.merged:
-            return
-        if self.folded:
-            raise RuntimeError(f"{type(self).__name__}: the LoRA update was folded into a replaced weight (e.g. by "
-                               "Ultralytics' Conv+BN fuse()); it cannot be taken out again")
-        w = self.base_weight
-        w.copy_((w.to(_delta_dtype(w.dtype)) - self._delta(_delta_dtype(w.dtype))).to(w.dtype))
-        self.merged = False
-
-    def to_base(self) -> nn.Module:
-        """The original layer with the update merged into its weight; the adapter is dropped."""
-        self.merge()
-        base = self.base_layer
-        for name, p in base.named_parameters():
-            p.requires_grad_(self._base_requires_grad.get(name, p.requires_grad))
-        return base
-
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
         if self.merged:
@@ -203,9 +85,6 @@ class LoRALayer(nn.Module, ABC):
     def _add_lora(self, out: Tensor, x: Tensor) -> Tensor:
         """``out + scale * B(A(x))``; subclasses may fuse the addition into the last product."""
         return out + self._lora_forward(x).to(out.dtype)
-
-    def adapter_param_count(self) -> int:
-        return self.lora_A.numel() + self.lora_B.numel()
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
@@ -251,14 +130,6 @@ class LoRALinear(LoRALayer):
         self.lora_A = nn.Parameter(torch.empty(n_seg * rank, in_f, **kw))
         self.lora_B = nn.Parameter(torch.zeros(rows, rank, **kw))
         self.reset_parameters()
-
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features  # type: ignore[return-value]
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features  # type: ignore[return-value]
 
     def _full_B(self, dtype: torch.dtype) -> Tensor:
         """``B`` as an ``out x (S * rank)`` block matrix: segment ``s`` feeds only its own output rows."""
@@ -317,18 +188,7 @@ class LoRAConv2d(LoRALayer):
         kw = self._factory()
         self.lora_A = nn.Parameter(torch.empty(rank * g, base.in_channels // g, kh, kw_, **kw))
         self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, **kw))
-        self._pad = _explicit_padding(base)
         self.reset_parameters()
-
-    # The base conv's geometry, for code that rebuilds a conv from this one (older Ultralytics' fuse_conv_and_bn).
-    in_channels = property(lambda self: self.base_layer.in_channels)
-    out_channels = property(lambda self: self.base_layer.out_channels)
-    kernel_size = property(lambda self: self.base_layer.kernel_size)
-    stride = property(lambda self: self.base_layer.stride)
-    padding = property(lambda self: self.base_layer.padding)
-    dilation = property(lambda self: self.base_layer.dilation)
-    groups = property(lambda self: self.base_layer.groups)
-    padding_mode = property(lambda self: self.base_layer.padding_mode)
 
     def _delta(self, dtype: torch.dtype) -> Tensor:
         base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
@@ -339,30 +199,9 @@ class LoRAConv2d(LoRALayer):
 
     def _lora_forward(self, x: Tensor) -> Tensor:
         base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
-        if base.padding_mode != "zeros":
-            # Same two-step path as nn.Conv2d for reflect/replicate/circular padding.
-            x = F.pad(x, self._pad, mode=base.padding_mode)
-            padding: str | tuple[int, ...] = (0, 0)
-        else:
-            padding = base.padding
-        h = F.conv2d(x, self.lora_A, None, base.stride, padding, base.dilation, base.groups)
+        h = conv_like(base, x, self.lora_A)
         # Scaled after B, as HF PEFT does, so float32 results agree with it to rounding.
         return F.conv2d(h, self.lora_B, None, 1, 0, 1, base.groups) * self.scale
-
-
-def _explicit_padding(conv: nn.Conv2d) -> tuple[int, ...]:
-    """The ``F.pad`` argument nn.Conv2d uses for non-zero padding modes (left/right, top/bottom)."""
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return (0, 0, 0, 0)
-        pads: list[int] = []
-        # 'same': total d * (k - 1), the odd pixel goes right/bottom, exactly like nn.Conv2d.
-        for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size)):
-            total = d * (k - 1)
-            pads += [total // 2, total - total // 2]
-        return tuple(pads)
-    ph, pw = conv.padding
-    return (pw, pw, ph, ph)
 
 
 def _check_segments(segments: Sequence[tuple[int, int]], out_features: int) -> tuple[tuple[int, int], ...]:
