@@ -32,15 +32,25 @@ def new_run_dir(recipe: Any, suffix: str = "") -> Path:
 def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     """Train ``full`` then every run of ``recipe.compare_runs()`` and write the report; return the directory.
 
-    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs.
+    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs, and with it
+    the learning rates (each method's own; a single ``optim.lr`` for methods with different defaults is refused).
     """
+    runs = recipe.compare_runs()
+    optim = getattr(recipe, "optim", None)  # classification; detection runs on Ultralytics' lr0
+    if optim is not None:
+        from ..errors import ConfigError
+        from ..optim_settings import shared_lr_problem
+
+        problem = shared_lr_problem(runs, optim.lr)
+        if problem:
+            raise ConfigError(problem)
     task = get_task(recipe.task)
     compare_dir = Path(compare_dir) if compare_dir else new_run_dir(recipe, "-compare")
     if is_main():
         compare_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     results: list[RunResult] = []
-    for i, (name, strategies) in enumerate(recipe.compare_runs().items()):
+    for i, (name, strategies) in enumerate(runs.items()):
         run_dir = compare_dir / f"{i:02d}-{slug(name)}"
         results.append(task.train(recipe, strategies, run_dir, name))
     if is_main():

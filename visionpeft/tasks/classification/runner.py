@@ -81,6 +81,7 @@ class ClassificationTask:
         module, train_loader, val_loader, head_prefix = self._training_view(s)
         groups = param_groups(s.model, s.plan, s.heads, recipe.optim)
         optimizer = build_optimizer(groups, recipe.optim)
+        s.lrs = {g["owner"]: g["lr"] * g["lr_scale"] for g in groups}  # peak rate per owner
         steps = len(train_loader) if recipe.train.max_steps_per_epoch is None else min(
             len(train_loader), recipe.train.max_steps_per_epoch * recipe.train.grad_accum)
         scheduler = build_scheduler(optimizer, recipe.optim, recipe.train.epochs,
@@ -218,7 +219,7 @@ class ClassificationTask:
             train_seconds=wall + s.cache_seconds,
             adapter_bytes=0, step_time_s=sum(st.step_times) / max(len(st.step_times), 1), run_dir=s.run_dir,
             extra={"best_epoch": st.best_epoch, "epochs_run": len(st.history), "world_size": world,
-                   "cache_seconds": s.cache_seconds})
+                   "cache_seconds": s.cache_seconds, "lrs": dict(s.lrs)})
         if is_main():
             adapter = save_adapter(s.model, s.run_dir / "adapter", extra={
                 "task": "classification", "model": s.recipe.model, "weights": s.recipe.weights,
@@ -235,8 +236,8 @@ class ClassificationTask:
     def _hparams(s: _Setup) -> dict[str, Any]:
         r = s.recipe
         return {"strategy": s.name, "methods": "+".join(s.plan.strategies), "model": r.model,
-                "epochs": r.train.epochs, "batch_size": r.train.batch_size, "lr": r.optim.lr,
-                "head_lr": r.optim.head_lr or r.optim.lr, "optimizer": r.optim.name,
+                "epochs": r.train.epochs, "batch_size": r.train.batch_size,
+                **{f"lr/{k}": v for k, v in s.lrs.items()}, "optimizer": r.optim.name,
                 "img_size": s.data_cfg.img_size, "trainable_params": s.plan.trainable_count, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
