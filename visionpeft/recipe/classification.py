@@ -68,7 +68,7 @@ class OptimSection(Section):
         name: ``adamw`` (default; robust for adapters and prompts) or ``sgd`` (momentum, classic for CNNs).
         lr: learning rate of every non-head parameter whose strategy entry sets no ``lr`` of its own.
             ``null`` (default) gives each method its documented default
-            (:data:`visionpeft.optim_settings.DEFAULT_LR`: full fine-tuning 1e-4, LoRA 1e-3, VPT 1e-2...;
+            (:data:`visionpeft.optim_settings.DEFAULT_LR`: full fine-tuning 1e-4, LoRA, VPT and BitFit 1e-3...;
             ten times more for SGD). A compare refuses one ``lr`` shared by methods with different defaults.
         head_lr: learning rate of the classifier head (default: ``lr``, else the ``head`` default); raise it
             when the head starts random.
