@@ -52,7 +52,8 @@ def base_doc(args: argparse.Namespace, name: str, data: str, weights: str, img_s
         "dataset": {"max_per_class": args.max_per_class},
         "train": {"epochs": args.epochs, "batch_size": 32, "workers": args.workers, "progress": False,
                   "threads": args.threads, "patience": None},
-        "optim": {"lr": 1e-3, "head_lr": 1e-2, "warmup_epochs": 1 if args.epochs > 2 else 0},
+        # No shared lr: each method at its documented default (visionpeft.optim_settings.DEFAULT_LR).
+        "optim": {"head_lr": 1e-2, "warmup_epochs": 1 if args.epochs > 2 else 0},
         "augment": {"img_size": img_size, "crop_pct": 1.0, "scale": [0.5, 1.0], "hflip": 0.0},
     }
 
@@ -96,6 +97,12 @@ def cache_speedup(args: argparse.Namespace, shared: Path) -> dict[str, Any]:
     return out
 
 
+def _default_lrs() -> str:
+    from visionpeft.optim_settings import DEFAULT_LR
+
+    return ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in ("full", "freeze", "bitfit", "lora"))
+
+
 def gap_lines(report: dict[str, Any]) -> list[str]:
     runs = report["runs"]
     full = runs[0]
@@ -118,8 +125,9 @@ def write_markdown(path: Path, args: argparse.Namespace, reports: dict[str, dict
           f"`python benchmarks/transfer_classification.py {' '.join(args.argv)}` on "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{args.threads or 'default'}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-          f"Model `tf_efficientnet_lite0` (ImageNet-1k weights), {args.epochs} epochs, AdamW lr 1e-3 "
-          "(head 1e-2), cosine schedule, seed 0; every strategy uses the same data, epochs and schedule.", ""]
+          f"Model `tf_efficientnet_lite0` (ImageNet-1k weights), {args.epochs} epochs, AdamW at each method's "
+          f"default rate ({_default_lrs()}; head 1e-2), cosine schedule, seed 0; every strategy uses the same "
+          "data, epochs and schedule.", ""]
     for report in reports.values():
         md += [f"### {report['title']}", "", f"Compare directory: `{report['compare_dir']}`", "",
                markdown_table(report["runs"], cols), *gap_lines(report), ""]

@@ -1,4 +1,5 @@
-"""Every YAML under recipes/ (recursively) validates; classification recipes also apply to their model."""
+"""Every YAML under recipes/ (recursively) validates; classification recipes also build at their image size,
+apply to their model, and (compares) give every method a rate of its own."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def test_recipes_exist():
     names = {p.relative_to(REPO / "recipes").as_posix() for p in RECIPES}
     assert "quickstart.yaml" in names
     for required in ("full", "linear_probe", "freeze", "lora_cnn", "lora_vit", "vpt_shallow", "vpt_deep",
-                     "bitfit", "compare_cnn"):
+                     "bitfit", "compare_cnn", "lora_vit_qv", "bitfit_vit", "linear_probe_vit", "freeze_vit",
+                     "compare_vit"):
         assert f"classification/{required}.yaml" in names
 
 
@@ -32,12 +34,16 @@ def test_recipe_validates(path, monkeypatch):
     import visionpeft
     from visionpeft.backends.timm import build_model
     from visionpeft.data import load_descriptor
+    from visionpeft.optim_settings import shared_lr_problem
 
     load_descriptor(recipe.data)
+    if recipe.compare is not None:
+        assert shared_lr_problem(recipe.compare_runs(), recipe.optim.lr) is None
     for name, strategies in recipe.compare_runs().items():
         if name == "full" and recipe.compare is not None:
             continue
         torch.manual_seed(0)
-        model = build_model(recipe.model, 10)  # random init: only the structure matters here
+        # Random init: only the structure matters here, built for the recipe's image size.
+        model = build_model(recipe.model, 10, img_size=recipe.augment.img_size)
         plan = visionpeft.apply(model, strategies)
         assert plan.trainable_count > 0, name

@@ -57,6 +57,7 @@ def build_model(
     num_classes: int,
     weights: str | Path | None = None,
     pretrained: bool = False,
+    img_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the timm classifier ``name`` with a fresh ``num_classes``-way head.
@@ -70,11 +71,16 @@ def build_model(
             is offline or you fine-tune your own checkpoint.
         pretrained: with no ``weights``, download timm's default pretrained weights (needs internet).
             Leave ``False`` for a random initialisation (tests, training from scratch).
+        img_size: input size in pixels the model will see. Models built for a fixed size (ViT, DeiT...) are
+            created for it (timm's ``img_size=``; pretrained position embeddings are resampled); models
+            without such an argument (CNNs) ignore it. A patch model refuses a size that is not a multiple
+            of its patch size.
         **kwargs: passed to ``timm.create_model`` (``img_size``, ``drop_rate``, ``drop_path_rate``, ...).
 
     Raises:
         ConfigError: unknown model name (with the closest names), missing weights file, weights that do
-            not fit the model, or keyword arguments the model does not accept.
+            not fit the model, keyword arguments the model does not accept, or an ``img_size`` that is not a
+            multiple of the patch size.
     """
     import timm
 
@@ -92,7 +98,7 @@ def build_model(
     else:
         create_args["pretrained"] = pretrained
     try:
-        return timm.create_model(name, **create_args)
+        model = _create(timm, name, create_args, img_size)
     except TypeError as exc:  # an unknown keyword for this architecture
         raise ConfigError(f"model {name!r}: bad model argument(s) {sorted(kwargs)}: {exc}") from None
     except RuntimeError as exc:  # load_state_dict: missing/unexpected keys, shape mismatches
@@ -105,6 +111,33 @@ def build_model(
         if weights is None:
             raise
         raise _unreadable(weights, exc) from None
+    _check_patch_multiple(model, name, img_size)
+    return model
+
+
+def _create(timm: Any, name: str, create_args: dict[str, Any], img_size: int | None) -> nn.Module:
+    """``timm.create_model`` for ``img_size`` where the architecture takes the argument, else without it."""
+    if img_size is None:
+        return timm.create_model(name, **create_args)
+    try:
+        return timm.create_model(name, **create_args, img_size=img_size)
+    except TypeError as exc:  # CNNs take any size and have no img_size argument
+        if "img_size" not in str(exc):
+            raise
+        return timm.create_model(name, **create_args)
+
+
+def _check_patch_multiple(model: nn.Module, name: str, img_size: int | None) -> None:
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if img_size is None or not patch:
+        return
+    p = int(tuple(patch)[0]) if isinstance(patch, (tuple, list)) else int(patch)
+    if img_size % p:
+        low, high = max(img_size // p, 1) * p, (img_size // p + 1) * p
+        raise ConfigError(
+            f"augment.img_size: {img_size} px is not a multiple of {name}'s patch size {p}; "
+            f"use {low} or {high} (the patch grid must tile the image)"
+        )
 
 
 def _is_read_error(exc: BaseException) -> bool:

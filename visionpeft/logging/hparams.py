@@ -35,6 +35,9 @@ class HParam:
     display: str
     kind: type
     description: str
+    #: Follows from other columns (adapters add parameters): declared as not differing, so TensorBoard's five
+    #: default columns (differing ones first, then by name) stay strategy, methods, trainable count and %, lr.
+    derived: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ HPARAMS: tuple[HParam, ...] = (
     HParam("methods", "methods", str, "the strategies with their settings, e.g. 'freeze 10 blocks + lora r8 + head'"),
     HParam("trainable_params", "trainable params", int, "trainable parameter elements (a count)"),
     HParam("trainable_pct", "trainable %", float, "trainable / total parameter elements, in percent (0-100)"),
-    HParam("total_params", "total params", int, "parameter elements of the adapted model (a count)"),
+    HParam("total_params", "total params", int, "parameter elements of the adapted model (a count)", derived=True),
     HParam("model", "model", str, "base model (timm name or Ultralytics weights file)"),
     HParam("epochs", "epochs", int, "training epochs"),
     HParam("batch_size", "batch size", int, "training images per batch (per process)"),
@@ -161,7 +164,8 @@ def experiment_summary(task: str, sessions: Sequence[Mapping[str, Any]], descrip
     """The ``_hparams_/experiment`` summary for the runs whose hyper-parameters are ``sessions``.
 
     Every hyper-parameter that some run recorded is declared with its display name, its type and
-    ``differs`` (whether the runs' values are not all equal); the metrics are :func:`task_metrics`.
+    ``differs`` (whether the runs' values are not all equal; always false for a derived column such as
+    ``total_params``); the metrics are :func:`task_metrics`.
     """
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -173,7 +177,7 @@ def experiment_summary(task: str, sessions: Sequence[Mapping[str, Any]], descrip
         if not values:
             continue
         info = api_pb2.HParamInfo(name=h.name, display_name=h.display, description=h.description,
-                                  type=types[h.kind], differs=len(set(values)) > 1)
+                                  type=types[h.kind], differs=not h.derived and len(set(values)) > 1)
         if h.kind is not float:
             info.domain_discrete.extend(sorted(set(values), key=lambda v: (len(v), v)))
         infos.append(info)

@@ -50,7 +50,9 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
         except ConfigError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith(where) else f"{where}.{i}: {msg}") from None
-        out.append(cfg.model_dump(mode="json"))
+        # Unset optimizer overrides stay out of the resolved recipe (they mean "the recipe's optim values").
+        unset = {k for k in ("lr", "weight_decay") if getattr(cfg, k, None) is None}
+        out.append(cfg.model_dump(mode="json", exclude=unset))
     return out
 
 
@@ -64,7 +66,8 @@ class BaseRecipe(Section):
         data: dataset descriptor YAML or dataset folder.
         strategies: strategy list trained by ``visionpeft train`` (e.g. ``[{method: lora, rank: 8}]``).
         compare: named strategy lists trained by ``visionpeft compare``; the full fine-tuning baseline
-            ``full: [{method: full}]`` is always trained first.
+            ``full: [{method: full}]`` is always trained first. An entry ``full: [{method: full, lr: 1e-4}]``
+            sets the baseline's own optimizer settings (it must hold exactly one ``full`` strategy).
         seed: random seed shared by every run of a compare, so runs differ only by strategy.
         output: root folder of run directories.
         tensorboard: write TensorBoard event files into the run directory (see ``visionpeft.logging``).
@@ -97,12 +100,21 @@ class BaseRecipe(Section):
                 "compare: expected a mapping of run name -> strategy list, e.g. "
                 "{lora: [{method: lora}], linear_probe: [{method: head}]}; got " + brief(value)
             )
-        return {str(k): validate_strategy_list(v, f"compare.{k}") for k, v in value.items()}
+        out = {str(k): validate_strategy_list(v, f"compare.{k}") for k, v in value.items()}
+        if "full" in out and [e["method"] for e in out["full"]] != ["full"]:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"compare.full: the baseline must be exactly one full strategy, e.g. [{{method: full, lr: 1e-4}}]; "
+                f"got {out['full']}. Give other runs another name"
+            )
+        return out
 
     def compare_runs(self) -> dict[str, list[dict[str, Any]]]:
         """The runs of ``visionpeft compare``: ``full`` first, then each named list (or ``strategies``)."""
-        runs: dict[str, list[dict[str, Any]]] = {"full": [dict(s) for s in FULL_BASELINE]}
         named = self.compare if self.compare else {self.name: self.strategies}
+        baseline = named.get("full", FULL_BASELINE) if self.compare else FULL_BASELINE
+        runs: dict[str, list[dict[str, Any]]] = {"full": [dict(s) for s in baseline]}
         for key, strategies in named.items():
             if key == "full":
                 continue  # the baseline is always present exactly once

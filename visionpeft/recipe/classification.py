@@ -82,10 +82,14 @@ class OptimSection(Section):
 
     Attributes:
         name: ``adamw`` (default; robust for adapters and prompts) or ``sgd`` (momentum, classic for CNNs).
-        lr: learning rate of adapters, prompts and every non-head parameter; full fine-tuning usually
-            wants 10x less than LoRA/VPT.
-        head_lr: learning rate of the classifier head (default: ``lr``); raise it when the head starts random.
-        weight_decay: decoupled weight decay; biases and norm weights get none.
+        lr: learning rate of every non-head parameter whose strategy entry sets no ``lr`` of its own.
+            ``null`` (default) gives each method its documented default
+            (:data:`visionpeft.optim_settings.DEFAULT_LR`: full fine-tuning 1e-4, LoRA, VPT and BitFit 1e-3...;
+            ten times more for SGD). A compare refuses one ``lr`` shared by methods with different defaults.
+        head_lr: learning rate of the classifier head (default: ``lr``, else the ``head`` default); raise it
+            when the head starts random.
+        weight_decay: decoupled weight decay (a strategy entry's ``weight_decay`` overrides it for its
+            parameters); biases, norm weights, timm's ``no_weight_decay()`` tensors and VPT prompts get none.
         momentum: SGD momentum.
         scheduler: ``cosine`` (with warmup) or ``none`` (constant after warmup).
         warmup_epochs: linear warmup length in epochs.
@@ -94,7 +98,7 @@ class OptimSection(Section):
     """
 
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0)
     head_lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..spec import ModelSpec
@@ -14,10 +14,24 @@ from .region import Claims, FrozenRegion
 
 
 class StrategyConfig(BaseModel):
-    """Base of every strategy config: unknown keys are errors, values are immutable."""
+    """Base of every strategy config: unknown keys are errors, values are immutable.
+
+    Optimizer settings of the parameters this strategy owns (see :mod:`visionpeft.optim_settings`):
+
+    Args:
+        lr: learning rate of this strategy's parameters, overriding the recipe's ``optim.lr`` (classification)
+            or Ultralytics' ``lr0`` (detection). ``None`` takes the recipe's value, else the method's documented
+            default (:data:`visionpeft.optim_settings.DEFAULT_LR`). Set it in a compare so every method runs at
+            a rate that suits it.
+        weight_decay: decoupled weight decay of this strategy's parameters, overriding the recipe's value;
+            biases, 1-D tensors and the model's ``no_weight_decay()`` tensors never decay.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: str
+    # -- optimizer settings of the owned parameters (visionpeft.optim_settings)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
 
     def label(self) -> str:
         """A short human-readable name with the settings that matter (``lora r8``, ``freeze 10 blocks``).

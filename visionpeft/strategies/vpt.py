@@ -53,6 +53,8 @@ class VPTConfig(StrategyConfig):
             a small dataset.
         init: ``xavier`` (the paper's uniform(-v, v), v = sqrt(6 / (3 * patch_size**2 + embed_dim)));
             ``zeros`` starts every prompt at zero (still not a no-op: attention attends to them).
+        weight_decay: prompts are not decayed by default (they are input tokens, like ``pos_embed`` and the
+            class token, which timm's ``no_weight_decay()`` exempts too); set a value to regularise them.
     """
 
     method: Literal["vpt"] = "vpt"
@@ -60,6 +62,7 @@ class VPTConfig(StrategyConfig):
     mode: Literal["shallow", "deep"] = "shallow"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init: Literal["xavier", "zeros"] = "xavier"
+    weight_decay: float | None = Field(0.0, ge=0)
 
     def label(self) -> str:
         """``vpt shallow 10 tokens`` / ``vpt deep 50 tokens``."""

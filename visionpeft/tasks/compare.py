@@ -69,9 +69,19 @@ def write_experiment_for(log_dir: Path, recipe: Any, results: Sequence[RunResult
 def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     """Train ``full`` then every run of ``recipe.compare_runs()`` and write the report; return the directory.
 
-    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs. If a run
-    fails before anything was written, the (empty) compare directory is removed again.
+    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs, and with it
+    the learning rates (each method's own; a single ``optim.lr`` for methods with different defaults is refused).
+    If a run fails before anything was written, the (empty) compare directory is removed again.
     """
+    runs = recipe.compare_runs()
+    optim = getattr(recipe, "optim", None)  # classification; detection runs on Ultralytics' lr0
+    if optim is not None:
+        from ..errors import ConfigError
+        from ..optim_settings import shared_lr_problem
+
+        problem = shared_lr_problem(runs, optim.lr)
+        if problem:
+            raise ConfigError(problem)
     task = get_task(recipe.task)
     compare_dir = Path(compare_dir) if compare_dir else new_run_dir(recipe, "-compare")
     created = not compare_dir.exists()
@@ -82,7 +92,7 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     barrier()
     results: list[RunResult] = []
     try:
-        for i, (name, strategies) in enumerate(recipe.compare_runs().items()):
+        for i, (name, strategies) in enumerate(runs.items()):
             run_dir = compare_dir / f"{i:02d}-{slug(name)}"
             results.append(task.train(recipe, strategies, run_dir, name))
     except BaseException:

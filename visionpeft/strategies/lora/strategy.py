@@ -57,6 +57,9 @@ class LoRAConfig(StrategyConfig):
         start_block: no adapters inside ``spec.blocks[:start_block]`` ("LoRA + partial freeze"): early blocks
             compute generic features and a frozen prefix needs no backward pass. Combine with ``freeze``
             for the same effect with BatchNorm handling.
+        loraplus_lr_ratio: LoRA+ (Hayou et al., 2024): ``lora_B`` learns at ``ratio`` times this strategy's
+            learning rate (``lora_A`` at the rate itself). The paper recommends about 16; it speeds up
+            learning of wide layers. ``None`` (default) gives A and B the same rate.
     """
 
     method: Literal["lora"] = "lora"
@@ -71,6 +74,7 @@ class LoRAConfig(StrategyConfig):
     qkv: Literal["all", "qv"] = "all"
     max_param_fraction: PositiveFloat | None = 1.0
     start_block: int = Field(0, ge=0)
+    loraplus_lr_ratio: PositiveFloat | None = None
 
     def label(self) -> str:
         """``lora r8``, plus the alpha when it is not the rank, ``qv`` and a ``start_block`` when set."""

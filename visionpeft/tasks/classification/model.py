@@ -56,7 +56,9 @@ def build_base(recipe: Any, num_classes: int) -> tuple[nn.Module, ModelSpec, dic
     from ...backends.timm import build_model, data_config, timm_spec
 
     seed_everything(recipe.seed)
-    model = build_model(recipe.model, num_classes, weights=recipe.weights, pretrained=recipe.pretrained)
+    # Fixed-size models (ViTs) are created for the recipe's image size (position embeddings resampled).
+    model = build_model(recipe.model, num_classes, weights=recipe.weights, pretrained=recipe.pretrained,
+                        img_size=recipe.augment.img_size)
     if recipe.head_init_std is not None:
         _init_head(model, recipe.head_init_std)
     return model, timm_spec(model), data_config(model)

@@ -140,6 +140,7 @@ class ClassificationTask:
         module, train_loader, val_loader, head_prefix = self._training_view(s)
         groups = param_groups(s.model, s.plan, s.heads, recipe.optim)
         optimizer = build_optimizer(groups, recipe.optim)
+        s.lrs = {g["owner"]: g["lr"] * g["lr_scale"] for g in groups}  # peak rate per owner
         steps = len(train_loader) if recipe.train.max_steps_per_epoch is None else min(
             len(train_loader), recipe.train.max_steps_per_epoch * recipe.train.grad_accum)
         scheduler = build_scheduler(optimizer, recipe.optim, recipe.train.epochs,
@@ -295,7 +296,7 @@ class ClassificationTask:
             train_seconds=wall + s.cache_seconds,
             adapter_bytes=0, step_time_s=sum(st.step_times) / max(len(st.step_times), 1), run_dir=s.run_dir,
             extra={"best_epoch": st.best_epoch, "epochs_run": len(st.history), "world_size": world,
-                   "cache_seconds": s.cache_seconds, "hparams": self._hparams(s)})
+                   "cache_seconds": s.cache_seconds, "hparams": self._hparams(s), "lrs": dict(s.lrs)})
         if is_main():
             adapter = save_adapter(s.model, s.run_dir / "adapter", extra={
                 "task": "classification", "model": s.recipe.model, "weights": s.recipe.weights,
@@ -317,9 +318,8 @@ class ClassificationTask:
         r = s.recipe
         return {"strategy": s.name, "methods": s.plan.describe(), "trainable_params": s.plan.trainable_count,
                 "trainable_pct": round(s.plan.trainable_pct, 4), "total_params": s.plan.total, "model": r.model,
-                "epochs": r.train.epochs, "batch_size": r.train.batch_size, "lr": r.optim.lr,
-                "head_lr": r.optim.head_lr or r.optim.lr, "optimizer": r.optim.name,
-                "img_size": s.data_cfg.img_size, "seed": r.seed}
+                "epochs": r.train.epochs, "batch_size": r.train.batch_size, **_lr_hparams(s.lrs),
+                "optimizer": r.optim.name, "img_size": s.data_cfg.img_size, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
     @staticmethod
@@ -400,3 +400,13 @@ class ClassificationTask:
             "load": f"timm.create_model({recipe.model!r}, num_classes={meta['extra']['num_classes']})"
                     ".load_state_dict(state_dict, strict=True)"}, indent=2, default=list))
         return out
+
+
+def _lr_hparams(lrs: dict[str, float]) -> dict[str, float]:
+    """``lr`` (the highest peak rate outside the head: adapters, prompts, biases or the backbone, each method's
+    own default unless the recipe sets one) and ``head_lr`` when a head trains."""
+    body = [v for owner, v in lrs.items() if owner != "head"]
+    out = {"lr": max(body) if body else lrs.get("head", 0.0)}
+    if "head" in lrs:
+        out["head_lr"] = lrs["head"]
+    return out

@@ -52,7 +52,7 @@ from . import resume
 from .callbacks import PerfMeter, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
 
-__all__ = ["PeftDetectionTrainer", "merged_copy"]
+__all__ = ["PeftDetectionTrainer", "merged_copy", "split_groups_by_owner"]
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
@@ -245,21 +245,26 @@ class PeftDetectionTrainer(DetectionTrainer):
                 p.requires_grad_(True)
 
     def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        """Ultralytics' optimizer and parameter groups, holding only the plan's trainable parameters."""
+        """Ultralytics' optimizer and parameter groups (weight / bn / bias), holding only the plan's trainable
+        parameters, each group split per strategy owner with the owner's ``lr`` / ``weight_decay`` (see
+        :func:`split_groups_by_owner`)."""
         if self.vp_plan is None:
             raise ConfigError("the model was not built through get_model, so no strategies were applied")
         self.vp_plan.enforce(unwrap_model(model))
         if model is self.model and isinstance(model, nn.parallel.DistributedDataParallel):
             self.model = model = rewrap_ddp(model)  # DDP was built while everything was trainable
         optimizer = super().build_optimizer(model, *args, **kwargs)
-        removed = 0
-        for group in optimizer.param_groups:
-            keep = [p for p in group["params"] if p.requires_grad]
-            removed += len(group["params"]) - len(keep)
-            group["params"] = keep
+        total = sum(len(g["params"]) for g in optimizer.param_groups)
+        state = api.get_state(unwrap_model(model))
+        wd_scale = self.batch_size * self.accumulate / self.args.nbs  # Ultralytics' own weight-decay scaling
+        optimizer.param_groups[:] = split_groups_by_owner(
+            optimizer.param_groups, unwrap_model(model), self.vp_plan, state.configs if state else [],
+            base_lr=float(self.args.lr0), wd_scale=wd_scale)
         if RANK in {-1, 0}:
             kept = sum(len(g["params"]) for g in optimizer.param_groups)
-            LOGGER.info(f"visionpeft: optimizer holds {kept} trainable tensors ({removed} frozen tensors removed)")
+            lrs = sorted({(g["owner"], g["param_group"], round(g["lr"], 8)) for g in optimizer.param_groups})
+            LOGGER.info(f"visionpeft: optimizer holds {kept} trainable tensors ({total - kept} frozen tensors "
+                        f"removed); groups (owner, kind, lr): {lrs}")
         return optimizer
 
     # ------------------------------------------------------------------ resume
@@ -410,6 +415,44 @@ def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str
             os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+    return out
+
+
+def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: TrainabilityPlan,
+                          configs: list[Any], base_lr: float, wd_scale: float) -> list[dict[str, Any]]:
+    """Ultralytics' parameter groups, frozen tensors dropped and each group split per strategy owner.
+
+    Every new group keeps its source group's keys (``param_group`` decides Ultralytics' bias warmup) and
+    carries ``owner``. Its rate is the source group's rate times ``entry.lr / base_lr`` when the owning
+    strategy entry sets ``lr`` (so Ultralytics' own boosts survive), times the LoRA+ ratio for ``lora_B``;
+    a decayed group takes the entry's ``weight_decay`` (times ``wd_scale``, Ultralytics' batch scaling).
+    Empty groups are dropped.
+
+    Args:
+        groups: ``optimizer.param_groups`` as Ultralytics built them.
+        model: the unwrapped model those groups hold the parameters of.
+        plan: its trainability plan; configs: the applied strategy configs.
+        base_lr: the rate Ultralytics used (``args.lr0``, after ``optimizer=auto`` chose it).
+        wd_scale: Ultralytics' ``batch * accumulate / nbs`` weight-decay factor.
+    """
+    from ...optim_settings import owner_settings
+
+    settings = owner_settings(model, plan, configs)
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        split: dict[str, list[Any]] = {}
+        for p in group["params"]:
+            name = names.get(id(p))
+            if p.requires_grad and name in settings:
+                split.setdefault(settings[name].owner, []).append(p)
+        for owner, params in split.items():
+            s = settings[names[id(params[0])]]
+            lr = group["lr"] * (s.lr / base_lr if s.lr else 1.0) * s.lr_scale
+            wd = group.get("weight_decay", 0.0)
+            if group.get("param_group") in {"weight", "muon"} and s.weight_decay is not None:
+                wd = s.weight_decay * wd_scale
+            out.append({**group, "params": params, "owner": owner, "lr": lr, "weight_decay": wd})
     return out
 
 
