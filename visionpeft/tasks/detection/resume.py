@@ -103,8 +103,17 @@ def saved_strategies(model: nn.Module, where: str) -> list[dict[str, Any]]:
 
 
 def check_same_strategies(saved: list[dict[str, Any]], configured: list[dict[str, Any]], where: str) -> None:
-    """Resuming with other strategies than the checkpoint's would load tensors into the wrong places."""
-    if saved != configured:
+    """Resuming with other strategies than the checkpoint's would load tensors into the wrong places.
+
+    Both sides are compared as validated configs (defaults filled in), so an entry written with or without its
+    default values (``lr: null``) is the same strategy.
+    """
+    from ...strategies.registry import parse_config
+
+    def canonical(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [parse_config(e, where=f"strategies.{i}").model_dump(mode="json") for i, e in enumerate(entries)]
+
+    if canonical(saved) != canonical(configured):
         raise ConfigError(
             f"{where}: the run was trained with strategies {saved}, but the resuming trainer is configured with "
             f"{configured}. Resume with the run's own strategies (visionpeft resume RUN_DIR reads them from "
