@@ -333,7 +333,7 @@ def test_missing_listed_file_stops_before_training(tmp_path, toy, capsys):
     val.write_text(val.read_text() + f"{tmp_path / 'gone.png'},class_0\n")
     recipe = write_recipe(tmp_path / "r.yaml", desc, tmp_path)
     err = run_error(capsys, ["train", recipe])
-    assert f"split 'val': 1 listed image file not found ({tmp_path / 'gone.png'})" in err
+    assert f"{val}: split 'val': 1 listed image file not found ({tmp_path / 'gone.png'})" in err
     assert "skip_bad_images" in err
     assert not list((tmp_path / "runs").glob("*/checkpoints")) if (tmp_path / "runs").exists() else True
     # With skip_bad_images the file is skipped and counted.
@@ -343,8 +343,9 @@ def test_missing_listed_file_stops_before_training(tmp_path, toy, capsys):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("augment.img_size=1000000000", "augment.img_size: Input should be less than or equal to 4096"),
-    ("augment.img_size=4", "augment.img_size: Input should be greater than or equal to 8"),
+    ("augment.img_size=1000000000", "augment.img_size: expected an image size of 8..4096 pixels"),
+    ("augment.img_size=4", "augment.img_size: expected an image size of 8..4096 pixels"),
+    ("augment.img_size=abc", "augment.img_size: Input should be a valid integer"),
     ("augment.scale=[0.5]", "augment.scale: expected a [min, max] pair with 0 < min <= max <= 1"),
     ("augment.scale=[0.5,2]", "augment.scale: expected a [min, max] pair with 0 < min <= max <= 1"),
     ("augment.scale=0.5", "augment.scale: expected a [min, max] pair"),

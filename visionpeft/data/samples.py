@@ -28,6 +28,7 @@ class SplitSamples:
     split: str
     samples: list[tuple[Path, int]]
     classes: tuple[str, ...]
+    source: str = ""  #: the folder or CSV file the split was listed from (named in messages)
 
     def counts(self) -> dict[str, int]:
         c = Counter(label for _, label in self.samples)
@@ -87,7 +88,7 @@ def list_split(info: DatasetInfo, split: str, max_per_class: int | None = None) 
             continue
         taken[label] += 1
         samples.append((path, index[label]))
-    return SplitSamples(split=split, samples=samples, classes=tuple(classes))
+    return SplitSamples(split=split, samples=samples, classes=tuple(classes), source=str(where))
 
 
 def check_class_sets(splits: dict[str, SplitSamples]) -> None:

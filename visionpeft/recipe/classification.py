@@ -105,6 +105,11 @@ class OptimSection(Section):
     min_lr: float = Field(1e-6, ge=0)
 
 
+#: ``augment.img_size`` bounds in pixels: below 8 the smallest timm stems have nothing left; above 4096 a batch
+#: of decoded and resized images alone needs gigabytes (OpenCV's "Insufficient memory").
+IMG_SIZE_RANGE = (8, 4096)
+
+
 class AugmentSection(Section):
     """albumentations pipelines. Eval: resize + centre crop from the model's data config.
 
@@ -118,13 +123,21 @@ class AugmentSection(Section):
         color_jitter: brightness/contrast/saturation jitter strength; 0 disables it.
     """
 
-    img_size: int | None = Field(None, ge=8, le=4096)
+    img_size: int | None = None
     crop_pct: float | None = Field(None, gt=0, le=1)
     random_resized_crop: bool = True
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: float = Field(0.5, ge=0, le=1)
     color_jitter: float = Field(0.0, ge=0)
+
+    @field_validator("img_size")
+    @classmethod
+    def _img_size(cls, value: int | None) -> int | None:
+        if value is not None and not IMG_SIZE_RANGE[0] <= value <= IMG_SIZE_RANGE[1]:
+            raise ValueError(f"expected an image size of {IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]} pixels, such as 224 "
+                             "(or leave it out for the model's own size); larger images do not fit in memory")
+        return value
 
     @field_validator("scale", "ratio", mode="before")
     @classmethod
