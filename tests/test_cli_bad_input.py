@@ -231,7 +231,7 @@ def test_resume_checkpoint_runs_no_code(trained, tmp_path, capsys):
     shutil.copytree(run, copy)
     marker = tmp_path / "ran"
     _crafted(copy / "checkpoints" / "last.pt", marker, epoch=0)
-    err = run_error(capsys, ["resume", copy, "train.epochs=2"])
+    err = run_error(capsys, ["resume", copy])
     assert f"{copy / 'checkpoints' / 'last.pt'}: unreadable checkpoint" in err
     assert not marker.exists()
 
@@ -249,3 +249,121 @@ def test_adapter_file_runs_no_code(trained, tmp_path, capsys):
     err = run_error(capsys, ["merge", copy, "-o", tmp_path / "m.safetensors"])
     assert "adapter.safetensors: not a readable safetensors file" in err
     assert not marker.exists()
+
+
+def test_resume_finished_or_changed_run(trained, tmp_path, capsys):
+    """A finished run is refused and left byte-identical; data/eval-defining overrides are refused by key."""
+    import shutil
+
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    err = run_error(capsys, ["resume", copy])
+    assert f"resume {copy}: nothing to resume: the run finished all 1 epochs" in err and "new run" in err
+    for override, key in (("augment.img_size=64", "augment.img_size"), ("strategies.0.method=bitfit", "strategies"),
+                          ("strategies.0.rank=8", "strategies"), ("data=/tmp", "data")):
+        err = run_error(capsys, ["resume", copy, override])
+        assert f"{key} cannot change when resuming" in err
+    assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
+
+
+def test_weights_of_another_architecture(tmp_path, capsys):
+    """timm loads non-strictly when the class count differs: keys that do not fit must still be refused."""
+    from visionpeft.backends.timm import build_model
+    from visionpeft.errors import ConfigError
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+    vit, lite = shared / "vit_tiny_patch16_224.in1k.safetensors", shared / "tf_efficientnet_lite0.in1k.safetensors"
+    if not vit.is_file():
+        pytest.skip("shared weights not available")
+    err = run_error(capsys, ["params", "tf_efficientnet_lite0", "--num-classes", "5", "--weights", vit])
+    assert f"weights: {vit}: does not fit timm model 'tf_efficientnet_lite0'" in err and "conv_stem.weight" in err
+    with pytest.raises(ConfigError, match="does not fit timm model 'vit_tiny_patch16_224'.*tensors the model"):
+        build_model("vit_tiny_patch16_224", 3, weights=lite)
+    # .pth with another architecture's keys, and the right weights still load
+    from safetensors.torch import load_file
+
+    pth = tmp_path / "vit.pth"
+    torch.save(load_file(str(vit)), pth)
+    with pytest.raises(ConfigError, match=f"weights: {pth}: does not fit"):
+        build_model("tf_efficientnet_lite0", 5, weights=pth)
+    model = build_model("tf_efficientnet_lite0", 5, weights=lite)
+    torch.testing.assert_close(model.conv_stem.weight, load_file(str(lite))["conv_stem.weight"])
+
+
+def _csv_dataset(tmp_path: Path, toy: Path) -> Path:
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.csv").write_text("path,label\n" + "".join(
+            f"{p},{p.parent.name}\n" for p in sorted(toy.glob(f"{split}/*/*.png"))))
+    desc = tmp_path / "d.yaml"
+    desc.write_text("format: csv\ntrain: train.csv\nval: val.csv\n")
+    return desc
+
+
+def test_csv_split_that_is_not_utf8(tmp_path, toy, capsys):
+    desc = _csv_dataset(tmp_path, toy)
+    val = tmp_path / "val.csv"
+    val.write_bytes(val.read_bytes() + b"caf\xe9.png,class_0\n")  # Latin-1, not UTF-8
+    err = run_error(capsys, ["train", write_recipe(tmp_path / "r.yaml", desc, tmp_path)])
+    assert f"CSV split: {val}: not a UTF-8 text file" in err
+    # A byte-order mark (spreadsheet export) is fine.
+    val.write_bytes(b"\xef\xbb\xbf" + b"path,label\n" + b"".join(
+        f"{p},{p.parent.name}\n".encode() for p in sorted(toy.glob("val/*/*.png"))))
+    from visionpeft.data.descriptor import load_descriptor
+    from visionpeft.data.samples import list_split
+
+    assert len(list_split(load_descriptor(desc), "val").samples) == 2
+
+
+def test_adapter_json_that_is_not_utf8(trained, tmp_path, capsys):
+    import shutil
+
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "adapter" / "adapter.json").write_bytes(b'{"format": "\xff"}')
+    err = run_error(capsys, ["eval", copy])
+    assert f"{copy / 'adapter' / 'adapter.json'}: not a UTF-8 text file" in err
+
+
+def test_missing_listed_file_stops_before_training(tmp_path, toy, capsys):
+    desc = _csv_dataset(tmp_path, toy)
+    val = tmp_path / "val.csv"
+    val.write_text(val.read_text() + f"{tmp_path / 'gone.png'},class_0\n")
+    recipe = write_recipe(tmp_path / "r.yaml", desc, tmp_path)
+    err = run_error(capsys, ["train", recipe])
+    assert f"{val}: split 'val': 1 listed image file not found ({tmp_path / 'gone.png'})" in err
+    assert "skip_bad_images" in err
+    assert not list((tmp_path / "runs").glob("*/checkpoints")) if (tmp_path / "runs").exists() else True
+    # With skip_bad_images the file is skipped and counted.
+    assert main(["train", str(recipe), "dataset.skip_bad_images=true"]) == 0
+    (run,) = [r for r in (tmp_path / "runs").iterdir() if (r / "data.json").is_file()]
+    assert json.loads((run / "data.json").read_text())["skipped_bad_images"] == {"train": 0, "val": 1}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("augment.img_size=1000000000", "augment.img_size: expected an image size of 8..4096 pixels"),
+    ("augment.img_size=4", "augment.img_size: expected an image size of 8..4096 pixels"),
+    ("augment.img_size=abc", "augment.img_size: Input should be a valid integer"),
+    ("augment.scale=[0.5]", "augment.scale: expected a [min, max] pair with 0 < min <= max <= 1"),
+    ("augment.scale=[0.5,2]", "augment.scale: expected a [min, max] pair with 0 < min <= max <= 1"),
+    ("augment.scale=0.5", "augment.scale: expected a [min, max] pair"),
+    ("augment.ratio=[1]", "augment.ratio: expected a [min, max] pair with 0 < min <= max"),
+])
+def test_bounded_augment_values(tmp_path, toy, capsys, override, expected):
+    err = run_error(capsys, ["train", write_recipe(tmp_path / "r.yaml", toy, tmp_path), override])
+    assert expected in err and "Field required" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("/tmp/visionpeft-no-such-file.yaml", "file not found"),
+    ("nofile.yml", "file not found"),
+    ("some/dir/strategy.json", "file not found"),
+    ("/tmp", "is a directory"),
+])
+def test_params_strategy_path_that_does_not_exist(capsys, arg, expected):
+    err = run_error(capsys, ["params", "test_efficientnet", "--strategy", arg])
+    assert f"--strategy {arg}: {expected}" in err and "unknown strategy method" not in err
+    assert "YAML/JSON file" in err

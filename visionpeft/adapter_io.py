@@ -22,6 +22,7 @@ from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
 from .plan import TrainabilityPlan
+from .safe_yaml import read_text_file
 from .snapshot import atomic
 from .spec import ModelSpec
 
@@ -154,8 +155,8 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter")
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        meta = json.loads(read_text_file(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:160]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         got = (f"{meta.get('format')!r} v{meta.get('format_version')}" if isinstance(meta, dict)

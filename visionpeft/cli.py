@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import VisionPeftError
+from .errors import ConfigError, VisionPeftError
 from .outputs import make_dir
 
 __all__ = ["main", "build_parser"]
@@ -102,6 +102,11 @@ def parse_strategy_arg(text: str) -> list[Any]:
     path = Path(text)
     if path.is_file():
         doc = load_yaml_file(path, "--strategy")
+    elif path.is_dir() or (text.strip().lower().endswith((".yaml", ".yml", ".json"))
+                            or "/" in text or "\\" in text) and not text.lstrip().startswith(("[", "{")):
+        what = "is a directory" if path.is_dir() else "file not found"
+        raise ConfigError(f"--strategy {text}: {what}. --strategy takes a YAML/JSON file holding a strategy list, "
+                          "method names (lora or lora,head) or an inline list such as '[{method: lora, rank: 8}]'")
     elif _BARE_METHODS.match(text):
         return [{"method": name.strip()} for name in text.split(",")]
     else:

@@ -21,8 +21,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["load_yaml_file", "load_yaml_text", "check_size", "brief", "brief_text", "MAX_FILE_BYTES", "MAX_NODES",
-           "MAX_DEPTH"]
+__all__ = ["read_text_file", "load_yaml_file", "load_yaml_text", "check_size", "brief", "brief_text",
+           "MAX_FILE_BYTES", "MAX_NODES", "MAX_DEPTH"]
 
 #: Largest YAML file read (recipes, dataset descriptors and data yamls are a few KB; a label list inline in a
 #: data yaml stays far below this).
@@ -102,6 +102,25 @@ def _yaml_problem(exc: Exception) -> str:
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     context = getattr(exc, "context", None)
     return brief_text(f"{problem}{where}" + (f" ({context})" if context else ""))
+
+
+def read_text_file(path: str | Path, what: str = "", encoding: str = "utf-8") -> str:
+    """The text of a file a user gave (CSV split, image list, label file, JSON), decoded as UTF-8.
+
+    ``encoding="utf-8-sig"`` also accepts a leading byte-order mark (CSV files saved by spreadsheets).
+
+    Raises:
+        ConfigError: missing or unreadable file, or bytes that are not UTF-8 (with the byte offset).
+    """
+    path = Path(path)
+    where = f"{what}: {path}" if what else str(path)
+    try:
+        return path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}"
+                          "); save it as UTF-8 (or is it a binary file?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read ({exc.strerror or exc})") from None
 
 
 def load_yaml_file(path: str | Path, what: str = "") -> Any:

@@ -173,19 +173,26 @@ def test_rejected_resumes_change_nothing(toy, tmp_path):
     before = _files(run)
     with pytest.raises(ConfigError, match=r"strategies cannot change when resuming"):
         TASK.resume(run, ["strategies.0.rank=8"])
+    with pytest.raises(ConfigError, match=r"strategies cannot change when resuming"):
+        TASK.resume(run, ["strategies.0.method=bitfit"])
     other = make_toy_imagefolder(tmp_path / "toy4", classes=4, train_per_class=4, val_per_class=2, size=24)
-    with pytest.raises(ConfigError, match=r"differ in shape .*classifier"):
-        TASK.resume(run, [f"data={other}", "train.epochs=2"])
+    for override in (f"data={other}", "augment.img_size=64", "dataset.val_split=train", "train.epochs=2",
+                     "optim.lr=0.5", "train.batch_size=2"):
+        with pytest.raises(ConfigError, match=rf"{override.split('=')[0]} cannot change when resuming"):
+            TASK.resume(run, [override])
+    # A finished run: nothing to resume (a resume cannot extend the run's LR schedule).
+    with pytest.raises(ConfigError, match=r"nothing to resume: the run finished all 1 epochs.*start a new run"):
+        TASK.resume(run, ["train.workers=0"])
     assert _files(run) == before
     last = run / "checkpoints" / "last.pt"
     good = last.read_bytes()
     for torn in (b"", good[: len(good) // 2]):
         last.write_bytes(torn)
         with pytest.raises(ConfigError, match=rf"last.pt: unreadable checkpoint \({len(torn)} bytes"):
-            TASK.resume(run, ["train.epochs=2"])
+            TASK.resume(run)
     last.unlink()
     with pytest.raises(ConfigError, match="no checkpoints/last.pt to resume from"):
-        TASK.resume(run, ["train.epochs=2"])
+        TASK.resume(run)
     assert {k: v for k, v in _files(run).items() if k != "checkpoints/last.pt"} == {
         k: v for k, v in before.items() if k != "checkpoints/last.pt"}
 

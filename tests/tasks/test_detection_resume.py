@@ -217,10 +217,15 @@ def test_resuming_a_copied_run_writes_into_the_copy(killed_and_resumed, recipe, 
 
 def test_resume_errors(killed_and_resumed, tmp_path, capsys):
     run, _, _, _ = killed_and_resumed
-    assert main(["resume", str(run), "strategies.0.n=3"]) == 2  # not the strategies the run trained
-    assert "strategies: [{'method': 'freeze'" in capsys.readouterr().err
+    before = _files(run)
+    for override in ("strategies.0.n=3", "strategies.0.method=bitfit"):  # not the strategies the run trained
+        assert main(["resume", str(run), override]) == 2
+        err = capsys.readouterr().err
+        assert "strategies cannot change when resuming" in err and err.count("\n") == 1
     assert main(["resume", str(run)]) == 2  # finished: last.pt has no optimizer state any more
-    assert "nothing to resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing to resume: the run finished all 3 epochs" in err and "epoch 0 of" not in err
+    assert _files(run) == before
     (tmp_path / "recipe.yaml").write_text((run / "recipe.yaml").read_text())
     assert main(["resume", str(tmp_path)]) == 2
     assert "no weights/last.pt to resume from" in capsys.readouterr().err

@@ -65,6 +65,27 @@ def test_cli_bad_inputs_exit_2_with_one_line(recipe, tmp_path, capsys, shared):
     assert "not an Ultralytics checkpoint" in capsys.readouterr().err
     assert main(["train", str(recipe), "ultralytics.lr=0.1"]) == 2
     assert "did you mean 'lr0'" in capsys.readouterr().err
+    for size in ("100000", "16", "[640,100000]"):
+        assert main(["train", str(recipe), f"ultralytics.imgsz={size}"]) == 2
+        err = capsys.readouterr().err
+        assert "ultralytics.imgsz: expected an image size of 32..8192 pixels" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_failed_start_leaves_no_run_dir(recipe, tmp_path, capsys, monkeypatch):
+    """A start that fails before its first epoch ends (here: out of memory) leaves no run directory."""
+    import visionpeft.tasks.detection.runner as runner
+
+    def out_of_memory(trainer):
+        raise MemoryError("Insufficient memory")
+
+    from visionpeft.recipe import load_recipe
+
+    monkeypatch.setattr(runner, "_train", out_of_memory)
+    r = load_recipe(recipe, TINY)
+    with pytest.raises(MemoryError):
+        get_task("detection").train(r, list(r.strategies), tmp_path / "runs" / "x", "x")
+    assert not (tmp_path / "runs" / "x").exists()
 
 
 def test_yolo_train_api_with_trainer_subclass(shared, tmp_path):

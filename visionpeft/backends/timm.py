@@ -22,6 +22,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +98,94 @@ def build_model(
         create_args.update(pretrained=True, pretrained_cfg_overlay=_weights_overlay(name, weights))
     else:
         create_args["pretrained"] = pretrained
+    loads: list[tuple[set[str], Any]] = []
     try:
-        model = _create(timm, name, create_args, img_size)
+        with _recording_loads(loads, weights is not None):
+            model = _create(timm, name, create_args, img_size)
     except TypeError as exc:  # an unknown keyword for this architecture
         raise ConfigError(f"model {name!r}: bad model argument(s) {sorted(kwargs)}: {exc}") from None
     except RuntimeError as exc:  # load_state_dict: missing/unexpected keys, shape mismatches
         if weights is not None and _is_read_error(exc):
             raise _unreadable(weights, exc) from None
         raise ConfigError(
-            f"weights {str(weights)!r} do not fit timm model {name!r}: {_first_lines(str(exc))}"
+            f"weights {str(weights)!r} do not fit timm model {name!r}: {_first_lines(str(exc))[:400]}"
         ) from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
         if weights is None:
             raise
         raise _unreadable(weights, exc) from None
     _check_patch_multiple(model, name, img_size)
+    if weights is not None:
+        _check_keys_fit(model, name, weights, loads)
     return model
+
+
+@contextmanager
+def _recording_loads(loads: list[tuple[set[str], Any]], active: bool) -> Iterator[None]:
+    """Record what timm's ``load_pretrained`` passes to ``model.load_state_dict`` and what it returns.
+
+    timm loads non-strictly whenever ``num_classes`` differs from the checkpoint's (it drops the classifier and
+    sets ``strict=False``), and then only logs "Unexpected keys": weights of another architecture would be
+    ignored and the model train from random init. The record lets :func:`_check_keys_fit` refuse that. timm's
+    module global is replaced for the duration of one ``create_model`` call and restored after it.
+    """
+    if not active:
+        yield
+        return
+    import timm.models._builder as builder
+
+    original = builder.load_pretrained
+
+    def load_pretrained(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        real = model.load_state_dict
+
+        def recording(state_dict: Any, strict: bool = True, **kw: Any) -> Any:
+            result = real(state_dict, strict=strict, **kw)
+            loads.append((set(state_dict), result))
+            return result
+
+        model.load_state_dict = recording  # type: ignore[method-assign]
+        try:
+            return original(model, *args, **kwargs)
+        finally:
+            del model.load_state_dict
+
+    import logging
+
+    log = logging.getLogger(builder.__name__)
+    level = log.level
+    builder.load_pretrained = load_pretrained
+    log.setLevel(logging.ERROR)  # its "Unexpected keys" warning: _check_keys_fit says it in one line instead
+    try:
+        yield
+    finally:
+        builder.load_pretrained = original
+        log.setLevel(level)
+
+
+def _check_keys_fit(model: nn.Module, name: str, weights: str | Path, loads: list[tuple[set[str], Any]]) -> None:
+    """Every tensor of the model comes from ``weights`` (but a re-initialised classifier), and nothing is left over."""
+    if not loads:
+        raise ConfigError(f"weights: {weights}: timm loaded nothing from it into {name!r}; give a state_dict "
+                          "checkpoint (.safetensors / .pth) of this architecture")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    head_keys = {f"{h}.{k}" for h in heads for k in ("weight", "bias")}
+    _, result = loads[-1]
+    missing = [k for k in result.missing_keys if k not in head_keys]
+    unexpected = list(result.unexpected_keys)
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model tensors missing from it ({', '.join(missing[:3])}"
+                     f"{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors the model does not have ({', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''})")
+    raise ConfigError(f"weights: {weights}: does not fit timm model {name!r}: {'; '.join(parts)}. Give the "
+                      f"checkpoint of {name.split('.', 1)[0]} (or set model to the architecture these weights are for)")
 
 
 def _create(timm: Any, name: str, create_args: dict[str, Any], img_size: int | None) -> nn.Module:

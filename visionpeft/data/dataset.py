@@ -30,6 +30,18 @@ def find_bad_images(samples: Sequence[tuple[Path, int]]) -> list[Path]:
     return bad
 
 
+def check_files_exist(samples: Sequence[tuple[Path, int]], split: str, source: str = "") -> None:
+    """Refuse a sample list naming files that do not exist (a stat per file; no decoding)."""
+    missing = [path for path, _ in samples if not Path(path).is_file()]
+    if missing:
+        raise DataError(
+            f"{source + ': ' if source else ''}split {split!r}: {len(missing)} listed image "
+            f"file{'s' if len(missing) > 1 else ''} not found "
+            f"({', '.join(str(p) for p in missing[:3])}{', ...' if len(missing) > 3 else ''}); fix the paths in the "
+            "dataset's list, or set dataset.skip_bad_images: true to skip (and count) them"
+        )
+
+
 class ImageDataset(Dataset):
     """``(image tensor, label)`` pairs from ``(path, label)`` samples.
 
@@ -38,18 +50,23 @@ class ImageDataset(Dataset):
         transform: albumentations ``Compose`` (called as ``transform(image=array)["image"]``).
         skip_bad_images: decode every file once up front and drop the unreadable ones (logged and
             counted in ``skipped``); otherwise an unreadable file stops training with its name.
+        check_files: without ``skip_bad_images``, stat every listed file now (cheap) so a missing one stops the
+            run before training, not when an epoch or validation first reads it.
         seed: makes random augmentations a function of ``(seed, epoch, index)``: the same in every run,
             with any number of workers, and after ``resume``. ``None`` leaves albumentations' own RNG.
     """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[..., Any] | None,
-                 skip_bad_images: bool = False, split: str = "", seed: int | None = None) -> None:
+                 skip_bad_images: bool = False, split: str = "", seed: int | None = None,
+                 check_files: bool = True, source: str = "") -> None:
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
         self.skipped: list[Path] = []
-        if skip_bad_images:
+        if not skip_bad_images and check_files:
+            check_files_exist(self.samples, split, source)
+        if skip_bad_images:  # a missing file is unreadable too: skipped and counted
             bad = set(find_bad_images(self.samples))
             if bad:
                 self.skipped = sorted(bad)

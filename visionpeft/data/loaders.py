@@ -105,8 +105,9 @@ def build_data(recipe: Any, data_cfg: DataConfig, rank: int = 0, world: int = 1,
     roles = {"train": ds.train_split, "val": eval_split or ds.val_split}
     train_tf, eval_tf = build_transforms(data_cfg, recipe.augment)
     train = ImageDataset(splits["train"].samples, train_tf, ds.skip_bad_images and not eval_only,
-                         roles["train"], seed=recipe.seed)
-    val = ImageDataset(splits["val"].samples, eval_tf, ds.skip_bad_images, roles["val"])
+                         roles["train"], seed=recipe.seed, check_files=not eval_only,
+                         source=splits["train"].source)
+    val = ImageDataset(splits["val"].samples, eval_tf, ds.skip_bad_images, roles["val"], source=splits["val"].source)
     t = recipe.train
     # Drop a ragged last batch only when it would leave a single image (BatchNorm cannot train on 1). Each
     # process gets ceil(len / world) samples (DistributedSampler pads the last shard).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..safe_yaml import read_text_file
 from .descriptor import DatasetInfo
 
 __all__ = ["IMAGE_EXTENSIONS", "SplitSamples", "list_split", "list_splits", "check_class_sets"]
@@ -26,6 +28,7 @@ class SplitSamples:
     split: str
     samples: list[tuple[Path, int]]
     classes: tuple[str, ...]
+    source: str = ""  #: the folder or CSV file the split was listed from (named in messages)
 
     def counts(self) -> dict[str, int]:
         c = Counter(label for _, label in self.samples)
@@ -42,7 +45,8 @@ def _folder_classes(root: Path) -> dict[str, list[Path]]:
 
 
 def _read_csv(path: Path) -> list[tuple[Path, str]]:
-    with path.open(newline="") as fh:
+    text = read_text_file(path, "CSV split", encoding="utf-8-sig")
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
             raise DataError(f"{path}: a CSV split needs a header with 'path' and 'label' columns; "
@@ -84,7 +88,7 @@ def list_split(info: DatasetInfo, split: str, max_per_class: int | None = None) 
             continue
         taken[label] += 1
         samples.append((path, index[label]))
-    return SplitSamples(split=split, samples=samples, classes=tuple(classes))
+    return SplitSamples(split=split, samples=samples, classes=tuple(classes), source=str(where))
 
 
 def check_class_sets(splits: dict[str, SplitSamples]) -> None:

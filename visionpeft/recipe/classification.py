@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..safe_yaml import brief
 from .base import BaseRecipe, Section
 
 __all__ = ["ClassificationRecipe", "TrainSection", "OptimSection", "AugmentSection", "DatasetSection"]
@@ -108,11 +109,16 @@ class OptimSection(Section):
     min_lr: float = Field(1e-6, ge=0)
 
 
+#: ``augment.img_size`` bounds in pixels: below 8 the smallest timm stems have nothing left; above 4096 a batch
+#: of decoded and resized images alone needs gigabytes (OpenCV's "Insufficient memory").
+IMG_SIZE_RANGE = (8, 4096)
+
+
 class AugmentSection(Section):
     """albumentations pipelines. Eval: resize + centre crop from the model's data config.
 
     Attributes:
-        img_size: input size in pixels (default: the model's data config); smaller is faster.
+        img_size: input size in pixels, 8..4096 (default: the model's data config); smaller is faster.
         crop_pct: eval centre-crop fraction (default: the model's data config).
         random_resized_crop: train with RandomResizedCrop; ``false`` uses the eval transform for train.
         scale: RandomResizedCrop area range; raise the lower bound for small or centred objects.
@@ -121,13 +127,38 @@ class AugmentSection(Section):
         color_jitter: brightness/contrast/saturation jitter strength; 0 disables it.
     """
 
-    img_size: int | None = Field(None, ge=8)
+    img_size: int | None = None
     crop_pct: float | None = Field(None, gt=0, le=1)
     random_resized_crop: bool = True
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: float = Field(0.5, ge=0, le=1)
     color_jitter: float = Field(0.0, ge=0)
+
+    @field_validator("img_size")
+    @classmethod
+    def _img_size(cls, value: int | None) -> int | None:
+        if value is not None and not IMG_SIZE_RANGE[0] <= value <= IMG_SIZE_RANGE[1]:
+            raise ValueError(f"expected an image size of {IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]} pixels, such as 224 "
+                             "(or leave it out for the model's own size); larger images do not fit in memory")
+        return value
+
+    @field_validator("scale", "ratio", mode="before")
+    @classmethod
+    def _pair(cls, value: Any, info: Any) -> Any:
+        bound = " <= 1" if info.field_name == "scale" else ""
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise ValueError(f"expected a [min, max] pair with 0 < min <= max{bound}, e.g. "
+                             f"{[0.08, 1.0] if bound else [0.75, 1.333]}; got {brief(value)}")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _area(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1:
+            raise ValueError(f"expected a [min, max] pair with 0 < min <= max <= 1 (fractions of the image area), "
+                             f"got {list(value)}")
+        return value
 
     @field_validator("scale", "ratio")
     @classmethod

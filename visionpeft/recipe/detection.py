@@ -105,6 +105,11 @@ _OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "M
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+(,\d+)*)?|-1|\d+(,\d+)*)$", re.IGNORECASE)
 
 
+#: Ultralytics ``imgsz`` bounds: below 32 the stride-32 heads have no cells; above 8192 one mosaic image alone
+#: needs gigabytes (OpenCV's "Insufficient memory").
+IMGSZ_RANGE = (32, 8192)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -120,6 +125,9 @@ def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
         sizes = value if isinstance(value, list) and len(value) in (1, 2) else [value]
         if not all(_is_int(v) and v > 0 for v in sizes):
             return "expected a positive image size in pixels such as 640 (or [height, width])"
+        if not all(IMGSZ_RANGE[0] <= v <= IMGSZ_RANGE[1] for v in sizes):
+            return (f"expected an image size of {IMGSZ_RANGE[0]}..{IMGSZ_RANGE[1]} pixels (Ultralytics rounds it to a "
+                    "multiple of the model stride, 32), such as 640; larger images do not fit in memory")
     elif key == "batch":
         if not (value == -1 or (_is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value < 1)):
             return "expected images per batch (>= 1), -1 (auto batch) or a GPU-memory fraction in (0, 1)"

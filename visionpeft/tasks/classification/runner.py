@@ -25,10 +25,49 @@ from .model import build_adapted, resolve_device, torch_threads
 from .optim import build_optimizer, build_scheduler, param_groups
 from .trainer import Trainer, autocast_dtype, evaluate_model
 
-__all__ = ["ClassificationTask", "FIXED_ON_RESUME"]
+__all__ = ["ClassificationTask", "FIXED_ON_RESUME", "RESUME_OVERRIDABLE"]
 
 #: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
 FIXED_ON_RESUME = ("task", "model", "weights", "pretrained", "head_init_std", "seed", "strategies")
+
+#: The only keys a resume may override: where and how fast training goes on, never what it computes. Everything
+#: else (data, dataset.*, augment.*, optim.*, the other train.* keys, ``train.epochs`` included: the restored LR
+#: schedule spans the run's own epochs) would make the resumed run, its records and ``eval`` disagree.
+RESUME_OVERRIDABLE = ("train.workers", "train.device", "train.threads", "train.progress", "train.save_every_epoch",
+                      "tensorboard")
+
+
+def check_resume_overrides(run_dir: Path, overrides: Sequence[str]) -> None:
+    """Refuse (before the recipe is even re-validated) any override a resume cannot honour, naming the key."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key or key in RESUME_OVERRIDABLE:
+            continue
+        top = key.split(".")[0]
+        if top in FIXED_ON_RESUME:
+            why = "the checkpoint holds tensors of the run's own model"
+        else:
+            why = "it changes the data, the evaluation or the schedule the run's metrics were measured with"
+        raise ConfigError(
+            f"resume {run_dir}: {key if top != 'strategies' else 'strategies'} cannot change when resuming ({why}); "
+            f"a resume may only set {', '.join(RESUME_OVERRIDABLE)}. Start a new run with 'visionpeft train' "
+            "to train with other settings"
+        )
+
+
+def check_unfinished(run_dir: Path, state: dict[str, Any], recipe: Any) -> None:
+    """A run whose last.pt is after its final epoch (or its early stop) has nothing left to train."""
+    done, epochs = int(state["epoch"]) + 1, recipe.train.epochs
+    saved = state.get("extra", {}).get("state", {})
+    patience = recipe.train.patience
+    stopped = bool(patience) and int(state["epoch"]) - int(saved.get("best_epoch", state["epoch"])) >= patience
+    if done >= epochs or stopped:
+        how = f"all {epochs} epochs" if done >= epochs else f"{done} epochs and stopped early (train.patience)"
+        raise ConfigError(
+            f"resume {run_dir}: nothing to resume: the run finished {how}; nothing was changed. A resume cannot "
+            "extend a run (its LR schedule spans train.epochs); to train longer, start a new run with "
+            "'visionpeft train' and a larger train.epochs"
+        )
 
 
 def _head_modules(spec: Any) -> tuple[str, ...]:
@@ -98,12 +137,13 @@ class ClassificationTask:
 
         Model tensors, optimizer, scheduler, EMA, the random state and the progress counters come from the
         checkpoint, so a run killed after epoch ``k`` and resumed ends bit-identical to an uninterrupted one
-        (same device and number of processes). ``overrides`` may change how training goes on (``train.epochs``,
-        ``train.workers``, ``train.device``...); what defines the model (``model``, ``weights``, ``seed``,
-        ``strategies``...) must stay the run's.
+        (same device and number of processes). ``overrides`` may only change where and how fast training goes on
+        (:data:`RESUME_OVERRIDABLE`: ``train.workers``, ``train.device``, ``train.threads``...); what defines the
+        model, the data, the evaluation or the schedule must stay the run's. A finished run is refused.
 
         Raises:
-            ConfigError: no or unreadable ``last.pt``, a changed model-defining key, or a checkpoint that does not
+            ConfigError: no or unreadable ``last.pt``, a finished run, an override outside
+                :data:`RESUME_OVERRIDABLE`, or a checkpoint that does not
                 fit the rebuilt model. Checked before anything in ``run_dir`` is written.
         """
         run_dir = Path(run_dir)
@@ -114,6 +154,7 @@ class ClassificationTask:
                 "or it ran with train.save_every_epoch: false); nothing was changed. Start a new run with "
                 "'visionpeft train'"
             )
+        check_resume_overrides(run_dir, overrides)
         saved = load_run_recipe(run_dir)
         recipe = load_run_recipe(run_dir, overrides)
         changed = [k for k in FIXED_ON_RESUME if getattr(saved, k) != getattr(recipe, k)]
@@ -124,6 +165,7 @@ class ClassificationTask:
                 "run with 'visionpeft train' instead"
             )
         state = load_training_state(path)
+        check_unfinished(run_dir, state, saved)
         return self._run(recipe, list(recipe.strategies), run_dir, recipe.name, state)
 
     def _run(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from ...safe_yaml import brief, brief_text, load_yaml_file
+from ...safe_yaml import brief, brief_text, load_yaml_file, read_text_file
 
 __all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
 
@@ -115,7 +115,7 @@ def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[P
         if p.is_dir():
             images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_SUFFIXES)
         elif p.is_file() and p.suffix == ".txt":
-            for line in p.read_text().splitlines():
+            for line in read_text_file(p, f"{yaml_path}: {split} image list").splitlines():
                 line = line.strip()
                 if line:
                     f = Path(line)
@@ -134,7 +134,7 @@ def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[P
 def _check_label_file(path: Path, nc: int) -> int:
     """Validate one YOLO label file; return its row count."""
     rows = 0
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(read_text_file(path, "label file").splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue

@@ -19,6 +19,7 @@ from torch import nn
 
 from ... import api
 from ...errors import ConfigError
+from ...safe_yaml import load_yaml_file
 
 __all__ = ["load_run_model", "merge_run", "save_plain_checkpoint", "run_checkpoint", "rebuild_from_adapter"]
 
@@ -51,13 +52,14 @@ def rebuild_from_adapter(run_dir: str | Path, base: str | Path | None = None, ad
     yaml's classes), then :func:`visionpeft.load_adapter` applies the recorded strategies, checks the base
     fingerprint and loads the tensors.
     """
-    import yaml
 
     from ...adapter_io import load_adapter
     from .data import check_data
 
     run_dir = Path(run_dir)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe = load_yaml_file(run_dir / "recipe.yaml", "merge")
+    if not isinstance(recipe, dict) or "data" not in recipe or "model" not in recipe:
+        raise ConfigError(f"merge: {run_dir / 'recipe.yaml'}: not a detection run's recipe (no model / data)")
     info = check_data(recipe["data"], check_labels=False)
     model = build_training_model(str(base or recipe["model"]), info.nc, info.names)
     load_adapter(model, run_dir / adapter)

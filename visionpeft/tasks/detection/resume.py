@@ -78,8 +78,11 @@ def check_resumable(ckpt: dict[str, Any], model: nn.Module, strategies: list[dic
     check_same_strategies(saved_strategies(model, where), strategies, where)
     start, epochs = int(ckpt.get("epoch", -1)) + 1, int((ckpt.get("train_args") or {}).get("epochs", 0))
     if not 0 < start < epochs or ckpt.get("optimizer") is None:
-        raise ConfigError(f"{where}: holds a finished run (epoch {start} of {epochs}; a completed run's last.pt has "
-                          "no optimizer state): nothing to resume. Start a new run")
+        # Ultralytics strips a finished run's last.pt: epoch -1 and no optimizer state.
+        done = (f"finished all {epochs} epochs" if start <= 0 or start >= epochs
+                else f"stopped after epoch {start} of {epochs} and its last.pt holds no optimizer state")
+        raise ConfigError(f"{where}: nothing to resume: the run {done}; nothing was changed. A resume cannot extend "
+                          "a run; to train longer, start a new run with 'visionpeft train' and more epochs")
     saved_names = {int(k): str(v) for k, v in dict(getattr(model, "names", {}) or {}).items()}
     if saved_names and saved_names != dict(names):
         raise ConfigError(f"{where}: the data's classes {list(names.values())[:5]} differ from the run's "

@@ -106,9 +106,7 @@ class DetectionTask:
         """Validate data and weights, train with Ultralytics' engine, and write the run directory."""
         from ...backends.safe_load import load_checkpoint
         from ...backends.ultralytics import check_checkpoint_file
-        from ...recipe import save_resolved
         from .data import check_data
-        from .trainer import PeftDetectionTrainer
 
         _refuse_torchrun()
         info = check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
@@ -117,7 +115,23 @@ class DetectionTask:
             check_checkpoint_file(recipe.model)
             load_checkpoint(recipe.model)  # refused here, in one line, if it holds more than model classes
         run_dir = Path(run_dir).resolve()
+        fresh = not run_dir.exists()
         make_dir(run_dir, "output")
+        try:
+            return self._start(recipe, strategies, run_dir, run_name, info)
+        except BaseException:
+            if fresh and not (run_dir / "weights" / "last.pt").is_file():
+                import shutil  # a start that failed before its first epoch ended leaves nothing to resume
+
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+    def _start(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+               info: Any) -> RunResult:
+        """Write the run's records into the (new) ``run_dir`` and train."""
+        from ...recipe import save_resolved
+        from .trainer import PeftDetectionTrainer
+
         data = _data_for_run(info, recipe.data, run_dir / "data")
         resolved = recipe.model_copy(update={
             "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None,
@@ -153,6 +167,12 @@ class DetectionTask:
         _refuse_torchrun()
         run_dir = Path(run_dir).resolve()
         _read_run_recipe(run_dir)
+        for item in overrides:  # before re-validation: strategies.0.method=bitfit must not blame recipe.yaml
+            key = item.partition("=")[0].strip()
+            if key.split(".")[0] in FIXED_ON_RESUME:
+                raise ConfigError(f"resume {run_dir}: {key.split('.')[0]} cannot change when resuming (what defines "
+                                  "the model is the run's: the checkpoint holds its tensors). Start a new run with "
+                                  "'visionpeft train'")
         saved, recipe = load_run_recipe(run_dir), load_run_recipe(run_dir, overrides)
         changed = [k for k in FIXED_ON_RESUME if getattr(saved, k) != getattr(recipe, k)]
         if changed:
