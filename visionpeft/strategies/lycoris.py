@@ -20,12 +20,11 @@ from .adapter_layer import WeightAdapterLayer, conv_like
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .targets import (
     Target,
-    carry_tags,
     check_targets,
-    replace_module,
     resolve_targets,
     select_targets,
     unwrap_layers,
+    wrap_module,
 )
 
 __all__ = ["LycorisConfig", "DeltaWeightLayer", "LycorisStrategy"]
@@ -123,10 +122,7 @@ class LycorisStrategy(Strategy):
         report = ApplyReport(notes=notes)
         for t in targets:
             layer = self.make_layer(t)
-            carry_tags(layer, t.module)
-            replace_module(model, t.name, layer)
-            report.modules.append(t.name)
-            report.trainable += [f"{t.name}.{p}" for p in layer.adapter_parameter_names()]
+            wrap_module(model, t.name, t.module, layer, report, layer.adapter_parameter_names())
         return report
 
     @abstractmethod

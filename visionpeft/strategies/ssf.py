@@ -34,14 +34,13 @@ from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
 from .simple import _is_norm
 from .targets import (
-    carry_tags,
     check_targets,
     filter_targets,
     nothing_left_message,
     plain_linear_or_conv,
-    replace_module,
     resolve_targets,
     unwrap_layers,
+    wrap_module,
 )
 
 __all__ = ["SSFConfig", "SSFLayer", "SSFStrategy", "ssf_param_count", "ssf_supported"]
@@ -249,11 +248,7 @@ class SSFStrategy(Strategy):
             raise ConfigError(nothing_left_message("ssf", candidates, skipped))
         report = ApplyReport(notes=notes)
         for name, module in kept.items():
-            layer = SSFLayer(module, cfg.init)
-            carry_tags(layer, module)
-            replace_module(model, name, layer)
-            report.modules.append(name)
-            report.trainable += [f"{name}.ssf_scale", f"{name}.ssf_shift"]
+            wrap_module(model, name, module, SSFLayer(module, cfg.init), report, ("ssf_scale", "ssf_shift"))
         return report
 
     def merge(self, model: nn.Module) -> None:

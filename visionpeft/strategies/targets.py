@@ -25,9 +25,10 @@ from torch import nn
 
 from ..errors import ConfigError, TargetNotFoundError, closest
 from ..matching import match_modules, name_matches, type_matches
-from .base import ApplyContext
+from .base import ApplyContext, ApplyReport
 
 __all__ = [
+    "wrap_module",
     "Target",
     "LayerTargetConfig",
     "plain_linear_or_conv",
@@ -458,6 +459,16 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def wrap_module(model: nn.Module, name: str, original: nn.Module, wrapper: nn.Module,
+                report: ApplyReport, trainable: Iterable[str]) -> None:
+    """Replace ``original`` (at ``name``) by ``wrapper``, carrying its framework tags, and record in ``report``
+    the module and the wrapper's trainable tensors ``trainable`` (names relative to the wrapper)."""
+    carry_tags(wrapper, original)
+    replace_module(model, name, wrapper)
+    report.modules.append(name)
+    report.trainable += [f"{name}.{p}" for p in trainable]
 
 
 def wrapped_layers(model: nn.Module, cls: type[nn.Module]) -> dict[str, nn.Module]:

@@ -13,13 +13,12 @@ from ..registry import register
 from ..targets import (
     LayerTargetConfig,
     Target,
-    carry_tags,
     check_targets,
     default_settings,
-    replace_module,
     resolve_targets,
     select_targets,
     unwrap_layers,
+    wrap_module,
     wrapped_layers,
 )
 from .layers import LoRAConv2d, LoRALayer, LoRALinear, adapter_param_count
@@ -116,10 +115,7 @@ class LoRAStrategy(Strategy):
         report = ApplyReport(notes=notes)
         for t in targets:
             layer = self.make_layer(t)
-            carry_tags(layer, t.module)
-            replace_module(model, t.name, layer)
-            report.modules.append(t.name)
-            report.trainable += [f"{t.name}.{p}" for p in layer.adapter_parameter_names()]
+            wrap_module(model, t.name, t.module, layer, report, layer.adapter_parameter_names())
         if cfg.qkv == "qv" and not any(t.segments for t in targets):
             notes.append("qkv='qv': no fused '*qkv' Linear with out = 3 * in among the targets; nothing split")
         return report
