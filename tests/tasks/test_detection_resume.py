@@ -186,9 +186,9 @@ def test_rejected_resumes_leave_the_run_untouched(killed_and_resumed, recipe, tm
     before = _files(run)
     assert main(["resume", str(run), "strategies.1.rank=8"]) == 2
     err = capsys.readouterr().err
-    assert "strategies" in err and "cannot change on resume" in err and "Traceback" not in err
+    assert "strategies" in err and "cannot change when resuming" in err and "Traceback" not in err
     assert main(["resume", str(run), f"model={tmp_path / 'other.pt'}"]) == 2
-    assert "cannot change on resume" in capsys.readouterr().err
+    assert "cannot change when resuming" in capsys.readouterr().err
     assert _files(run) == before  # recipe.yaml, plan.json, args.yaml, tb/ ... byte for byte
     last = run / "weights" / "last.pt"
     good = last.read_bytes()
