@@ -268,15 +268,13 @@ def test_resume_finished_or_changed_run(trained, tmp_path, capsys):
     assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
 
 
-def test_weights_of_another_architecture(tmp_path, capsys):
+def test_weights_of_another_architecture(tmp_path, capsys, shared):
     """timm loads non-strictly when the class count differs: keys that do not fit must still be refused."""
     from visionpeft.backends.timm import build_model
     from visionpeft.errors import ConfigError
 
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
-    vit, lite = shared / "vit_tiny_patch16_224.in1k.safetensors", shared / "tf_efficientnet_lite0.in1k.safetensors"
-    if not vit.is_file():
-        pytest.skip("shared weights not available")
+    weights = shared / "weights"
+    vit, lite = weights / "vit_tiny_patch16_224.in1k.safetensors", weights / "tf_efficientnet_lite0.in1k.safetensors"
     err = run_error(capsys, ["params", "tf_efficientnet_lite0", "--num-classes", "5", "--weights", vit])
     assert f"weights: {vit}: does not fit timm model 'tf_efficientnet_lite0'" in err and "conv_stem.weight" in err
     with pytest.raises(ConfigError, match="does not fit timm model 'vit_tiny_patch16_224'.*tensors the model"):
