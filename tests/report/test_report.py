@@ -22,9 +22,10 @@ def result(name: str, trainable: int, metrics: dict[str, float], step: float, me
 def test_rows_deltas_and_ratios():
     rows = report_rows([result("full", 1000, {"top1": 0.80, "top5": 0.95}, 0.2, 400.0),
                         result("lora", 50, {"top1": 0.83, "top5": 0.97}, 0.1, 100.0)])
-    assert rows[0]["delta_top1_vs_full"] == 0
-    assert rows[1]["delta_top1_vs_full"] == pytest.approx(0.03)
-    assert rows[1]["delta_top5_vs_full"] == pytest.approx(0.02)
+    assert rows[0]["delta_top1_val_vs_full"] == 0
+    assert rows[1]["delta_top1_val_vs_full"] == pytest.approx(0.03)
+    assert rows[1]["delta_top5_val_vs_full"] == pytest.approx(0.02)
+    assert rows[1]["top1_val"] == pytest.approx(0.83) and rows[1]["verdict"] == "n/a (1 seed)"
     assert rows[1]["step_time_ratio_vs_full"] == pytest.approx(0.5)
     assert rows[1]["peak_mem_ratio_vs_full"] == pytest.approx(0.25)
     assert rows[1]["trainable_pct"] == pytest.approx(5.0)
@@ -38,12 +39,13 @@ def test_write_report_files(tmp_path, capsys):
     doc = json.loads(paths["json"].read_text())
     assert doc["primary_metric"] == "map50_95"
     assert [r["strategy"] for r in doc["runs"]] == ["full", "freeze_10"]
-    assert doc["runs"][1]["delta_map50_95_vs_full"] == pytest.approx(-0.02)
+    assert doc["runs"][1]["delta_map50_95_val_vs_full"] == pytest.approx(-0.02)
     assert doc["recipe"]["name"] == "demo" and "torch" in doc["environment"]["versions"]
     with paths["csv"].open() as fh:
         rows = list(csv.DictReader(fh))
-    assert rows[1]["strategy"] == "freeze_10" and float(rows[1]["map50"]) == pytest.approx(0.45)
+    assert rows[1]["strategy"] == "freeze_10" and float(rows[1]["map50_val"]) == pytest.approx(0.45)
     md = paths["md"].read_text()
-    assert "| freeze_10 | 300 |" in md and "map50_95" in md and "weights: w.pt" in md
+    assert "| freeze_10 | 30 | 1 |" in md and "map50_95_val" in md and "weights: w.pt" in md
+    assert "selection-biased" in md  # no test split: the report says its numbers are optimistic
     assert paths["png"].stat().st_size > 5000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "| full |" in capsys.readouterr().out

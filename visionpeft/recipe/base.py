@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..safe_yaml import brief
 from ..strategies.registry import parse_config
 
-__all__ = ["Section", "BaseRecipe", "validate_strategy_list", "FULL_BASELINE"]
+__all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "FULL_BASELINE"]
 
 #: The baseline every ``compare`` run trains first.
 FULL_BASELINE: list[dict[str, Any]] = [{"method": "full"}]
@@ -56,6 +56,40 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
+def parse_lr_grid(value: Any) -> dict[str, list[float]]:
+    """Check ``lr_grid``: a mapping of compare run name -> non-empty list of positive learning rates.
+
+    Raises:
+        ValueError: one line naming ``lr_grid.<run>`` and what was expected.
+    """
+    example = "lr_grid: {lora_r8: [3e-4, 1e-3, 3e-3]}"
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"expected a mapping of compare run name -> list of learning rates, e.g. {example}; "
+                         f"got {brief(value)}")
+    out: dict[str, list[float]] = {}
+    for key, rates in value.items():
+        rates = [_as_rate(r) for r in rates] if isinstance(rates, list) else None
+        if not rates or any(r is None for r in rates):
+            raise ValueError(f"lr_grid.{key}: expected a non-empty list of positive learning rates such as "
+                             f"[3e-4, 1e-3]; got {brief(value[key])}")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"lr_grid.{key}: a rate is listed twice in {brief(value[key])}; list each once")
+        out[str(key)] = [float(r) for r in rates if r is not None]
+    return out
+
+
+def _as_rate(value: Any) -> float | None:
+    """A positive finite number (YAML 1.1's string ``"3e-4"`` included), else ``None``."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 < value < float("inf") else None
+
+
 class BaseRecipe(Section):
     """Common top-level keys of every recipe.
 
@@ -68,7 +102,17 @@ class BaseRecipe(Section):
         compare: named strategy lists trained by ``visionpeft compare``; the full fine-tuning baseline
             ``full: [{method: full}]`` is always trained first. An entry ``full: [{method: full, lr: 1e-4}]``
             sets the baseline's own optimizer settings (it must hold exactly one ``full`` strategy).
-        seed: random seed shared by every run of a compare, so runs differ only by strategy.
+        seed: random seed shared by every run of a compare, so runs differ only by strategy (the first seed
+            when ``seeds`` > 1).
+        seeds: how many times ``visionpeft compare`` trains every run, with seeds ``seed``, ``seed + 1``, ...
+            (the seed sets the head and adapter initialisation, the data order and the augmentation). The report
+            gives mean, standard deviation, a 95% Student t-interval and the paired difference to full
+            fine-tuning per strategy. 3 or more for a verdict you can trust; 1 (default) reports one run, no
+            interval. ``visionpeft train`` trains ``seed`` only.
+        lr_grid: learning rates to choose from per compare run, ``{run name: [3e-4, 1e-3, 3e-3]}``. Each rate
+            trains once (first seed), the one with the best validation metric is kept and the seeds train at it;
+            the rate is set on every strategy entry of the run except ``head`` (whose rate is
+            ``optim.head_lr``). The sweep's training time is counted in the report's ``sweep_seconds``.
         output: root folder of run directories.
         tensorboard: write TensorBoard event files into the run directory (see ``visionpeft.logging``).
     """
@@ -80,6 +124,8 @@ class BaseRecipe(Section):
     strategies: list[dict[str, Any]] = Field(default_factory=list)
     compare: dict[str, list[dict[str, Any]]] | None = None
     seed: int = 0
+    seeds: int = 1
+    lr_grid: dict[str, list[float]] | None = None
     output: str = "runs/visionpeft"
     tensorboard: bool = True
 
@@ -109,6 +155,32 @@ class BaseRecipe(Section):
                 f"got {out['full']}. Give other runs another name"
             )
         return out
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _check_seeds(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"expected how many seeds every compare run trains (seed, seed+1, ...), an integer "
+                             f">= 1 such as 3; got {brief(value)}")
+        return value
+
+    @field_validator("lr_grid", mode="before")
+    @classmethod
+    def _check_lr_grid(cls, value: Any) -> dict[str, list[float]] | None:
+        return None if value is None else parse_lr_grid(value)
+
+    @model_validator(mode="after")
+    def _grid_names_runs(self) -> BaseRecipe:
+        if self.lr_grid:
+            runs = self.compare_runs()
+            unknown = [k for k in self.lr_grid if k not in runs]
+            if unknown:
+                from ..errors import closest
+
+                hint = closest(unknown[0], runs, n=1)
+                raise ValueError(f"lr_grid.{unknown[0]}: not a compare run; the runs are {list(runs)}"
+                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        return self
 
     def compare_runs(self) -> dict[str, list[dict[str, Any]]]:
         """The runs of ``visionpeft compare``: ``full`` first, then each named list (or ``strategies``)."""

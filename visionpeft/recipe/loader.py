@@ -140,7 +140,8 @@ def format_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         # Strategy errors already start with their own path (strategies.1.rank: ...).
-        lines.append(msg if msg.startswith(path) else f"{path}: {msg}")
+        # A whole-recipe check (empty loc) names its own field path (lr_grid.<run>: ...).
+        lines.append(msg if msg.startswith(path) or not loc else f"{path}: {msg}")
     return "; ".join(lines)
 
 

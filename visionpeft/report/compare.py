@@ -1,7 +1,8 @@
 """Write the compare report: every strategy against the full fine-tuning baseline.
 
 Metric columns come from the results (``top1``/``top5`` for classification, ``map50``/``map50_95``
-for detection), so every task uses this writer unchanged.
+for detection) with the split in their name (``top1_val``, ``top1_test``), so every task uses this writer
+unchanged. Rows are aggregated over seeds by :mod:`.aggregate`; the statistics are in :mod:`.stats`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..tasks.base import RunResult
+from ..tasks.base import RunResult, StrategyRuns
+from .aggregate import as_groups, grid_rows, has_test, headline, metric_names, seed_rows, strategy_rows
 
 __all__ = ["write_report", "report_rows", "environment", "markdown_table"]
 
 _BASE_COLS = ("strategy", "trainable_params", "total_params", "trainable_pct")
-_PERF_COLS = ("peak_mem_mb", "train_img_per_s", "train_seconds", "adapter_bytes", "step_time_s",
-              "step_time_ratio_vs_full", "peak_mem_ratio_vs_full")
 
 
 def environment() -> dict[str, Any]:
@@ -46,44 +46,22 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _metric_names(results: Sequence[RunResult]) -> list[str]:
-    names: list[str] = []
-    for r in results:
-        names += [k for k in r.metrics if k not in names]
-    return names
+def report_rows(results: Sequence[RunResult | StrategyRuns], primary_metric: str | None = None) -> list[dict[str, Any]]:
+    """One row per strategy (aggregated over its seeds); deltas and ratios are against ``full`` (or the first).
 
-
-def _ratio(value: float, ref: float) -> float | None:
-    return round(value / ref, 4) if ref else None
-
-
-def report_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """One row per run; deltas and ratios are against the run named ``full`` (or the first run)."""
-    if not results:
-        return []
-    base = next((r for r in results if r.strategy == "full"), results[0])
-    metrics = _metric_names(results)
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {"strategy": r.strategy, "trainable_params": r.trainable_params,
-                               "total_params": r.total_params, "trainable_pct": round(r.trainable_pct, 4)}
-        for m in metrics:
-            value = r.metrics.get(m)
-            row[m] = value
-            ref = base.metrics.get(m)
-            row[f"delta_{m}_vs_full"] = None if value is None or ref is None else round(value - ref, 6)
-        row.update({"peak_mem_mb": round(r.peak_mem_mb, 1), "train_img_per_s": round(r.train_img_per_s, 2),
-                    "train_seconds": round(r.train_seconds, 2), "adapter_bytes": r.adapter_bytes,
-                    "step_time_s": round(r.step_time_s, 5),
-                    "step_time_ratio_vs_full": _ratio(r.step_time_s, base.step_time_s),
-                    "peak_mem_ratio_vs_full": _ratio(r.peak_mem_mb, base.peak_mem_mb)})
-        rows.append(row)
-    return rows
+    ``results`` are :class:`~visionpeft.tasks.base.StrategyRuns` (a compare) or plain run results (one seed each).
+    ``primary_metric`` picks the headline column that gets intervals (default: the first metric).
+    """
+    groups = as_groups(results)
+    metrics = metric_names(groups)
+    return strategy_rows(groups, primary_metric or (metrics[0] if metrics else "top1"))
 
 
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -144,44 +122,56 @@ def _provenance(recipe: Any, results: Sequence[RunResult] = ()) -> list[str]:
     return lines
 
 
-def write_report(compare_dir: str | Path, results: Sequence[RunResult], recipe: Any,
+def write_report(compare_dir: str | Path, results: Sequence[RunResult | StrategyRuns], recipe: Any,
                  primary_metric: str, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md``, ``report.csv`` and ``pareto.png``; print the table.
+    """Write ``report.json``, ``report.md``, ``report.csv``, ``report_seeds.csv`` and ``pareto.png``; print the table.
 
     Args:
         compare_dir: the compare directory.
-        results: one result per run, the full fine-tuning baseline first.
+        results: one :class:`~visionpeft.tasks.base.StrategyRuns` per strategy (or one run result each), the
+            full fine-tuning baseline first.
         recipe: the resolved recipe (a pydantic model or a mapping).
-        primary_metric: the metric on the Pareto plot's y axis (``top1``, ``map50_95``).
+        primary_metric: the metric that selects checkpoints and rates, on the Pareto plot's y axis
+            (``top1``, ``map50_95``).
         extra: more facts for ``report.json`` (e.g. the datasets' provenance).
     """
+    from .markdown import report_markdown
     from .pareto import plot_pareto
 
     compare_dir = Path(compare_dir)
     compare_dir.mkdir(parents=True, exist_ok=True)
-    rows = report_rows(results)
+    groups = as_groups(results)
+    rows = strategy_rows(groups, primary_metric)
+    head = headline(primary_metric, has_test(groups))
     recipe_dict = recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else dict(recipe)
-    doc = {"primary_metric": primary_metric, "runs": rows, "recipe": recipe_dict,
-           "environment": environment(), **(extra or {})}
+    protocol = {"headline": head, "test_split": has_test(groups), "seeds": [r.extra.get("seed") for r in groups[0].runs]
+                if groups else [], "interval": "95% Student t-interval over seeds (paired by seed for deltas)",
+                "selection": f"best epoch by validation {primary_metric}; lr_grid rates by validation {primary_metric}"}
+    doc = {"primary_metric": primary_metric, "protocol": protocol, "runs": rows, "seed_runs": seed_rows(groups),
+           "lr_sweeps": grid_rows(groups), "recipe": recipe_dict, "environment": environment(), **(extra or {})}
     paths = {"json": compare_dir / "report.json", "md": compare_dir / "report.md",
-             "csv": compare_dir / "report.csv", "png": compare_dir / "pareto.png"}
+             "csv": compare_dir / "report.csv", "seeds_csv": compare_dir / "report_seeds.csv",
+             "png": compare_dir / "pareto.png"}
     paths["json"].write_text(json.dumps(doc, indent=2, default=str))
+    _write_csv(paths["csv"], rows)
+    _write_csv(paths["seeds_csv"], doc["seed_runs"])
+    md_lines, table = report_markdown(groups, rows, doc, primary_metric, _provenance(recipe, _flat(groups)),
+                                      getattr(recipe, "name", compare_dir.name), extra)
+    paths["md"].write_text("\n".join(md_lines))
+    plot_pareto(rows, head, paths["png"])
+    print(table)
+    return paths
 
-    columns = list(rows[0]) if rows else list(_BASE_COLS)
-    with paths["csv"].open("w", newline="") as fh:
+
+def _flat(groups: Sequence[StrategyRuns]) -> list[RunResult]:
+    return [r for g in groups for r in g.runs]
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns: list[str] = list(_BASE_COLS[:1])
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-
-    metrics = _metric_names(results)
-    shown = [*_BASE_COLS, *metrics, *(f"delta_{m}_vs_full" for m in metrics if m == primary_metric),
-             "peak_mem_mb", "train_img_per_s", "train_seconds", "adapter_bytes", "step_time_ratio_vs_full"]
-    md = [f"# visionpeft compare: {getattr(recipe, 'name', compare_dir.name)}", "", *_provenance(recipe, results)]
-    for key, value in (extra or {}).items():
-        md.append(f"- {key}: {value}")
-    md += ["", markdown_table(rows, shown), f"Primary metric: `{primary_metric}` (validation split). "
-           "Deltas and ratios are against full fine-tuning.", "", "![pareto](pareto.png)", ""]
-    paths["md"].write_text("\n".join(md))
-    plot_pareto(rows, primary_metric, paths["png"])
-    print(markdown_table(rows, shown))
-    return paths

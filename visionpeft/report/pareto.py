@@ -1,4 +1,8 @@
-"""The Pareto plot: primary metric against trainable parameters (log scale), full fine-tuning marked."""
+"""The Pareto plot: headline metric against trainable parameters (log scale), full fine-tuning marked.
+
+With several seeds each point is the mean and its error bar the 95% t-interval over seeds (columns
+``<metric>_ci_low`` / ``<metric>_ci_high`` of the report rows).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ __all__ = ["plot_pareto"]
 
 
 def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Path:
-    """Scatter ``metric`` vs ``trainable_params`` for every run; the ``full`` run is a red star."""
+    """Scatter ``metric`` vs ``trainable_params`` for every row, with interval error bars; ``full`` is a red star."""
     # A bare Figure with its own Agg canvas: no pyplot, so the caller's backend and open figures are untouched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -24,6 +28,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Path:
         if y is None:
             continue
         is_full = row["strategy"] == "full"
+        low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+        if low is not None and high is not None:
+            ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="none", ecolor="0.35", capsize=4, zorder=2)
         ax.scatter([x], [y], marker="*" if is_full else "o", s=180 if is_full else 60,
                    color="tab:red" if is_full else "tab:blue", zorder=3,
                    label="full fine-tuning" if is_full else None)
@@ -33,7 +40,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Path:
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.1)
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(f"{metric} (validation)")
+    split = metric.rpartition("_")[2]
+    words = {"test": "test split", "val": "validation, selection-biased"}
+    ax.set_ylabel(f"{metric} ({words.get(split, split)}; bars: 95% CI over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     if any(r["strategy"] == "full" for r in rows):
         ax.legend(loc="lower right", fontsize=8)

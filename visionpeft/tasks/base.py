@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["RunResult", "TaskRunner", "load_run_recipe"]
+__all__ = ["RunResult", "GridPoint", "StrategyRuns", "TaskRunner", "load_run_recipe"]
 
 
 @dataclass
@@ -58,6 +58,54 @@ class RunResult:
         path.write_text(json.dumps(self.to_dict(), indent=2))
 
 
+@dataclass
+class GridPoint:
+    """One learning rate of a compare run's ``lr_grid``, trained once (first seed).
+
+    Attributes:
+        lr: the rate set on the run's strategy entries (``head`` keeps ``optim.head_lr``).
+        val_metric: the best epoch's validation value of the task's primary metric (the selection criterion).
+        train_seconds: the run's training wall time (counted in the report's ``sweep_seconds``).
+        run_dir: where it trained.
+    """
+
+    lr: float
+    val_metric: float | None
+    train_seconds: float
+    run_dir: Path
+
+
+@dataclass
+class StrategyRuns:
+    """Every run of one compare entry: its seeds (and its learning-rate sweep).
+
+    Attributes:
+        name: the compare run name (``full``, ``lora_r8``...).
+        runs: one result per seed, in seed order (``extra["seed"]``, ``extra["test_metrics"]`` when the data has
+            a test split, ``extra["val_curve"]``: ``[[elapsed_seconds, primary metric], ...]`` per epoch).
+        grid: the sweep, empty without an ``lr_grid`` entry; the first seed's run is the chosen grid point.
+        lr: the chosen rate (``None``: the entries' own rates or the method defaults).
+        grid_runs: the grid points' runs that are not also a seed run (rates not chosen).
+    """
+
+    name: str
+    runs: list[RunResult]
+    grid: list[GridPoint] = field(default_factory=list)
+    lr: float | None = None
+    grid_runs: list[RunResult] = field(default_factory=list)
+
+    @property
+    def sweep_seconds(self) -> float:
+        """Training time of every grid point (0 without a sweep)."""
+        return sum(p.train_seconds for p in self.grid)
+
+    @property
+    def compute_seconds(self) -> float:
+        """All training time this entry cost: the sweep plus the seeds not taken from it."""
+        taken = {str(p.run_dir) for p in self.grid}
+        return self.sweep_seconds + sum(r.train_seconds for r in self.runs if str(r.run_dir) not in taken)
+
+
 @runtime_checkable
 class TaskRunner(Protocol):
     """One task's training, evaluation and merge, driven by a recipe.
@@ -84,6 +132,15 @@ class TaskRunner(Protocol):
 
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Write a plain model file (no visionpeft needed to load it); return its path."""
+        ...
+
+    def has_split(self, recipe: Any, split: str) -> bool:
+        """Whether ``recipe``'s data has a ``split`` (``test``) a finished run can be evaluated on."""
+        ...
+
+    def val_curve(self, run_dir: Path) -> list[list[float]]:
+        """``[[elapsed_seconds, primary validation metric], ...]`` per epoch of a finished run (wall time since
+        training started, validation included)."""
         ...
 
 

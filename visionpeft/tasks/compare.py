@@ -67,19 +67,25 @@ def write_experiment_for(log_dir: Path, recipe: Any, results: Sequence[RunResult
 
 
 def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
-    """Train ``full`` then every run of ``recipe.compare_runs()`` and write the report; return the directory.
+    """Train ``full`` then every run of ``recipe.compare_runs()`` under the protocol, write the report; return the dir.
 
-    Every run uses the recipe's data, epochs, seed and schedule; only the strategy list differs, and with it
-    the learning rates (each method's own; a single ``optim.lr`` for methods with different defaults is refused).
+    Every run uses the recipe's data, epochs and schedule; only the strategy list differs, and with it the
+    learning rates (each method's own; a single ``optim.lr`` for methods with different defaults is refused;
+    ``lr_grid`` chooses a run's rate on validation). Each run trains ``recipe.seeds`` times (seed, seed+1, ...)
+    and, when the data has a ``test`` split, is evaluated on it (see :mod:`visionpeft.tasks.protocol`).
     If a run fails before anything was written, the (empty) compare directory is removed again.
     """
+    from .protocol import run_protocol
+
     runs = recipe.compare_runs()
     optim = getattr(recipe, "optim", None)  # classification; detection runs on Ultralytics' lr0
     if optim is not None:
         from ..errors import ConfigError
         from ..optim_settings import shared_lr_problem
 
-        problem = shared_lr_problem(runs, optim.lr)
+        gridded = {k: [{**e, "lr": 1.0} if e["method"] != "head" else e for e in v] if k in (recipe.lr_grid or {})
+                   else v for k, v in runs.items()}  # a grid run sets its own rate
+        problem = shared_lr_problem(gridded, optim.lr)
         if problem:
             raise ConfigError(problem)
     task = get_task(recipe.task)
@@ -90,11 +96,8 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
 
         make_dir(compare_dir, "output")
     barrier()
-    results: list[RunResult] = []
     try:
-        for i, (name, strategies) in enumerate(runs.items()):
-            run_dir = compare_dir / f"{i:02d}-{slug(name)}"
-            results.append(task.train(recipe, strategies, run_dir, name))
+        groups = run_protocol(task, recipe, runs, compare_dir)
     except BaseException:
         if created and is_main():
             remove_empty_tree(compare_dir)
@@ -102,7 +105,9 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     if is_main():
         from ..report.compare import write_report
 
-        write_experiment_for(compare_dir, recipe, results)
-        write_report(compare_dir, results, recipe, task.primary_metric)
+        every = [r for g in groups for r in (*g.runs, *g.grid_runs)]
+        write_experiment_for(compare_dir, recipe, every)
+        write_report(compare_dir, groups, recipe, task.primary_metric)
     barrier()
     return compare_dir
+

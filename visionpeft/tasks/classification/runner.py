@@ -117,8 +117,9 @@ class _Setup:
         self.model.to(self.device)
         self.heads = _head_modules(self.spec)
         self.keep = list(self.plan.trainable) + self.plan.bn_buffers()
-        self.run_recipe = recipe.model_copy(update={"strategies": strategies, "compare": None,
-                                                    "name": run_name, **_absolute_paths(recipe)})
+        # One run of one seed: the compare-only keys (runs, seeds, rate grid) are not part of it.
+        self.run_recipe = recipe.model_copy(update={"strategies": strategies, "compare": None, "lr_grid": None,
+                                                    "seeds": 1, "name": run_name, **_absolute_paths(recipe)})
 
 
 class ClassificationTask:
@@ -409,6 +410,20 @@ class ClassificationTask:
         t = recipe.train
         loader = feat.cached_loader(feats, labels, t.eval_batch_size or 2 * t.batch_size, False, recipe.seed)
         return evaluate_model(model.get_classifier(), loader, device, classes, amp)
+
+    def has_split(self, recipe: Any, split: str) -> bool:
+        """Whether the dataset has ``split`` (a role ``val``/``test``/``train`` or a split name)."""
+        from ...data.descriptor import load_descriptor
+
+        ds = recipe.dataset
+        name = {"val": ds.val_split, "test": ds.test_split, "train": ds.train_split}.get(split, split)
+        return name in load_descriptor(recipe.data).splits
+
+    def val_curve(self, run_dir: Path) -> list[list[float]]:
+        """``[[elapsed_seconds, top1], ...]`` per epoch from the run's ``metrics.json`` history."""
+        history = json.loads((Path(run_dir) / "metrics.json").read_text()).get("history", [])
+        return [[float(h["elapsed_seconds"]), float(h[self.primary_metric])] for h in history
+                if "elapsed_seconds" in h and self.primary_metric in h]
 
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Fold the adapter into plain weights: a timm state dict (``.safetensors`` or ``.pt``) + ``.json``.

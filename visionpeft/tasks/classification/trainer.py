@@ -104,6 +104,10 @@ class Trainer:
     def fit(self, start_epoch: int = 0) -> TrainState:
         """Train from ``start_epoch`` (> 0 when resuming) to ``cfg.epochs`` or an early stop."""
         self._call("on_fit_start")
+        # Wall time since training started (validation included), continued across a resume: the x axis of
+        # the compare report's time-to-accuracy.
+        elapsed0 = self.state.history[-1].get("elapsed_seconds", 0.0) if self.state.history else 0.0
+        t0 = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
             self.state.epoch = epoch
             if self.set_epoch is not None:
@@ -113,6 +117,7 @@ class Trainer:
             self.train_epoch()
             metrics = self.evaluate(self.val_loader)
             self.state.history.append({"epoch": epoch, "train_seconds": self.state.train_time - before,
+                                       "elapsed_seconds": elapsed0 + time.perf_counter() - t0,
                                        **{k: v for k, v in metrics.items() if "/" not in k}})
             self._call("on_epoch_end", metrics)
             if self.state.stop:

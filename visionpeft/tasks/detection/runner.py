@@ -134,7 +134,7 @@ class DetectionTask:
 
         data = _data_for_run(info, recipe.data, run_dir / "data")
         resolved = recipe.model_copy(update={
-            "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None,
+            "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None, "lr_grid": None, "seeds": 1,
             "model": _abs_if_file(recipe.model), "data": _abs_if_file(recipe.data),
         })
         save_resolved(resolved, run_dir / "recipe.yaml")
@@ -228,6 +228,24 @@ class DetectionTask:
         metrics = evaluate_run(run_dir, data, split, device)
         write_json(run_dir / f"eval_{split}.json", metrics)
         return metrics
+
+    def has_split(self, recipe: Any, split: str) -> bool:
+        """Whether the data yaml names ``split`` (``test:``; an empty value counts as absent)."""
+        doc = load_yaml_file(Path(recipe.data), "data")
+        return isinstance(doc, dict) and bool(doc.get(split))
+
+    def val_curve(self, run_dir: Path) -> list[list[float]]:
+        """``[[elapsed_seconds, map50_95], ...]`` per epoch from Ultralytics' ``results.csv`` (its ``time`` column:
+        wall seconds since training started, validation included)."""
+        import csv
+
+        path = Path(run_dir) / "results.csv"
+        if not path.is_file():
+            return []
+        with path.open(newline="") as fh:
+            rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [[float(r["time"]), float(r["metrics/mAP50-95(B)"])] for r in rows
+                if r.get("time") and r.get("metrics/mAP50-95(B)")]
 
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Write a plain Ultralytics checkpoint (LoRA folded in) that loads without visionpeft."""

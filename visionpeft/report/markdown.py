@@ -1,0 +1,89 @@
+"""The compare report's Markdown: protocol note, the strategy table with intervals, seeds and learning-rate sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..tasks.base import StrategyRuns
+
+__all__ = ["report_markdown", "protocol_lines", "display_rows"]
+
+
+def _num(value: Any, digits: int = 4, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def protocol_lines(doc: dict[str, Any], primary: str) -> list[str]:
+    """3-5 lines saying how the numbers were obtained (seeds, interval, test vs validation, rate choice)."""
+    proto = doc["protocol"]
+    seeds = [s for s in proto["seeds"] if s is not None]
+    lines = ["## Protocol", ""]
+    if proto["test_split"]:
+        lines.append(f"- Each run keeps its best epoch by **validation** `{primary}`; the headline "
+                     f"`{proto['headline']}` is that checkpoint on the held-out **test** split (validation alongside).")
+    else:
+        lines.append(f"- **No test split: these numbers are selection-biased.** `{proto['headline']}` is the best "
+                     "epoch's validation value, chosen on the same split it is reported on, so it is optimistic; "
+                     "add a `test` split to the data for an unbiased estimate.")
+    if len(seeds) > 1:
+        lines.append(f"- {len(seeds)} seeds ({', '.join(map(str, seeds))}); the seed sets head and adapter "
+                     "initialisation, data order and augmentation. +- is the 95% Student t-interval of the mean "
+                     "over seeds (t_0.975,n-1 * s / sqrt(n)).")
+        lines.append("- Delta vs full is the mean per-seed difference to full fine-tuning with the same seed, with its "
+                     "own 95% t-interval; the verdict is better / worse only when that interval excludes 0, else tied.")
+    else:
+        lines.append(f"- One seed ({seeds[0] if seeds else '?'}): no interval and no verdict; differences may be "
+                     "noise. Set `seeds: 3` (or more) for intervals.")
+    if doc["lr_sweeps"]:
+        lines.append(f"- Runs with an `lr_grid` trained every rate once (first seed) and kept the best validation "
+                     f"`{primary}`; `sweep_seconds` is that sweep's training time, `compute_seconds` all training.")
+    lines.append(f"- time_to_full: wall time (training + validation) at which a run's validation `{primary}` first "
+                 "reached full fine-tuning's final validation value of the same seed (mean over seeds that did), "
+                 "or never.")
+    return lines + [""]
+
+
+def display_rows(rows: Sequence[dict[str, Any]], head: str, other: str | None) -> list[dict[str, Any]]:
+    """Rows with the headline as ``mean +- half-width`` and the paired delta as ``+d [lo, hi]``."""
+    out = []
+    for r in rows:
+        half = None if r.get(f"{head}_ci_high") is None else r[f"{head}_ci_high"] - r[head]
+        lo, hi = r.get(f"delta_{head}_ci_low"), r.get(f"delta_{head}_ci_high")
+        delta = _num(r.get(f"delta_{head}_vs_full"), sign=True)
+        if lo is not None and hi is not None:
+            delta += f" [{_num(lo, sign=True)}, {_num(hi, sign=True)}]"
+        t = r.get("time_to_full_val_s")
+        out.append({**r, head: _num(r.get(head)) + (f" +- {half:.4f}" if half is not None else ""),
+                    **({other: _num(r.get(other))} if other else {}),
+                    "delta": delta, "lr": "-" if r.get("lr") is None else f"{r['lr']:g}",
+                    "time_to_full": t if t in ("never", None) else f"{t:.1f} s ({r['time_to_full_reached']})"})
+    return out
+
+
+def report_markdown(groups: Sequence[StrategyRuns], rows: Sequence[dict[str, Any]], doc: dict[str, Any],
+                    primary: str, provenance: list[str], name: str,
+                    extra: dict[str, Any] | None = None) -> tuple[list[str], str]:
+    """The ``report.md`` lines and the main table (also printed by the caller)."""
+    from .compare import markdown_table
+
+    head = doc["protocol"]["headline"]
+    other = f"{primary}_val" if doc["protocol"]["test_split"] else None
+    cols = ["strategy", "trainable_pct", "seeds", "lr", head, *([other] if other else []), "delta", "verdict",
+            "time_to_full", "train_seconds", "sweep_seconds", "peak_mem_mb", "step_time_ratio_vs_full"]
+    table = markdown_table(display_rows(rows, head, other), cols)
+    md = [f"# visionpeft compare: {name}", "", *provenance]
+    md += [f"- {key}: {value}" for key, value in (extra or {}).items()]
+    md += ["", *protocol_lines(doc, primary), "## Results", "", table,
+           f"`delta` is `{head}` minus full fine-tuning's (per seed, then averaged), with its 95% interval. "
+           "Ratios are against full fine-tuning; seconds are per run (mean over seeds).", "",
+           "![pareto](pareto.png)", ""]
+    seed_cols = ["strategy", "seed", "lr", *(c for c in doc["seed_runs"][0] if c.endswith(("_val", "_test")))
+                 ] if doc["seed_runs"] else []
+    md += ["## Runs", "", markdown_table(doc["seed_runs"], [*seed_cols, "best_epoch", "train_seconds", "run_dir"])]
+    if doc["lr_sweeps"]:
+        md += ["## Learning-rate sweeps", "", f"Criterion: best-epoch validation `{primary}`, first seed.", "",
+               markdown_table(doc["lr_sweeps"], ["strategy", "lr", "val_metric", "chosen", "train_seconds"])]
+    return md, table
