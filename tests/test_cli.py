@@ -44,7 +44,7 @@ def test_compare_eval_merge(recipe_file, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(cdir / "02-lora")]) == 0
     top1 = json.loads(capsys.readouterr().out)["top1"]
-    assert top1 == pytest.approx(report["runs"][2]["top1"])
+    assert top1 == pytest.approx(report["runs"][2]["top1_val"])
     out = tmp_path / "merged.pt"
     assert main(["merge", str(cdir / "02-lora"), "-o", str(out)]) == 0
     sd = torch.load(out, weights_only=True)

@@ -71,10 +71,11 @@ def test_report_and_run_layout(work):
     report = json.loads((work["compare"] / "report.json").read_text())
     rows = {r["strategy"]: r for r in report["runs"]}
     for row in rows.values():
-        for key in ("map50", "map50_95", "delta_map50_95_vs_full", "delta_map50_vs_full", "trainable_pct",
+        for key in ("map50_val", "map50_95_val", "map50_test", "map50_95_test", "delta_map50_95_test_vs_full",
+                    "delta_map50_val_vs_full", "trainable_pct",
                     "step_time_ratio_vs_full", "peak_mem_ratio_vs_full"):
             assert row[key] is not None, key
-    assert rows["full"]["delta_map50_95_vs_full"] == 0
+    assert rows["full"]["delta_map50_95_test_vs_full"] == 0
     for name in ("report.md", "report.csv", "pareto.png"):
         assert (work["compare"] / name).is_file()
     for run in runs.values():
@@ -82,8 +83,8 @@ def test_report_and_run_layout(work):
             assert (run / name).exists(), (run, name)
         assert list(run.glob("events.out.tfevents.*")), run
     # Every PEFT run learns: clearly non-zero mAP50 after two short epochs.
-    assert rows["freeze10"]["map50"] > 0.1 and rows["lora"]["map50"] > 0.1
-    assert rows["full"]["map50"] > 0.1
+    assert rows["freeze10"]["map50_val"] > 0.1 and rows["lora"]["map50_val"] > 0.1
+    assert rows["full"]["map50_val"] > 0.1
     # A frozen backbone saves no activations and needs no gradients: less training memory.
     assert rows["freeze10"]["peak_mem_mb"] < rows["full"]["peak_mem_mb"]
 

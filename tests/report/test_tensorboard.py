@@ -112,7 +112,7 @@ def _check_compare(cdir: Path, runs: list[str], primary: tuple[str, str]) -> tup
         assert values[run]["trainable_params"] == f"{report[name]['trainable_params']:,}"
         assert values[run]["trainable_pct"] == pytest.approx(report[name]["trainable_pct"], abs=1e-4)
         metric = primary[0].split("/")[1]
-        assert metrics[run][primary[0]] == pytest.approx(report[name][metric], abs=1e-6)
+        assert metrics[run][primary[0]] == pytest.approx(report[name][f"{metric}_val"], abs=1e-6)
         assert metrics[run]["perf/peak_mem_mb"] == pytest.approx(report[name]["peak_mem_mb"], abs=0.06)
     return values, metrics
 
