@@ -13,6 +13,7 @@ __all__ = ["report_markdown", "protocol_lines", "display_rows"]
 def _num(value: Any, digits: int = 4, sign: bool = False) -> str:
     if value is None:
         return "-"
+    value = 0.0 if abs(value) < 0.5 * 10**-digits else value  # no "-0.0000"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -55,6 +56,8 @@ def display_rows(rows: Sequence[dict[str, Any]], head: str, other: str | None) -
         delta = _num(r.get(f"delta_{head}_vs_full"), sign=True)
         if lo is not None and hi is not None:
             delta += f" [{_num(lo, sign=True)}, {_num(hi, sign=True)}]"
+        if r.get("verdict") == "baseline":
+            delta = "-"
         t = r.get("time_to_full_val_s")
         out.append({**r, head: _num(r.get(head)) + (f" +- {half:.4f}" if half is not None else ""),
                     **({other: _num(r.get(other))} if other else {}),
