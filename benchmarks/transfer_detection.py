@@ -1,14 +1,20 @@
 """Transfer benchmark for detection: every strategy vs full fine-tuning on BCCD (blood cells), CPU-friendly.
 
 Runs ``visionpeft compare`` on ``recipes/detection/compare.yaml`` (COCO-pretrained YOLOv5n backbone + neck
-with a random head, see ``../shared/data/MANIFEST.md``) with a copy of the dataset in a work folder
-(Ultralytics writes label caches beside the data, and ``../shared`` must stay untouched), then writes a
-summary table: mAP50-95, its delta vs full fine-tuning, trainable %, step-time and memory ratios, and
-mAP50-95 per million trainable parameters.
+with a random head, see ``../shared/data/MANIFEST.md``) plus the LoRA-family and SSF rows, with a copy of the
+dataset in a work folder (Ultralytics writes label caches beside the data, and ``../shared`` must stay
+untouched), under the honest protocol: ``--seeds`` seeds per strategy, each run's checkpoint chosen on BCCD's
+``val`` split and measured on its own ``test`` split (72 images), 95% t-intervals over seeds and the paired
+difference to full fine-tuning with a verdict. The summary table: test mAP50-95 (mean +- CI), validation
+alongside, delta vs full [CI], verdict, trainable %, step-time and memory ratios, and test mAP50-95 per
+million trainable parameters.
 
     python benchmarks/transfer_detection.py                                  # the documented run (long on CPU)
-    python benchmarks/transfer_detection.py --quick                          # smoke run (a minute or two)
+    python benchmarks/transfer_detection.py --smoke                          # smoke run (a few minutes)
     python benchmarks/transfer_detection.py --update-docs docs/benchmarks.md # also replace the detection section
+
+Every run trains at Ultralytics' ``lr0`` (``optimizer: auto`` picks it from the schedule length): detection has
+no per-method default rate; give a row its own rate with ``lr`` on its entries, or a grid with ``lr_grid``.
 
 Memory on CPU is visionpeft's per-step estimate (parameters + gradients + optimizer state + the tensors
 autograd saves for one batch), on CUDA the allocator's peak; see ``visionpeft.tasks.detection.callbacks``.
@@ -29,9 +35,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISIONPEFT_SHARED", REPO.parent / "shared")).resolve()
 START, END = "<!-- detection-benchmark:start -->", "<!-- detection-benchmark:end -->"
 
-#: The quick setting keeps three runs and a small image size: it checks the pipeline, not the ranking.
+#: The smoke setting keeps three runs and a small image size: it checks the pipeline, not the ranking.
 QUICK_COMPARE = ("{freeze10: [{method: freeze, n: 10}], "
                  "lora: [{method: lora, rank: 8, alpha: 16}, {method: head}]}")
+#: Rows added to the recipe's own compare list: the LoRA family and SSF (same rank/alpha as the LoRA row).
+NEW_METHODS = {
+    "dora": [{"method": "dora", "rank": 8, "alpha": 16}, {"method": "head"}],
+    "loha": [{"method": "loha", "rank": 4, "alpha": 8}, {"method": "head"}],
+    "lokr": [{"method": "lokr", "rank": 8, "alpha": 16}, {"method": "head"}],
+    "ssf": [{"method": "ssf"}, {"method": "head"}],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,51 +58,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training images")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", default=None, help="where the dataset copy and runs go (default: a temp dir)")
-    p.add_argument("--quick", action="store_true", help="2 epochs, 128 px, three runs: a smoke test")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (intervals need 2 or more)")
+    p.add_argument("--smoke", "--quick", action="store_true", dest="smoke",
+                   help="smoke test: 1 epoch, 128 px, a quarter of the training images, three runs, 2 seeds")
     p.add_argument("--update-docs", default=None, help="markdown file whose detection section is replaced")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides key=value")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds: expected 1 or more, got {args.seeds}")
+    return args
 
 
 def overrides_for(args: argparse.Namespace, data_yaml: Path, output: Path) -> list[str]:
-    """Recipe overrides: same data, schedule and seed for every run; one optimizer step per batch."""
-    epochs, imgsz = (2, 128) if args.quick else (args.epochs, args.imgsz)
+    """Recipe overrides: same data, schedule and seeds for every run; one optimizer step per batch."""
+    from visionpeft.recipe import load_recipe
+
+    epochs, imgsz, fraction = (1, 128, 0.25) if args.smoke else (args.epochs, args.imgsz, args.fraction)
+    seeds = 2 if args.smoke else args.seeds
     out = [
-        f"data={data_yaml}", f"model={args.model}", f"output={output}", "name=bccd-transfer",
+        f"data={data_yaml}", f"model={args.model}", f"output={output}", "name=bccd-transfer", f"seeds={seeds}",
         f"ultralytics.epochs={epochs}", f"ultralytics.imgsz={imgsz}", f"ultralytics.batch={args.batch}",
-        f"ultralytics.fraction={args.fraction}", f"ultralytics.device={args.device}", "ultralytics.workers=0",
+        f"ultralytics.fraction={fraction}", f"ultralytics.device={args.device}", "ultralytics.workers=0",
     ]
-    if args.quick:
+    if args.smoke:
         out += [f"compare={QUICK_COMPARE}", "ultralytics.warmup_epochs=0", f"ultralytics.nbs={args.batch}"]
+    else:
+        rows = {**(load_recipe(args.recipe).compare or {}), **NEW_METHODS}
+        out.append("compare=" + json.dumps(rows, separators=(",", ":")))
     return out + list(args.overrides)
 
 
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the docs table, with mAP50-95 per million trainable parameters."""
+    """Rows of the docs table: headline mean +- CI, validation alongside, paired delta [CI], verdict, costs, and
+    the headline per million trainable parameters."""
+    from visionpeft.report.markdown import display_rows
+
+    head = report["protocol"]["headline"]
+    other = "map50_95_val" if report["protocol"]["test_split"] else None
+    shown = display_rows(report["runs"], head, other)
     rows = []
-    for r in report["runs"]:
-        per_m = (r.get("map50_95") or 0.0) / max(r["trainable_params"] / 1e6, 1e-9)
+    for r, d in zip(report["runs"], shown):
+        per_m = (r.get(head) or 0.0) / max(r["trainable_params"] / 1e6, 1e-9)
         rows.append({
-            "strategy": r["strategy"], "map50": r.get("map50"), "map50_95": r.get("map50_95"),
-            "delta_map50_95_vs_full": r.get("delta_map50_95_vs_full"), "trainable_pct": r["trainable_pct"],
-            "trainable_params": r["trainable_params"], "map50_95_per_M_trainable": per_m,
+            "strategy": r["strategy"], head: d[head], **({other: d[other]} if other else {}),
+            "delta": d["delta"], "verdict": r.get("verdict"), "trainable_pct": r["trainable_pct"],
+            "trainable_params": r["trainable_params"], "per_M_trainable": round(per_m, 4),
+            "time_to_full": d["time_to_full"], "train_seconds": r.get("train_seconds"),
             "step_time_ratio_vs_full": r.get("step_time_ratio_vs_full"),
             "peak_mem_ratio_vs_full": r.get("peak_mem_ratio_vs_full"),
         })
     return rows
 
 
-def verdict(rows: list[dict[str, Any]]) -> str:
-    """Which PEFT strategy gives the best mAP50-95 overall and per trainable parameter."""
-    peft = [r for r in rows if r["strategy"] != "full" and r["map50_95"] is not None]
-    if not peft:
+def verdict(report: dict[str, Any]) -> str:
+    """Only what the intervals support: strategies better / worse than full fine-tuning, the rest tied."""
+    head = report["protocol"]["headline"]
+    rows = report["runs"][1:]
+    if not rows:
         return "No PEFT run finished."
-    best = max(peft, key=lambda r: r["map50_95"])
-    eff = max(peft, key=lambda r: r["map50_95_per_M_trainable"])
-    return (f"Best mAP50-95 among the PEFT strategies: **{best['strategy']}** ({best['map50_95']:.4f}, "
-            f"{best['delta_map50_95_vs_full']:+.4f} vs full). Best mAP50-95 per trainable parameter: "
-            f"**{eff['strategy']}** ({eff['map50_95_per_M_trainable']:.4f} per million trainable parameters, "
-            f"{eff['trainable_pct']:.2f}% of the model trainable).")
+    if all(str(r.get("verdict", "")).startswith("n/a") for r in rows):
+        return f"One seed: no interval, so no strategy is called better or worse than full fine-tuning on `{head}`."
+    by = {v: [r["strategy"] for r in rows if r.get("verdict") == v] for v in ("better", "worse", "tied")}
+    return (f"On `{head}` (paired 95% t-interval of the per-seed difference to full fine-tuning): better: "
+            f"{', '.join(by['better']) or 'none'}; worse: {', '.join(by['worse']) or 'none'}; tied (interval "
+            f"contains 0): {', '.join(by['tied']) or 'none'}.")
 
 
 def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Namespace) -> str:
@@ -100,15 +132,19 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Na
     versions = env.get("versions", {})
     cpu = f"CPU, {env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} torch threads"
     hardware = env.get("cuda") or cpu
+    seeds = report.get("protocol", {}).get("seeds") or [report["recipe"].get("seed")]
+    split = ("checkpoint chosen on `val`, mAP on BCCD's own `test` split" if report["protocol"]["test_split"]
+             else "mAP on the val split the checkpoint was chosen on (selection-biased)")
     lines = [
         START, "## Detection transfer: BCCD, YOLOv5n (COCO backbone + neck, random head)", "",
-        f"`python benchmarks/transfer_detection.py{' --quick' if args.quick else ''}` - epochs "
+        f"`python benchmarks/transfer_detection.py{' --smoke' if args.smoke else ''}` - epochs "
         f"{ultra.get('epochs')}, imgsz {ultra.get('imgsz')}, batch {ultra.get('batch')}, fraction "
-        f"{ultra.get('fraction', 1.0)}, device {ultra.get('device')}, seed {report['recipe'].get('seed')}; "
+        f"{ultra.get('fraction', 1.0)}, device {ultra.get('device')}, seeds {', '.join(map(str, seeds))}; "
         f"torch {versions.get('torch', '?')}, ultralytics {versions.get('ultralytics', '?')}, {hardware}. "
-        "mAP on the val split, "
-        "Ultralytics' validator, adapters merged before Conv+BN fusion.", "",
-        markdown_table(rows, list(rows[0])), verdict(rows), "", END,
+        f"Each run: {split}, Ultralytics' validator, adapters merged before Conv+BN fusion. `+-` is the 95% Student "
+        "t-interval over seeds; `delta` the mean per-seed difference to full fine-tuning with its own 95% "
+        "t-interval; every row at Ultralytics' `lr0`.", "",
+        markdown_table(rows, list(rows[0])), verdict(report), "", END,
     ]
     return "\n".join(lines)
 

@@ -21,14 +21,22 @@ def test_benchmark_tiny(shared, tmp_path, monkeypatch):
     try:
         docs = tmp_path / "benchmarks.md"
         docs.write_text("# Benchmarks\n\n<!-- detection-benchmark:start -->\nDET\n<!-- detection-benchmark:end -->\n")
-        bench.main(["--tiny", "--threads", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "b.md"),
-                    "--update-docs", str(docs)])
+        bench.main(["--smoke", "--only", "linear_probe,lora_r8", "--threads", "1", "--runs", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "b.md"), "--update-docs", str(docs)])
     finally:
         torch.set_num_threads(n)
     md = (tmp_path / "b.md").read_text()
     assert "### flowers: " in md and "### digits: " in md
-    assert "gap best PEFT - full" in md and "faster with `cache_features: true`" in md
-    assert md.count("| linear_probe |") == 2
+    assert "paired 95% interval above 0" in md and "faster with `cache_features: true`" in md
+    assert md.count("| linear_probe |") == 2 and "top1_test" in md and "| verdict |" in md
+    # The test split is carved into the run folder, 20% of each class of train, disjoint from train.
+    import csv
+
+    split = tmp_path / "runs" / "splits" / "flowers5_128"
+    lists = {s: list(csv.DictReader((split / f"{s}.csv").open())) for s in ("train", "val", "test")}
+    assert len(lists["test"]) == 400 and len(lists["train"]) == 1600 and len(lists["val"]) == 500
+    assert not {r["path"] for r in lists["test"]} & {r["path"] for r in lists["train"]}
+    assert all(str(shared) in r["path"] for r in lists["test"])
     text = docs.read_text()
     assert "DET" in text and text.count("classification-benchmark:start") == 1
     bench.update_docs(docs, md)  # replacing keeps exactly one classification section
