@@ -131,12 +131,16 @@ def test_seed_changes_head_and_adapter_init_data_order_and_augmentation(tmp_path
     ("lr_grid={lora: [1e-3, -1]}", "lr_grid.lora: expected a non-empty list of positive learning rates"),
     ("lr_grid={lora: 1e-3}", "lr_grid.lora: expected a non-empty list of positive learning rates"),
     ("lr_grid={lorra: [1e-3]}", "lr_grid.lorra: not a compare run; the runs are ['full', 'lora'] (did you mean"),
+    ("lr_grid={lora: [1e-3, 0.001]}", "lr_grid.lora: a rate is listed twice"),
+    ("lr_grid={lora: [true]}", "lr_grid.lora: expected a non-empty list of positive learning rates"),
+    ("compare.lora=[{method: head}]", "lr_grid.lora: the run trains only the head"),
 ])
 def test_bad_protocol_input_is_one_line_exit_2(tmp_path, capsys, override, message):
     data = make_toy_imagefolder(tmp_path / "toy", classes=2, train_per_class=2, val_per_class=1, size=8)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(_doc(data, tmp_path / "runs")))
-    assert main(["compare", str(path), override]) == 2
+    extra = ["lr_grid={lora: [1e-3]}"] if override.startswith("compare.") else []
+    assert main(["compare", str(path), override, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()

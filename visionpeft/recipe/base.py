@@ -180,6 +180,10 @@ class BaseRecipe(Section):
                 hint = closest(unknown[0], runs, n=1)
                 raise ValueError(f"lr_grid.{unknown[0]}: not a compare run; the runs are {list(runs)}"
                                  + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            heads = [k for k in self.lr_grid if all(e["method"] == "head" for e in runs[k])]
+            if heads:
+                raise ValueError(f"lr_grid.{heads[0]}: the run trains only the head, whose rate is optim.head_lr "
+                                 "(classification); a grid would train the same run several times. Remove the entry")
         return self
 
     def compare_runs(self) -> dict[str, list[dict[str, Any]]]:

@@ -75,7 +75,7 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     and, when the data has a ``test`` split, is evaluated on it (see :mod:`visionpeft.tasks.protocol`).
     If a run fails before anything was written, the (empty) compare directory is removed again.
     """
-    from .protocol import run_protocol
+    from .protocol import run_protocol, with_lr
 
     runs = recipe.compare_runs()
     optim = getattr(recipe, "optim", None)  # classification; detection runs on Ultralytics' lr0
@@ -83,9 +83,9 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
         from ..errors import ConfigError
         from ..optim_settings import shared_lr_problem
 
-        gridded = {k: [{**e, "lr": 1.0} if e["method"] != "head" else e for e in v] if k in (recipe.lr_grid or {})
-                   else v for k, v in runs.items()}  # a grid run sets its own rate
-        problem = shared_lr_problem(gridded, optim.lr)
+        grids = recipe.lr_grid or {}  # a grid run sets its own rate on its entries
+        problem = shared_lr_problem({k: with_lr(v, grids[k][0]) if k in grids else v for k, v in runs.items()},
+                                    optim.lr)
         if problem:
             raise ConfigError(problem)
     task = get_task(recipe.task)
