@@ -49,3 +49,31 @@ def test_write_report_files(tmp_path, capsys):
     assert "selection-biased" in md  # no test split: the report says its numbers are optimistic
     assert paths["png"].stat().st_size > 5000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "| full |" in capsys.readouterr().out
+
+
+def seeded(name: str, seed: int, val: float, test: float, curve: list) -> RunResult:
+    r = result(name, 100, {"top1": val}, 0.1, 10.0)
+    r.extra.update(seed=seed, test_metrics={"top1": test}, val_curve=curve)
+    return r
+
+
+def test_rows_over_seeds_intervals_verdict_and_time_to_full():
+    from visionpeft.tasks.base import StrategyRuns
+
+    full = StrategyRuns("full", [seeded("full", 0, 0.80, 0.70, [[10, 0.6], [20, 0.8]]),
+                                 seeded("full", 1, 0.82, 0.74, [[10, 0.7], [20, 0.82]])])
+    # Test deltas 0.05 and 0.07 (mean 0.06, s = 0.0141421): interval 0.06 +- 12.706 * 0.01 -> tied with 2 seeds.
+    lora = StrategyRuns("lora", [seeded("lora", 0, 0.81, 0.75, [[5, 0.81], [9, 0.83]]),
+                                 seeded("lora", 1, 0.80, 0.81, [[5, 0.79], [9, 0.80]])])
+    probe = StrategyRuns("probe", [seeded("probe", 0, 0.5, 0.49, [[1, 0.5]]),
+                                   seeded("probe", 1, 0.5, 0.53, [[1, 0.5]])])
+    rows = {r["strategy"]: r for r in report_rows([full, lora, probe], "top1")}
+    lo = rows["lora"]
+    assert lo["top1_test"] == pytest.approx(0.78) and lo["top1_val"] == pytest.approx(0.805)
+    assert lo["delta_top1_test_vs_full"] == pytest.approx(0.06)
+    assert lo["delta_top1_test_ci_low"] == pytest.approx(0.06 - 12.706 * 0.01, abs=1e-6)
+    assert lo["verdict"] == "tied" and rows["probe"]["verdict"] == "worse"  # deltas -0.21, -0.21: s = 0
+    assert rows["full"]["verdict"] == "baseline" and rows["full"]["time_to_full_val_s"] == 20.0
+    # lora reaches full's final validation value (0.80 / 0.82) at 5 s in seed 0 only; the probe never does.
+    assert (lo["time_to_full_val_s"], lo["time_to_full_reached"]) == (5.0, "1/2")
+    assert (rows["probe"]["time_to_full_val_s"], rows["probe"]["time_to_full_reached"]) == ("never", "0/2")
