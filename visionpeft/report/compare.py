@@ -118,7 +118,9 @@ def _provenance(recipe: Any, results: Sequence[RunResult] = ()) -> list[str]:
         lines.append(data_line)
     train = getattr(recipe, "train", None)
     if train is not None and hasattr(train, "epochs"):
-        lines.append(f"- epochs: {train.epochs}, seed: {getattr(recipe, 'seed', '?')}")
+        seed, n = getattr(recipe, "seed", "?"), int(getattr(recipe, "seeds", 1) or 1)
+        seeds = f"seeds: {seed}-{seed + n - 1}" if n > 1 and isinstance(seed, int) else f"seed: {seed}"
+        lines.append(f"- epochs: {train.epochs}, {seeds}")
     return lines
 
 
