@@ -61,7 +61,7 @@ def display_rows(rows: Sequence[dict[str, Any]], head: str, other: str | None) -
         t = r.get("time_to_full_val_s")
         out.append({**r, head: _num(r.get(head)) + (f" +- {half:.4f}" if half is not None else ""),
                     **({other: _num(r.get(other))} if other else {}),
-                    "delta": delta, "lr": "-" if r.get("lr") is None else f"{r['lr']:g}",
+                    "delta": delta, "lr": "default" if r.get("lr") is None else f"{r['lr']:g}",
                     "time_to_full": t if t in ("never", None) else f"{t:.1f} s ({r['time_to_full_reached']})"})
     return out
 
@@ -81,7 +81,8 @@ def report_markdown(groups: Sequence[StrategyRuns], rows: Sequence[dict[str, Any
     md += [f"- {key}: {value}" for key, value in (extra or {}).items()]
     md += ["", *protocol_lines(doc, primary), "## Results", "", table,
            f"`delta` is `{head}` minus full fine-tuning's (per seed, then averaged), with its 95% interval. "
-           "Ratios are against full fine-tuning; seconds are per run (mean over seeds).", "",
+           "Ratios are against full fine-tuning; seconds are per run (mean over seeds); `lr` is the rate chosen "
+           "from the run's `lr_grid` (`default`: the entries' own `lr` or each method's default).", "",
            "![pareto](pareto.png)", ""]
     seed_cols = ["strategy", "seed", "lr", *(c for c in doc["seed_runs"][0] if c.endswith(("_val", "_test")))
                  ] if doc["seed_runs"] else []
