@@ -144,3 +144,14 @@ def test_bad_protocol_input_is_one_line_exit_2(tmp_path, capsys, override, messa
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_with_lr_sets_every_entry_but_the_head_and_seeds_follow_the_seed():
+    from visionpeft.tasks.protocol import seeds_of, with_lr
+
+    entries = [{"method": "freeze", "n": 3}, {"method": "lora", "rank": 8, "lr": 5e-4}, {"method": "head"}]
+    assert with_lr(entries, 3e-3) == [{"method": "freeze", "n": 3, "lr": 3e-3},
+                                      {"method": "lora", "rank": 8, "lr": 3e-3}, {"method": "head"}]
+    assert with_lr(entries, None) == entries and with_lr(entries, None)[0] is not entries[0]
+    recipe = parse_recipe({"model": "m", "data": "d", "seed": 5, "seeds": 3})
+    assert seeds_of(recipe) == [5, 6, 7]
