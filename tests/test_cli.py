@@ -38,6 +38,8 @@ def test_compare_eval_merge(recipe_file, tmp_path, capsys):
     assert 0 < report["runs"][1]["peak_mem_mb"] < report["runs"][0]["peak_mem_mb"]
     for name in ("report.md", "report.csv", "pareto.png"):
         assert (cdir / name).is_file()
+    # No test split in this toy: the headline is validation, and the report says it is selection-biased.
+    assert report["protocol"]["headline"] == "top1_val" and "selection-biased" in (cdir / "report.md").read_text()
     assert not list(cdir.rglob("events.out.tfevents.*"))  # tensorboard=false
     run_recipe = yaml.safe_load((cdir / "02-lora" / "recipe.yaml").read_text())
     assert run_recipe["strategies"][0]["method"] == "lora" and run_recipe["compare"] is None
