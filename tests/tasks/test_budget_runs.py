@@ -93,3 +93,28 @@ def test_detection_refuses_importance_before_any_data_is_read():
                                           "use allocation: uniform"):
         PeftDetectionTrainer.configure([{"method": "lora", "budget": 0.02, "allocation": "importance"}])
     PeftDetectionTrainer.configure([{"method": "lora", "budget": 0.02}, {"method": "head"}])  # uniform is fine
+
+
+def test_uniform_budget_trains_in_ultralytics_and_reloads(coco8, weights, tmp_path):
+    """A budgeted LoRA inside Ultralytics' own loop (coco8, 64 px, 1 epoch): the ranks are solved on the model
+    the trainer builds, recorded in the adapter, and the trained adapter reloads onto a fresh base exactly."""
+    pytest.importorskip("ultralytics")
+    import visionpeft
+    from visionpeft.tasks.detection.merge import build_training_model
+    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+
+    from .detection_support import offline_args
+
+    cls = PeftDetectionTrainer.configure([{"method": "lora", "budget": 0.02}, {"method": "head"}],
+                                         run_dir=tmp_path / "run")
+    trainer = cls(overrides=offline_args(tmp_path, model=weights, data=str(coco8), name="budget"))
+    trainer.train()
+    plan = visionpeft.get_plan(trainer.model)
+    record = plan.resolved[0]
+    assert 0.9 * 0.02 <= record["fraction"] <= 0.02
+    assert plan.by_strategy["lora"] == record["adapter_params"]
+    fresh = build_training_model(weights, 80, trainer.data["names"])
+    loaded = visionpeft.load_adapter(fresh, tmp_path / "run" / "adapter_last")
+    assert loaded.resolved[0]["ranks"] == record["ranks"]
+    ema_sd = trainer.ema.ema.state_dict()
+    assert all(torch.equal(v, ema_sd[k]) for k, v in fresh.state_dict().items() if v.is_floating_point())
