@@ -111,6 +111,11 @@ class TrainabilityPlan:
             labels=list(labels if labels is not None else strategies),
         )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Plans pickled before budgets existed (Ultralytics checkpoints hold the adapted model) have no `resolved`.
+        state.setdefault("resolved", [])
+        self.__dict__.update(state)
+
     @property
     def trainable_pct(self) -> float:
         return 100.0 * self.trainable_count / max(self.total, 1)

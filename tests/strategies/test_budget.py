@@ -346,3 +346,14 @@ def test_uniform_budget_round_trips_on_yolo(tmp_path):
     assert plan.resolved == visionpeft.get_plan(model).resolved
     sd, fsd = model.state_dict(), fresh.state_dict()
     assert all(torch.equal(sd[k], fsd[k]) for k in plan.trainable)
+
+
+def test_a_plan_pickled_before_budgets_existed_loads_with_nothing_resolved():
+    import pickle
+
+    plan = visionpeft.apply(nn.Sequential(nn.Linear(4, 4)), [{"method": "lora", "rank": 2}],
+                            spec=visionpeft.ModelSpec())
+    old = pickle.loads(pickle.dumps(plan))
+    del old.__dict__["resolved"]  # what an Ultralytics checkpoint written before this change holds
+    again = pickle.loads(pickle.dumps(old))
+    assert again.resolved == [] and "resolved" in again.to_dict() and again.summary() == plan.summary()

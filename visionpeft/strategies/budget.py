@@ -98,7 +98,8 @@ class RankBudgetConfig(StrategyConfig):
         clash = [k for k in ("rank", "rank_pattern") if k in given]
         if clash:
             raise ValueError(f"budget and {' and '.join(clash)} are mutually exclusive: the budget chooses every "
-                             f"layer's rank; remove {' and '.join(clash)} or the budget")
+                             f"layer's rank; remove {' and '.join(clash)} or the budget (an override can replace "
+                             f"the whole entry: strategies.<i>='{{method: {self.method}, budget: {self.budget:g}}}')")
         return self
 
     @model_serializer(mode="wrap")
