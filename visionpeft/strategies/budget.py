@@ -34,7 +34,6 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
-    SerializationInfo,
     SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
@@ -103,7 +102,7 @@ class RankBudgetConfig(StrategyConfig):
         return self
 
     @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A budget config dumps without ``rank`` / ``rank_pattern`` (the budget chooses them, so the dump parses
         # again); a rank config without the budget fields (its dump is what it was before budgets existed).
         out = handler(self)
