@@ -118,3 +118,20 @@ def test_uniform_budget_trains_in_ultralytics_and_reloads(coco8, weights, tmp_pa
     assert loaded.resolved[0]["ranks"] == record["ranks"]
     ema_sd = trainer.ema.ema.state_dict()
     assert all(torch.equal(v, ema_sd[k]) for k, v in fresh.state_dict().items() if v.is_floating_point())
+
+
+def test_the_probe_draws_nothing_from_the_global_random_generators(toy, tmp_path):
+    from visionpeft.data import list_recipe_splits, resolve_data_config
+    from visionpeft.tasks.classification.importance import importance_probe
+
+    r = recipe(toy, tmp_path)
+    samples = list_recipe_splits(r)[1]["train"].samples
+    cfg = resolve_data_config({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                               "interpolation": "bilinear", "crop_pct": 1.0}, r.augment)
+    probe = importance_probe(r, cfg, samples, torch.device("cpu"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    losses = [x.item() for x in probe.losses(model, 2)]
+    assert len(losses) == 2 and torch.equal(before, torch.random.get_rng_state())
+    assert losses == [x.item() for x in probe.losses(model, 2)]  # the same batches every time

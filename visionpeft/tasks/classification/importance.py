@@ -49,7 +49,8 @@ def importance_probe(recipe: Any, data_cfg: Any, samples: Sequence[tuple[Path, i
     def losses(model: nn.Module, n: int) -> Iterator[Tensor]:
         gen = torch.Generator().manual_seed(recipe.seed)
         order = torch.randperm(len(dataset), generator=gen)[: n * batch].tolist()
-        loader = DataLoader(Subset(dataset, order), batch_size=batch, shuffle=False, num_workers=0)
+        # Its own generator: a DataLoader without one draws its base seed from torch's global generator.
+        loader = DataLoader(Subset(dataset, order), batch_size=batch, shuffle=False, num_workers=0, generator=gen)
         home = next(model.parameters()).device
         model.to(device)
         try:
