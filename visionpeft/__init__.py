@@ -25,12 +25,14 @@ from .errors import (
 from .params import format_parameter_report, parameter_report
 from .plan import TrainabilityPlan
 from .spec import ModelSpec, PromptSpec
+from .strategies.importance import GradientProbe
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterMismatchError",
     "ConfigError",
+    "GradientProbe",
     "ModelSpec",
     "PlanViolationError",
     "PromptSpec",

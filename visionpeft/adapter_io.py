@@ -179,7 +179,8 @@ def load_adapter(
     """Apply the recorded strategies to a fresh base ``model`` and load the adapter tensors. All or nothing.
 
     Checked before the tensors load, each refusal naming what differs (:class:`AdapterMismatchError`):
-    the strategies in ``adapter.json`` against those the tensors were saved with; the base identity
+    the strategies in ``adapter.json`` (with the per-layer ranks a budget chose, ``plan.resolved``) against
+    those the tensors were saved with; the base identity
     (``spec.name``, e.g. ``timm:tf_efficientnet_lite0``) and module structure (classes and settings such as
     conv padding); the exact set and shapes of the adapter tensors against what the strategies create; the
     fingerprint of the frozen base weights. On any failure the model is left exactly as it was.
@@ -203,7 +204,9 @@ def load_adapter(
     if not ignore_identity:
         _check_identity(spec, meta, directory)
     with atomic(root):
-        plan = apply(root, meta["strategies"], spec)
+        # Per-layer ranks a budget chose (maybe from training data) are taken as recorded, never solved again.
+        recorded = meta.get("plan", {}).get("resolved") if isinstance(meta.get("plan"), dict) else None
+        plan = apply(root, meta["strategies"], spec, resolved=recorded)
         _check_keys(root, plan, tensors, meta, directory)
         if not ignore_identity:
             _check_structure(root, meta, directory)
