@@ -175,3 +175,17 @@ def test_detection_predict_default_out_and_one_image(det_run, capsys):
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["imgsz"] == 64 and doc["conf"] == 0.25  # the run's training imgsz, Ultralytics' default conf
     assert [r["file"] for r in doc["images"]] == [str(image)] and (out / "images" / image.name).is_file()
+
+
+def test_adapters_that_cannot_be_folded_predict_unmerged():
+    """VPT prompts cannot be merged: predict keeps the adapted model and records why."""
+    import timm
+
+    import visionpeft
+    from visionpeft.tasks.predict import merged_or_adapted
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32)
+    visionpeft.apply(model, [{"method": "vpt", "tokens": 2}, {"method": "head"}])
+    same, info = merged_or_adapted(model, True)
+    assert same is model and info["merged"] is False and "vpt" in info["not_merged_because"].lower()
+    assert visionpeft.get_plan(model) is not None  # still adapted, untouched
