@@ -192,3 +192,24 @@ def test_cli_offline_names_exit_2_with_one_line(ul_dirs, tmp_path, capsys, no_do
     assert main(["params", "yolov8n.pt"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{RELEASE}/v8.4.0/yolov8n.pt" in err
+
+
+def test_train_and_eval_the_seed_example_by_names(ul_dirs, online, fake_model_download, fake_data_download,
+                                                  tmp_path, capsys):
+    """``model=yolo11n.pt data=coco8.yaml`` trains (downloads replaced); the run records the files it used."""
+    from visionpeft.safe_yaml import load_yaml_file
+
+    work, datasets, _ = ul_dirs
+    recipe = tmp_path / "seed.yaml"
+    recipe.write_text(
+        f"task: detection\nname: seed\nmodel: yolo11n.pt\ndata: coco8.yaml\noutput: {tmp_path / 'runs'}\n"
+        "strategies: [{method: lora, rank: 2}, {method: head}]\nultralytics: {epochs: 1, imgsz: 64, batch: 2, "
+        "nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false}\n")
+    assert main(["train", str(recipe)]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    saved = load_yaml_file(run / "recipe.yaml")
+    assert saved["model"] == str(work / "yolo11n.pt") and saved["data"] == resolve_data("coco8.yaml")
+    assert len(fake_model_download) == 1 and len(fake_data_download) == 1
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert "map50_95" in capsys.readouterr().out
