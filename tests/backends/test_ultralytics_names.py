@@ -213,3 +213,15 @@ def test_train_and_eval_the_seed_example_by_names(ul_dirs, online, fake_model_do
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0
     assert "map50_95" in capsys.readouterr().out
+
+
+def test_recipes_take_bare_ultralytics_names():
+    from visionpeft.recipe import parse_recipe
+
+    base = {"task": "detection", "name": "n", "strategies": [{"method": "head"}]}
+    recipe = parse_recipe({**base, "model": "yolo11n", "data": "coco8"})
+    assert recipe.model == "yolo11n.pt" and recipe.data == "coco8"  # Ultralytics' own stem -> asset name
+    with pytest.raises(ConfigError, match="model: expected an Ultralytics '.pt' checkpoint"):
+        parse_recipe({**base, "model": "resnet50", "data": "coco8"})
+    with pytest.raises(ConfigError, match="data: expected an Ultralytics data yaml"):
+        parse_recipe({**base, "model": "yolo11n.pt", "data": "images/"})
