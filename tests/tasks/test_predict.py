@@ -18,7 +18,16 @@ from .detection_support import copy_dataset
 
 # ------------------------------------------------------------------------------------------ classification
 @pytest.fixture(scope="module")
-def cls_run(tmp_path_factory) -> Path:
+def one_thread():
+    """Module fixtures run before conftest's per-test one-thread setting: 2 threads on a busy machine crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory, one_thread) -> Path:
     """A trained LoRA + head run of timm's tiny test_efficientnet on a 3-class toy set (seconds)."""
     root = tmp_path_factory.mktemp("cls")
     toy = make_toy_imagefolder(root / "toy", classes=3, train_per_class=12, val_per_class=6, size=24)
@@ -100,7 +109,7 @@ def test_bad_predict_input_is_one_line_exit_2(cls_run, tmp_path, capsys, options
 
 # ------------------------------------------------------------------------------------------------ detection
 @pytest.fixture(scope="module")
-def det_run(shared, tmp_path_factory) -> Path:
+def det_run(shared, tmp_path_factory, one_thread) -> Path:
     """A 1-epoch LoRA + head run of the COCO-backbone YOLOv5nu on a tmp copy of coco8 (64 px, CPU)."""
     root = tmp_path_factory.mktemp("det")
     data = copy_dataset(shared, "coco8", root)

@@ -38,7 +38,6 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
         if getattr(options, key) is not None:
             raise ConfigError(f"predict: {key}= applies to Ultralytics runs; a classification run uses its own eval "
                               "preprocessing (image size, crop, normalisation) as recorded for eval")
-    arrays = [read_image(p) for p in images]  # every image decodes, or one error naming it, before any work
     recipe, model, _, meta = TASK.load_run(run_dir)
     model, info = merged_or_adapted(model, options.merged)
     device = resolve_device(options.device or recipe.train.device)
@@ -51,7 +50,8 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
     records = []
     with torch.no_grad():
         for start in range(0, len(images), BATCH):
-            batch = torch.stack([transform(image=a)["image"] for a in arrays[start:start + BATCH]]).to(device)
+            chunk = images[start:start + BATCH]  # decoded batch by batch: an unreadable image is one error naming it
+            batch = torch.stack([transform(image=read_image(p))["image"] for p in chunk]).to(device)
             with ctx:
                 probs = model(batch).float().softmax(dim=1).cpu()
             top = probs.topk(k, dim=1)
