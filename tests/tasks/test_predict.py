@@ -198,3 +198,30 @@ def test_adapters_that_cannot_be_folded_predict_unmerged():
     same, info = merged_or_adapted(model, True)
     assert same is model and info["merged"] is False and "vpt" in info["not_merged_because"].lower()
     assert visionpeft.get_plan(model) is not None  # still adapted, untouched
+
+
+@pytest.mark.parametrize(("yaml", "predictor", "key"), [
+    ("yolov8n-seg.yaml", "SegmentationPredictor", "segments"),
+    ("yolov8n-pose.yaml", "PosePredictor", "keypoints"),
+    ("yolov8n-obb.yaml", "OBBPredictor", "box"),
+    ("yolov8n-cls.yaml", "ClassificationPredictor", "confidence"),
+])
+def test_every_ultralytics_task_predicts_through_its_own_predictor(shared, tmp_path, yaml, predictor, key):
+    """Written against the model's task: segment / pose / obb / classify models take the same path."""
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    from visionpeft.tasks.detection.predict import predictor_class, ultralytics_predict
+
+    cfg = tasks.yaml_model_load(yaml)
+    model_cls = {"segment": tasks.SegmentationModel, "pose": tasks.PoseModel, "obb": tasks.OBBModel,
+                 "classify": tasks.ClassificationModel}[tasks.guess_model_task(cfg)]
+    torch.manual_seed(0)
+    model = model_cls(cfg, nc=2, verbose=False).eval()
+    task, cls = predictor_class(model)
+    assert cls.__name__ == predictor
+    image = shared / "data" / "coco8" / "images" / "val" / "000000000036.jpg"
+    over = {"mode": "predict", "imgsz": 64, "conf": 0.0, "device": "cpu", "save": False, "verbose": False,
+            "batch": 1, "project": str(tmp_path), "name": "u", "exist_ok": True}
+    records, info = ultralytics_predict(model, [image], over, tmp_path)
+    assert info["ultralytics_task"] == task and records[0]["file"] == str(image)
+    assert records[0]["predictions"] and key in records[0]["predictions"][0]  # conf=0: a random head still answers
+    assert (tmp_path / "images" / image.name).is_file() == (task != "classify")

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["predict_images", "predictor_class"]
+__all__ = ["predict_images", "predictor_class", "ultralytics_predict"]
 
 
 def predictor_class(model: nn.Module) -> tuple[str, Any]:
@@ -76,19 +76,26 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
         raise ConfigError("predict: topk= applies to classification runs; set conf= to keep fewer detections")
     _check_images(images)
     model, info = merged_or_adapted(load_run_model(run_dir), options.merged)
+    records, extra = ultralytics_predict(model, images, _overrides(run_dir, model, options, out), out)
+    return records, {**info, **extra}
+
+
+def ultralytics_predict(model: nn.Module, images: list[Path], overrides: dict[str, Any], out: Path
+                        ) -> tuple[list[dict], dict[str, Any]]:
+    """Run Ultralytics' predictor for ``model``'s task on ``images``; records and annotated images in ``out``."""
+    from ...errors import ConfigError
+
     task, cls = predictor_class(model)
-    overrides = _overrides(run_dir, model, options, out)
     predictor = cls(overrides=overrides)
     results = predictor(source=[str(p) for p in images], model=model)
+    if len(results) != len(images):
+        raise ConfigError(f"predict: Ultralytics returned {len(results)} results for {len(images)} images")
     records, used = [], set()
     draw = task != "classify"
     if draw:
         (out / "images").mkdir(exist_ok=True)
-    if len(results) != len(images):
-        raise ConfigError(f"predict: Ultralytics returned {len(results)} results for {len(images)} images")
     for image, result in zip(images, results):
         records.append({"file": str(image), "predictions": result.summary(normalize=False, decimals=5)})
         if draw:
             result.save(filename=str(out / "images" / _unique_name(used, image)))
-    return records, {**info, "ultralytics_task": task, "imgsz": overrides["imgsz"],
-                     "conf": float(predictor.args.conf)}
+    return records, {"ultralytics_task": task, "imgsz": overrides["imgsz"], "conf": float(predictor.args.conf)}
