@@ -89,6 +89,10 @@ def resolve_model(value: str | Path, field: str = "model") -> str:
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 
     name = check_yolov5u_filename(text, verbose=False)  # yolov5n.pt -> yolov5nu.pt, as Ultralytics renames it
+    if "://" in text:
+        from urllib.parse import urlparse
+
+        name = Path(urlparse(text).path).name or "weights.pt"
     for found in (Path(name), Path(SETTINGS["weights_dir"]) / name):
         if found.is_file():
             return str(found)
@@ -148,12 +152,12 @@ def _present(doc: dict[str, Any], root: Path) -> bool:
 
 
 def _what_downloads(doc: dict[str, Any], yaml_path: Path) -> str:
-    """``https://...zip`` for a URL ``download:``, else what the download script fetches."""
+    """``download https://...zip`` for a URL ``download:``, else ``run the download script ...`` (what it fetches)."""
     script = str(doc.get("download") or "")
     if script.lower().startswith("http"):
-        return script.strip()
+        return f"download {script.strip()}"
     urls = re.findall(r"https?://[^\s'\"]+", script)
-    return f"the download script in {yaml_path}" + (f" (it fetches {urls[0]} ...)" if urls else "")
+    return f"run the download script in {yaml_path}" + (f" (it fetches {urls[0]} ...)" if urls else "")
 
 
 def resolve_data(value: str | Path, field: str = "data") -> str:
@@ -191,10 +195,10 @@ def resolve_data(value: str | Path, field: str = "data") -> str:
     if is_offline():
         raise ConfigError(
             f"{field}: {text} is Ultralytics' dataset yaml {yaml_path}; its images are not in {root}, so Ultralytics "
-            f"would download {_what_downloads(doc, yaml_path)} into {datasets_dir()}, but {_OFFLINE}. Download and "
+            f"would {_what_downloads(doc, yaml_path)} into {datasets_dir()}, but {_OFFLINE}. Download and "
             f"unzip it there where there is internet, or pass a local data yaml instead: {field}=path/to/data.yaml"
         )
-    _download(lambda: _check_det(str(yaml_path)), _what_downloads(doc, yaml_path), field)
+    _download(lambda: _check_det(str(yaml_path)), _what_downloads(doc, yaml_path).split(" ", 1)[1], field)
     return str(yaml_path)
 
 
