@@ -105,7 +105,7 @@ def test_bad_predict_input_is_one_line_exit_2(cls_run, tmp_path, capsys, options
     before = sorted(p.name for p in cls_run.iterdir())
     assert main(["predict", str(cls_run), *[o.format(tmp=tmp_path) for o in options]]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err and "skip_bad_images" not in err
     assert sorted(p.name for p in cls_run.iterdir()) == before  # nothing left behind in the run
 
 
@@ -227,3 +227,13 @@ def test_every_ultralytics_task_predicts_through_its_own_predictor(shared, tmp_p
     assert info["ultralytics_task"] == task and records[0]["file"] == str(image)
     assert records[0]["predictions"] and key in records[0]["predictions"][0]  # conf=0: a random head still answers
     assert (tmp_path / "images" / image.name).is_file() == (task != "classify")
+
+
+def test_detection_bad_sources_are_one_line(det_run, tmp_path, capsys):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 16)
+    for options, message in ((["source={tmp}/bad.jpg"], "bad.jpg: cannot read this image"),
+                             (["source={tmp}/bad.jpg", "topk=3"], "topk= applies to classification runs")):
+        assert main(["predict", str(det_run), *[o.format(tmp=tmp_path) for o in options]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "skip_bad_images" not in err
+    assert not [p for p in det_run.glob("predict-*") if not (p / "predictions.json").is_file()]  # none left empty

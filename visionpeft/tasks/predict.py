@@ -187,6 +187,13 @@ def predict_run(run_dir: str | Path, options: PredictOptions) -> Path:
     return out
 
 
+def unreadable(message: str) -> ConfigError:
+    """A decoding error of a source image as ``predict`` reports it (without the recipe's skip hint)."""
+    from ..data.image import SKIP_HINT
+
+    return ConfigError(f"source: {message.replace(SKIP_HINT, 'Fix or delete the file, or leave it out of source=')}")
+
+
 def merged_or_adapted(model: Any, merged: bool) -> tuple[Any, dict[str, Any]]:
     """``model`` with its adapter folded in when ``merged`` (and foldable); ``(model, {"merged": ..., ...})``."""
     if not merged:

@@ -20,13 +20,22 @@ __all__ = ["predict_images", "BATCH"]
 BATCH = 32
 
 
+def _read(path: Path) -> Any:
+    from ...data.image import ImageError, read_image
+    from ..predict import unreadable
+
+    try:
+        return read_image(path)
+    except ImageError as exc:
+        raise unreadable(str(exc)) from None
+
+
 def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -> tuple[list[dict], dict[str, Any]]:
     """One record per image: ``{"file": ..., "predictions": [{"class", "index", "prob"}, ...]}`` (top-k, best first).
 
     Raises:
         ConfigError: an Ultralytics-only option (``conf``, ``imgsz``), or an unreadable image (naming it).
     """
-    from ...data.image import read_image
     from ...data.transforms import build_transforms
     from ...errors import ConfigError
     from ..predict import merged_or_adapted
@@ -52,7 +61,7 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
     with torch.no_grad():
         for start in range(0, len(images), BATCH):
             chunk = images[start:start + BATCH]  # decoded batch by batch: an unreadable image is one error naming it
-            batch = torch.stack([transform(image=read_image(p))["image"] for p in chunk]).to(device)
+            batch = torch.stack([transform(image=_read(p))["image"] for p in chunk]).to(device)
             with ctx:
                 probs = model(batch).float().softmax(dim=1).cpu()
             top = probs.topk(k, dim=1)

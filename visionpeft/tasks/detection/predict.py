@@ -31,13 +31,13 @@ def predictor_class(model: nn.Module) -> tuple[str, Any]:
 
 
 def _check_images(images: list[Path]) -> None:
-    from ...errors import ConfigError
+    from ..predict import unreadable
     from .data import image_problem
 
     for image in images:
         problem = image_problem(image)
         if problem is not None:
-            raise ConfigError(f"source: {problem.split('. Fix or delete')[0]}")
+            raise unreadable(problem)
 
 
 def _overrides(run_dir: Path, model: nn.Module, options: Any, out: Path) -> dict[str, Any]:
