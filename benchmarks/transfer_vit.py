@@ -44,6 +44,11 @@ STRATEGIES: dict[str, list[dict[str, Any]]] = {
     "vpt_shallow": [{"method": "vpt", "tokens": 10, "mode": "shallow"}, {"method": "head"}],
     "vpt_deep": [{"method": "vpt", "tokens": 10, "mode": "deep"}, {"method": "head"}],
     "freeze_7": [{"method": "freeze", "n": 7}],
+    "dora_r8": [{"method": "dora", "rank": 8, "alpha": 16}, {"method": "head"}],
+    "loha_r4": [{"method": "loha", "rank": 4, "alpha": 4}, {"method": "head"}],
+    "lokr_r8": [{"method": "lokr", "rank": 8, "alpha": 8}, {"method": "head"}],
+    "ssf": [{"method": "ssf"}, {"method": "head"}],
+    "adaptformer_16": [{"method": "adaptformer", "bottleneck": 16, "scale": 0.1}, {"method": "head"}],
 }
 FULL = [{"method": "full"}]
 #: Learning-rate grid per method family (AdamW); the first entry of each run gets the rate.
@@ -53,6 +58,11 @@ GRID: dict[str, list[float]] = {
     "lora_r8": [3e-4, 1e-3, 3e-3],
     "vpt_deep": [3e-4, 1e-3, 3e-3],
     "bitfit": [1e-3, 3e-3, 1e-2],
+    "dora_r8": [3e-4, 1e-3, 3e-3],
+    "loha_r4": [3e-4, 1e-3, 3e-3],
+    "lokr_r8": [1e-3, 3e-3, 1e-2],
+    "ssf": [1e-3, 3e-3, 1e-2],
+    "adaptformer_16": [1e-3, 3e-3, 1e-2],
 }
 SHARES = {"lora_qv_r8": "lora_r8", "vpt_shallow": "vpt_deep", "freeze_7": "full"}
 
@@ -77,14 +87,19 @@ def base_doc(args: argparse.Namespace, name: str, data: Path, head_lr: float | N
     }
 
 
-def grid(args: argparse.Namespace, flowers: Path) -> dict[str, Any]:
-    """Stage 1: the learning-rate grid on a flowers subset; returns tried values and picks."""
+def grid(args: argparse.Namespace, flowers: Path, known: dict[str, float] | None = None) -> dict[str, Any]:
+    """Stage 1: the learning-rate grid on a flowers subset; returns tried values and picks.
+
+    Families already in ``known`` (``--picks``) keep their rate and are not re-run; the others run their grid.
+    """
     from visionpeft.recipe import parse_recipe
     from visionpeft.tasks.classification import TASK
 
     tried: dict[str, dict[str, float]] = {}
-    picks: dict[str, float] = {}
+    picks: dict[str, float] = dict(known or {})
     for family, lrs in GRID.items():
+        if family in picks or (family not in ("full", "linear_probe") and family not in args.only):
+            continue
         entries = FULL if family == "full" else STRATEGIES[family]
         tried[family] = {}
         for lr in lrs:
@@ -98,7 +113,8 @@ def grid(args: argparse.Namespace, flowers: Path) -> dict[str, Any]:
             print(f"grid {family} lr {lr:g}: top1 {res.metrics['top1']:.4f}", flush=True)
         picks[family] = float(max(tried[family].items(), key=lambda kv: kv[1])[0])
     for name, family in SHARES.items():
-        picks[name] = picks[family]
+        if family in picks:
+            picks.setdefault(name, picks[family])
     return {"tried": tried, "picks": picks}
 
 
@@ -106,7 +122,8 @@ def compare_doc(args: argparse.Namespace, name: str, data: Path, picks: dict[str
     doc = base_doc(args, name, data, head_lr=picks["linear_probe"])
     compare = {"full": with_lr(FULL, picks["full"])}
     for run, entries in STRATEGIES.items():
-        compare[run] = with_lr(entries, picks[run])
+        if run in args.only:
+            compare[run] = with_lr(entries, picks[run])
     return {**doc, "compare": compare}
 
 
@@ -158,10 +175,14 @@ def target_lines(reports: dict[str, dict], probes: dict[str, dict]) -> list[str]
         runs = {r["strategy"]: r for r in reports["flowers"]["runs"]}
         full = runs["full"]["top1_val"]
         small = [r for r in runs.values() if r["strategy"] != "full" and r["trainable_pct"] <= 2.0]
+        if not small:
+            return lines
         best = max(small, key=lambda r: r["top1_val"])
         lines.append(f"- flowers, best PEFT run at <= 2% trainable ({best['strategy']}, {best['trainable_pct']:.2f}%) "
                      f"{best['top1_val']:.4f} vs full fine-tuning {full:.4f}: "
                      f"**{'met' if best['top1_val'] >= full else 'missed'}**")
+        if "vpt_deep" not in runs or "linear_probe" not in runs:
+            return lines
         deep, probe = runs["vpt_deep"]["top1_val"], runs["linear_probe"]["top1_val"]
         lines.append(f"- flowers, VPT-deep {deep:.4f} vs linear probe {probe:.4f} (same recipe): "
                      f"**{'met' if deep > probe else 'missed'}**")
@@ -207,7 +228,8 @@ def write_markdown(path: Path, args: argparse.Namespace, result: dict[str, Any])
                    f"{r['strategy']}: {lr_text(r['lrs'])}" for r in report["runs"]), ""]
     for name, p in result["probes"].items():
         md.append(f"- cached linear probe on {name} ({p['img_size']} px, {p['epochs']} epochs, head lr "
-                  f"{p['head_lr']:g}, feature extraction {p['cache_seconds']:.0f} s): top-1 **{p['top1']:.4f}**; "
+                  f"{p['head_lr']:g} of {sorted(p.get('tried_head_lrs', {}))}, "
+                  f"feature extraction {p['cache_seconds']:.0f} s): top-1 **{p['top1']:.4f}**; "
                   f"val top-1 by epoch {p['val_top1_by_epoch']}")
     md += ["", "Targets (issue 9):", *target_lines(result["reports"], result["probes"]), "", END]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--picks", default=None, help="JSON {family: lr} instead of running the grid")
     p.add_argument("--datasets", default="flowers,hymenoptera")
+    p.add_argument("--only", default=",".join(STRATEGIES), help="comma-separated runs (full always runs)")
+    p.add_argument("--probe-lrs", default=None,
+                   help="comma-separated head rates for the cached probe (default: the grid's linear-probe pick)")
+    p.add_argument("--skip-probe", action="store_true")
     p.add_argument("--runs", default=str(REPO / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "transfer_vit.md"))
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "transfer_vit.json"))
@@ -234,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="smoke test: 4 images per class, 32 px, 1 epoch")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    args.only = [r for r in args.only.split(",") if r]
+    unknown = sorted(set(args.only) - set(STRATEGIES))
+    if unknown:
+        p.error(f"--only: unknown runs {unknown}; choose from {sorted(STRATEGIES)}")
     if args.tiny:
         args.img_size = args.probe_size = 32
         args.epochs = args.hymenoptera_epochs = args.grid_epochs = args.probe_epochs = 1
@@ -241,12 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     shared = shared_dir()
     flowers, ants = shared / "data" / "flowers5_128", shared / "data" / "hymenoptera_data"
     result: dict[str, Any] = {"reports": {}, "probes": {}}
-    if args.picks:
-        picks = {k: float(v) for k, v in json.loads(args.picks).items()}
-        picks.update({n: picks[f] for n, f in SHARES.items() if n not in picks})
-    else:
-        result["grid"] = grid(args, flowers)
-        picks = result["grid"]["picks"]
+    known = {k: float(v) for k, v in json.loads(args.picks).items()} if args.picks else {}
+    result["grid"] = grid(args, flowers, known)
+    picks = result["grid"]["picks"]
     result["picks"] = picks
     wanted = args.datasets.split(",")
     todo = [("flowers", flowers, args.epochs), ("hymenoptera", ants, args.hymenoptera_epochs)]
@@ -258,8 +285,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.tiny:
             doc["dataset"] = {"max_per_class": 4}
         result["reports"][name] = run_compare_on(doc)
-        if not args.tiny or name == "flowers":
-            result["probes"][name] = cached_probe(args, name, data, picks["linear_probe"])
+        if not args.skip_probe and (not args.tiny or name == "flowers"):
+            lrs = [float(v) for v in args.probe_lrs.split(",")] if args.probe_lrs else [picks["linear_probe"]]
+            tried = [cached_probe(args, name, data, lr) for lr in lrs]
+            best = max(tried, key=lambda p: p["top1"])  # picked on validation, as every other run here
+            result["probes"][name] = {**best, "tried_head_lrs": {f"{p['head_lr']:g}": p["top1"] for p in tried}}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))  # partial results survive a kill
     write_markdown(Path(args.out), args, result)

@@ -175,11 +175,17 @@ def load_adapter(
     spec: ModelSpec | None = None,
     ignore_fingerprint: bool = False,
     ignore_identity: bool = False,
-) -> TrainabilityPlan:
+    name: str | None = None,
+) -> TrainabilityPlan | None:
     """Apply the recorded strategies to a fresh base ``model`` and load the adapter tensors. All or nothing.
 
+    With ``name``, the adapter joins the model's named adapters instead (:mod:`visionpeft.adapters`): several
+    adapters on one base, switched with :func:`visionpeft.set_adapter` without reloading the base; the first one
+    loaded becomes active. Returns the active adapter's plan then (``None`` when none is active).
+
     Checked before the tensors load, each refusal naming what differs (:class:`AdapterMismatchError`):
-    the strategies in ``adapter.json`` against those the tensors were saved with; the base identity
+    the strategies in ``adapter.json`` (with the per-layer ranks a budget chose, ``plan.resolved``) against
+    those the tensors were saved with; the base identity
     (``spec.name``, e.g. ``timm:tf_efficientnet_lite0``) and module structure (classes and settings such as
     conv padding); the exact set and shapes of the adapter tensors against what the strategies create; the
     fingerprint of the frozen base weights. On any failure the model is left exactly as it was.
@@ -191,6 +197,12 @@ def load_adapter(
             know both compute the same function, e.g. a renamed copy of the model class). Missing keys and
             shape mismatches are always refused.
     """
+    if name is not None:
+        from .adapters import load_named_adapter
+        from .api import get_plan
+
+        load_named_adapter(model, directory, name, spec, ignore_fingerprint, ignore_identity)
+        return get_plan(model)
     directory = Path(directory)
     meta = read_adapter_config(directory)
     tensors, header = _read_tensors(directory)
@@ -203,7 +215,9 @@ def load_adapter(
     if not ignore_identity:
         _check_identity(spec, meta, directory)
     with atomic(root):
-        plan = apply(root, meta["strategies"], spec)
+        # Per-layer ranks a budget chose (maybe from training data) are taken as recorded, never solved again.
+        recorded = meta.get("plan", {}).get("resolved") if isinstance(meta.get("plan"), dict) else None
+        plan = apply(root, meta["strategies"], spec, resolved=recorded)
         _check_keys(root, plan, tensors, meta, directory)
         if not ignore_identity:
             _check_structure(root, meta, directory)

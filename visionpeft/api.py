@@ -13,6 +13,7 @@ from .plan import TrainabilityPlan, remove_bn_hooks
 from .snapshot import atomic
 from .spec import ModelSpec
 from .strategies.base import ApplyContext, Strategy, StrategyConfig
+from .strategies.importance import GradientProbe
 from .strategies.registry import build, parse_config
 
 STATE_ATTR = "_visionpeft_state"
@@ -64,7 +65,8 @@ def parse_strategies(strategies: Sequence[StrategyEntry]) -> list[StrategyConfig
 
 
 def apply(
-    model: Any, strategies: Sequence[StrategyEntry], spec: ModelSpec | None = None
+    model: Any, strategies: Sequence[StrategyEntry], spec: ModelSpec | None = None, *,
+    probe: GradientProbe | None = None, resolved: Sequence[Mapping[str, Any]] | None = None,
 ) -> TrainabilityPlan:
     """Apply strategies in place and return the enforced trainability plan. All or nothing.
 
@@ -75,6 +77,12 @@ def apply(
 
     Every entry is validated against the model before anything changes, and a failure at any later step
     restores the model exactly (modules, hooks, ``requires_grad``, added attributes).
+
+    Args:
+        probe: training batches for budgets with ``allocation: importance`` (classification training passes
+            them; see :class:`visionpeft.strategies.importance.GradientProbe`).
+        resolved: per entry, what a budget resolved before (``plan.resolved`` of a saved adapter or run): the
+            strategies take those per-layer ranks / tokens instead of solving the budget again.
 
     Raises:
         ConfigError / TargetNotFoundError: a bad entry (naming ``strategies.<i>`` or the field), a model that
@@ -91,12 +99,13 @@ def apply(
 
         spec = spec_for(root)
     objs = _ordered(build(configs))
-    ctx = ApplyContext(spec=spec)
+    ctx = ApplyContext(spec=spec, probe=probe)
+    records = _records(resolved, len(configs))
     _freeze_always(root, ctx)
     for i, strategy in objs:
         _at(i, strategy.check, root, ctx)
     with atomic(root):
-        plan = _apply_all(root, objs, ctx, configs)
+        plan = _apply_all(root, objs, ctx, configs, records)
         plan.enforce(root)
         setattr(root, STATE_ATTR, AdaptedState(configs=configs, spec=spec, plan=plan))
     return plan
@@ -119,14 +128,27 @@ def _at(index: int, fn: Any, *args: Any) -> Any:
         raise type(exc)(f"strategies.{index}: {text}") from None
 
 
+def _records(resolved: Sequence[Mapping[str, Any]] | None, n: int) -> list[dict[str, Any]]:
+    """``resolved`` as one dict per strategy entry (empty when nothing was recorded)."""
+    if resolved is None or len(resolved) == 0:
+        return [{} for _ in range(n)]
+    if len(resolved) != n or not all(isinstance(r, Mapping) for r in resolved):
+        raise ConfigError(f"resolved: expected one mapping per strategy entry ({n}), got {str(resolved)[:120]}")
+    return [dict(r) for r in resolved]
+
+
 def _apply_all(
-    root: nn.Module, objs: list[tuple[int, Strategy]], ctx: ApplyContext, configs: list[StrategyConfig]
+    root: nn.Module, objs: list[tuple[int, Strategy]], ctx: ApplyContext, configs: list[StrategyConfig],
+    records: list[dict[str, Any]],
 ) -> TrainabilityPlan:
     base = list(root.parameters()) if not any(s.adds_trainables for _, s in objs) else []
     for p in root.parameters():
         p.requires_grad_(False)
+    resolved: list[dict[str, Any]] = [{} for _ in configs]
     for i, strategy in objs:
+        ctx.recorded = records[i] or None
         report = _at(i, strategy.apply, root, ctx)
+        resolved[i] = report.resolved
         params = dict(root.named_parameters())
         ctx.claims.add((params[n] for n in report.trainable), strategy.method)
     # What freeze leaves trainable belongs to freeze's "rest trains" rule. Claims are re-asserted: a later
@@ -137,6 +159,7 @@ def _apply_all(
     owners = {n: ctx.claims.owner(p) or "base" for n, p in root.named_parameters() if p.requires_grad}
     methods = [c.method for c in configs]
     plan = TrainabilityPlan.build(root, owners, ctx.bn_policy, methods, [c.label() for c in configs])
+    plan.resolved = resolved if any(resolved) else []
     if plan.trainable_count == 0:
         raise ConfigError(_nothing_trains_message(root, ctx, methods))
     return plan

@@ -1,4 +1,4 @@
-"""``visionpeft`` command line: train, compare, resume, eval, merge, params.
+"""``visionpeft`` command line: train, compare, resume, eval, merge, predict, params.
 
 Every command dispatches on the recipe's (or run directory's) ``task``. A ``VisionPeftError`` (bad input)
 prints one line and exits with status 2; no traceback.
@@ -92,6 +92,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .tasks.predict import parse_predict_args, predict_run
+
+    out = predict_run(Path(args.run_dir), parse_predict_args(args.options))
+    print(f"predictions written to {out / 'predictions.json'}")
+    return 0
+
+
 _BARE_METHODS = re.compile(r"^\s*[A-Za-z_][\w-]*(\s*,\s*[A-Za-z_][\w-]*)*\s*$")
 
 
@@ -172,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run_dir")
     m.add_argument("-o", "--output", required=True)
     m.set_defaults(func=cmd_merge)
+    pr = sub.add_parser("predict", help="run a run's adapted model on images; write predictions.json (+ images)")
+    pr.add_argument("run_dir")
+    pr.add_argument("options", nargs="*", default=[], help="source=PATH (an image, a folder, a glob; required) "
+                    "[merged=false] [conf=0.25] [imgsz=640] [topk=5] [device=cpu] [out=DIR]")
+    pr.set_defaults(func=cmd_predict)
     q = sub.add_parser("params", help="parameter report of a model, optionally with strategies applied")
     q.add_argument("model", help="timm model name, or an Ultralytics .pt / model .yaml")
     q.add_argument("--strategy", help="method names (lora or lora,head), a YAML/JSON strategy list such as "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -55,6 +56,9 @@ class TrainabilityPlan:
         by_strategy / by_module_type: trainable elements per owner / per owning module class.
         strategies: the methods applied, in order.
         labels: the same strategies with their settings (``freeze 10 blocks``, ``lora r8``), in order.
+        resolved: per strategy entry, what its parameter budget resolved (per-layer ``ranks`` or VPT ``tokens``,
+            ``adapter_params``, ``fraction``...; see :mod:`visionpeft.strategies.budget`); empty when no entry has
+            a budget. Saved adapters load with these ranks.
     """
 
     trainable: dict[str, str]
@@ -65,6 +69,7 @@ class TrainabilityPlan:
     by_module_type: dict[str, int]
     strategies: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    resolved: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -105,6 +110,11 @@ class TrainabilityPlan:
             strategies=list(strategies),
             labels=list(labels if labels is not None else strategies),
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Plans pickled before budgets existed (Ultralytics checkpoints hold the adapted model) have no `resolved`.
+        state.setdefault("resolved", [])
+        self.__dict__.update(state)
 
     @property
     def trainable_pct(self) -> float:
@@ -168,6 +178,9 @@ class TrainabilityPlan:
         if self.bn_modes:
             modes = Counter(self.bn_modes.values())
             lines.append("batchnorm: " + ", ".join(f"{k}={v}" for k, v in sorted(modes.items())))
+        from .strategies.budget import budget_summary
+
+        lines += [f"{method}: {budget_summary(r)}" for method, r in zip(self.strategies, self.resolved) if r]
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -142,7 +142,9 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
 
     Args:
         source: an Ultralytics ``.pt`` checkpoint (weights + architecture) or a model yaml. Bare Ultralytics
-            names such as ``"yolo11n.yaml"`` resolve to the yaml files shipped with the package (no download).
+            names such as ``"yolo11n.yaml"`` resolve to the yaml files shipped with the package (no download);
+            asset names such as ``"yolo11n.pt"`` resolve as ``YOLO()`` resolves them (working directory, then
+            Ultralytics' ``weights_dir``, else downloaded; see :mod:`.ultralytics_names`).
         nc: number of classes; only for a yaml (a new, randomly initialised model). Leave ``None`` to keep the
             yaml's / checkpoint's own classes.
         verbose: print Ultralytics' layer table.
@@ -165,6 +167,9 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
         )
     if nc is not None:
         raise ConfigError("model: 'nc' applies to a model yaml only; a checkpoint keeps its own classes")
+    from .ultralytics_names import resolve_model
+
+    text = resolve_model(text)  # Ultralytics' names (yolo11n.pt) -> the local file, downloaded as YOLO() does
     check_checkpoint_file(text)
     from .safe_load import load_checkpoint
 

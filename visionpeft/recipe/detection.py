@@ -176,8 +176,10 @@ class DetectionRecipe(BaseRecipe):
 
     Attributes:
         model: an Ultralytics ``.pt`` checkpoint (pretrained weights + architecture) or a model yaml such as
-            ``yolo11n.yaml`` (random init: only for structural tests).
-        data: an Ultralytics data yaml (``train``/``val``[/``test``] image folders, ``names``). Checked
+            ``yolo11n.yaml`` (random init: only for structural tests). Ultralytics' names (``yolo11n.pt``, bare
+            ``yolo11n``) resolve and download as in Ultralytics (:mod:`visionpeft.backends.ultralytics_names`).
+        data: an Ultralytics data yaml (``train``/``val``[/``test``] image folders, ``names``), or the name of one
+            Ultralytics ships (``coco8.yaml``, bare ``coco8``), resolved and downloaded as Ultralytics does. Checked
             before training: missing folders, malformed label lines and class ids out of range are errors
             naming the file and line.
         ultralytics: Ultralytics training arguments passed through unchanged (``epochs``, ``imgsz``,
@@ -202,16 +204,21 @@ class DetectionRecipe(BaseRecipe):
     @field_validator("model")
     @classmethod
     def _check_model(cls, value: str) -> str:
-        if not value.lower().endswith((".pt", ".yaml", ".yml")):
-            raise ValueError(
-                f"expected an Ultralytics '.pt' checkpoint or a model yaml (e.g. yolo11n.yaml), got {brief(value)}"
-            )
-        return value
+        if value.lower().endswith((".pt", ".yaml", ".yml")):
+            return value
+        from ultralytics.utils.downloads import GITHUB_ASSETS_STEMS
+
+        if value.strip() in GITHUB_ASSETS_STEMS:
+            return f"{value.strip()}.pt"  # a bare Ultralytics model name, as `yolo train model=yolo11n` takes it
+        raise ValueError(
+            f"expected an Ultralytics '.pt' checkpoint or a model yaml (e.g. yolo11n.yaml), got {brief(value)}"
+        )
 
     @field_validator("data")
     @classmethod
     def _check_data(cls, value: str) -> str:
-        if not value.lower().endswith((".yaml", ".yml")):
+        bare_name = "/" not in value and "\\" not in value  # an Ultralytics name: coco8 -> coco8.yaml
+        if not value.lower().endswith((".yaml", ".yml")) and not bare_name:
             raise ValueError(f"expected an Ultralytics data yaml (e.g. path/to/data.yaml), got {brief(value)}")
         return value
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..spec import ModelSpec
 from .region import Claims, FrozenRegion
+
+if TYPE_CHECKING:
+    from .importance import GradientProbe
 
 
 class StrategyConfig(BaseModel):
@@ -51,21 +54,30 @@ class ApplyContext:
             and add no adapters inside it. See :mod:`visionpeft.strategies.region`.
         claims: parameters earlier strategies made trainable, with their owner.
         bn_policy: BatchNorm policy for frozen parts (set by ``freeze``; ``eval`` by default).
+        probe: training batches for importance scores (``allocation: importance`` of a budget), or ``None``
+            (see :mod:`visionpeft.strategies.importance`).
+        recorded: what a budget resolved earlier for the strategy being applied (per-layer ranks, VPT tokens;
+            from a saved adapter or a resumed run); a budgeted strategy uses it instead of solving again.
+            Set by :func:`visionpeft.apply` before each strategy.
     """
 
     spec: ModelSpec
     frozen: FrozenRegion = field(default_factory=FrozenRegion)
     claims: Claims = field(default_factory=Claims)
     bn_policy: str = "eval"
+    probe: GradientProbe | None = None
+    recorded: dict[str, Any] | None = None
 
 
 @dataclass
 class ApplyReport:
-    """What one strategy did: parameters it made trainable and modules it added or replaced."""
+    """What one strategy did: parameters it made trainable, modules it added or replaced, what it resolved."""
 
     trainable: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What a budget resolved (JSON): kept in the plan (``TrainabilityPlan.resolved``) and saved adapters.
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 class Strategy(ABC):

@@ -31,6 +31,10 @@ class LoHaConfig(LycorisConfig):
         "    Prefer it over LoRA when a low rank underfits but parameters are scarce: rank 4 LoHa can express\n"
         "    rank-16 updates. Parameters per layer: ``2 * rank * (out + in / groups * kh * kw)``.\n\n    Args:"
         + _SHARED_ARGS
+        + """        budget, allocation, importance_batches: choose per-layer ranks so that the adapter trains at
+            most ``budget`` of the model's parameters (the ``head`` strategy not counted); mutually exclusive
+            with ``rank`` and ``rank_pattern``. See :class:`~visionpeft.strategies.budget.RankBudgetConfig`.
+"""
     )
 
     method: Literal["loha"] = "loha"

@@ -17,7 +17,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from .lycoris import _SHARED_ARGS, DeltaWeightLayer, LycorisConfig, LycorisStrategy
@@ -43,6 +43,16 @@ class LoKrConfig(LycorisConfig):
     method: Literal["lokr"] = "lokr"
     decompose_both: bool = False
     decompose_factor: int = Field(-1, ge=-1)
+
+    @model_validator(mode="after")
+    def _no_budget(self) -> LoKrConfig:
+        if self.budget is not None:
+            raise ValueError(
+                "budget is not supported for lokr: a LoKr adapter's size is set mostly by the factorisation of "
+                "each layer (its Kronecker factor W1 and, from rank max(b, d) / 2 on, a full W2), not by the rank, "
+                "so ranks cannot fill a budget; use rank, or budget with lora, dora or loha"
+            )
+        return self
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:

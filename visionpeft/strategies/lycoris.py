@@ -9,6 +9,7 @@ weight, so merging ``delta`` into the base weight is exact for any geometry.
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from typing import ClassVar
 
@@ -17,10 +18,12 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from .adapter_layer import WeightAdapterLayer, conv_like
-from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
+from .base import ApplyContext, ApplyReport, Strategy
+from .budget import RankBudgetConfig, budget_ranks, budget_summary
 from .targets import (
     Target,
     check_targets,
+    default_settings,
     resolve_targets,
     select_targets,
     unwrap_layers,
@@ -44,8 +47,8 @@ _SHARED_ARGS = """
 """
 
 
-class LycorisConfig(StrategyConfig):
-    """Fields shared by ``loha`` and ``lokr`` (documented on each)."""
+class LycorisConfig(RankBudgetConfig):
+    """Fields shared by ``loha`` and ``lokr`` (documented on each; the budget fields only on ``loha``)."""
 
     rank: PositiveInt = 8
     alpha: PositiveFloat | None = None
@@ -55,6 +58,10 @@ class LycorisConfig(StrategyConfig):
     alpha_pattern: dict[str, PositiveFloat] = Field(default_factory=dict)
     max_param_fraction: PositiveFloat | None = 1.0
     start_block: int = Field(0, ge=0)
+
+    def label(self) -> str:
+        """The method name, with the budget when set (``loha budget 1%``)."""
+        return self.method if self.budget is None else f"{self.method} {self.budget_label()}"
 
 
 class DeltaWeightLayer(WeightAdapterLayer):
@@ -118,8 +125,16 @@ class LycorisStrategy(Strategy):
         cfg: LycorisConfig = self.config  # type: ignore[assignment]
         patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
         candidates, notes = resolve_targets(model, patterns, strict=cfg.targets is not None, method=cfg.method)
-        targets = select_targets(model, candidates, cfg, ctx, notes, cost=self.cost)  # type: ignore[arg-type]
+        # With a budget, layers are selected at rank 1 (max_param_fraction too) and the budget sets the ranks.
+        settings = None if cfg.budget is None else functools.partial(default_settings, rank=1)
+        targets = select_targets(model, candidates, cfg, ctx, notes, cost=self.cost,  # type: ignore[arg-type]
+                                 settings=settings)
         report = ApplyReport(notes=notes)
+        if cfg.budget is not None:
+            result = budget_ranks(model, targets, cfg, ctx, cost=self.cost, max_rank=self.max_rank,
+                                  settings=lambda t, r: default_settings(t.name, t.module, cfg, r))  # type: ignore[arg-type]
+            targets, report.resolved = result.targets, result.record
+            notes.append(f"{cfg.method} {budget_summary(result.record)}")
         for t in targets:
             layer = self.make_layer(t)
             wrap_module(model, t.name, t.module, layer, report, layer.adapter_parameter_names())
@@ -127,7 +142,12 @@ class LycorisStrategy(Strategy):
 
     @abstractmethod
     def cost(self, t: Target) -> int:
-        """Parameters the adapter of ``t`` adds (compared with ``max_param_fraction``)."""
+        """Parameters the adapter of ``t`` adds (compared with ``max_param_fraction``; the budget's cost)."""
+
+    def max_rank(self, t: Target) -> int:
+        """The largest rank a budget gives ``t``: the full rank ``min(out, in / groups * kh * kw)`` of its
+        weight viewed as a matrix."""
+        return min(flat_shape(t.module))
 
     @abstractmethod
     def make_layer(self, t: Target) -> DeltaWeightLayer:

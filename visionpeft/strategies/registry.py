@@ -105,9 +105,10 @@ def format_validation_error(exc: ValidationError, where: str, cls: type | None =
         if err["type"] == "extra_forbidden" and fields:
             hint = closest(str(err["loc"][-1]), fields, n=1)
             msg = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {fields}")
-        elif "input" in err and err["type"] != "missing":
+        elif "input" in err and err["type"] != "missing" and (err["type"] != "value_error" or err["loc"]):
+            # A model-level check (no field path) names the fields itself; echoing the whole entry adds noise.
             msg += f" (got {brief(err['input'])})"
-        lines.append(f"{path}: {msg}")
+        lines.append(f"{path}: {msg.removeprefix('Value error, ')}")
     return "; ".join(lines)
 
 

@@ -390,10 +390,11 @@ def select_targets(
     return out
 
 
-def default_settings(name: str, module: nn.Module, cfg: LayerTargetConfig) -> Target:
+def default_settings(name: str, module: nn.Module, cfg: LayerTargetConfig, rank: int | None = None) -> Target:
     """Rank and alpha of one layer: the first matching ``rank_pattern`` / ``alpha_pattern`` entry, else the
-    config's values; ``alpha=None`` means ``alpha = rank`` (scale 1 whatever the per-layer rank)."""
-    rank = _lookup(name, module, cfg.rank_pattern, cfg.rank)
+    config's values; ``alpha=None`` means ``alpha = rank`` (scale 1 whatever the per-layer rank). ``rank``
+    (a rank a budget chose) overrides the rank lookup."""
+    rank = _lookup(name, module, cfg.rank_pattern, cfg.rank) if rank is None else rank
     alpha = _lookup(name, module, cfg.alpha_pattern, cfg.alpha)
     return Target(name, module, int(rank), float(rank if alpha is None else alpha))  # type: ignore[arg-type]
 

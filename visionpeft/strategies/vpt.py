@@ -25,12 +25,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..spec import PromptSpec
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
+from .budget import budget_limit, budget_summary, check_fraction, model_params
 from .registry import register
 
 __all__ = ["VPTConfig", "VPTPrompts", "VPTStrategy", "remove", "vpt_init_bound"]
@@ -55,6 +56,10 @@ class VPTConfig(StrategyConfig):
             ``zeros`` starts every prompt at zero (still not a no-op: attention attends to them).
         weight_decay: prompts are not decayed by default (they are input tokens, like ``pos_embed`` and the
             class token, which timm's ``no_weight_decay()`` exempts too); set a value to regularise them.
+        budget: choose ``tokens`` so that the prompts are at most this fraction of the model's parameters
+            (``0.001`` = 0.1%; counted as the plan counts ``trainable %``: prompts / (model + prompts), the
+            ``head`` strategy not included): the most tokens that fit, at least 1. Mutually exclusive with
+            ``tokens``. A token costs ``embed_dim`` (shallow) or ``embed_dim * prompted blocks`` (deep).
     """
 
     method: Literal["vpt"] = "vpt"
@@ -63,9 +68,31 @@ class VPTConfig(StrategyConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init: Literal["xavier", "zeros"] = "xavier"
     weight_decay: float | None = Field(0.0, ge=0)
+    budget: float | None = None
+
+    @field_validator("budget")
+    @classmethod
+    def _fraction(cls, value: float | None) -> float | None:
+        return check_fraction(value)
+
+    @model_validator(mode="after")
+    def _budget_excludes_tokens(self) -> VPTConfig:
+        if self.budget is not None and "tokens" in self.model_fields_set:
+            raise ValueError("budget and tokens are mutually exclusive: the budget chooses the number of tokens; "
+                             "remove tokens or the budget")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A budget config dumps without ``tokens`` (so the dump parses again), a token config without ``budget``.
+        out = handler(self)
+        drop = "tokens" if self.budget is not None else "budget"
+        return {k: v for k, v in out.items() if k != drop}
 
     def label(self) -> str:
-        """``vpt shallow 10 tokens`` / ``vpt deep 50 tokens``."""
+        """``vpt shallow 10 tokens`` / ``vpt deep 50 tokens`` / ``vpt deep budget 0.1%``."""
+        if self.budget is not None:
+            return f"vpt {self.mode} budget {100 * self.budget:g}%"
         return f"vpt {self.mode} {self.tokens} token" + ("" if self.tokens == 1 else "s")
 
 
@@ -221,6 +248,30 @@ def remove(model: nn.Module) -> bool:
     return found
 
 
+def _budget_tokens(model: nn.Module, cfg: VPTConfig, ctx: ApplyContext, per_token: int, layers: int
+                   ) -> dict[str, Any]:
+    """The most tokens whose prompts stay within ``cfg.budget`` (``ctx.recorded`` when a saved adapter gives
+    them), as a record for the plan.
+
+    Raises:
+        ConfigError: one token already exceeds the budget (naming the smallest fraction possible).
+    """
+    budget = float(cfg.budget)  # type: ignore[arg-type]
+    base = model_params(model)
+    recorded = (ctx.recorded or {}).get("tokens")
+    tokens = int(recorded) if recorded is not None else budget_limit(budget, base) // per_token
+    if tokens < 1:
+        share = per_token / (base + per_token)
+        raise ConfigError(
+            f"vpt.budget: {budget:g} is below what one prompt token costs ({per_token:,} parameters = {share:.4g} of "
+            f"the model, {cfg.mode} mode); raise the budget to at least {share:.4g}"
+            + (" or use mode: shallow" if cfg.mode == "deep" else "")
+        )
+    used = tokens * per_token
+    return {"budget": budget, "tokens": tokens, "layers": layers, "adapter_params": used, "model_params": base,
+            "fraction": used / (base + used)}
+
+
 @register
 class VPTStrategy(Strategy):
     """Visual prompt tuning on a transformer the backend describes with a ``PromptSpec``."""
@@ -251,10 +302,11 @@ class VPTStrategy(Strategy):
         prompt: PromptSpec = ctx.spec.prompt  # type: ignore[assignment]
         prompted, notes = _prompted_blocks(model, prompt, ctx)
         deep = cfg.mode == "deep"
+        layers = len(prompted) if deep else 1
+        resolved = {} if cfg.budget is None else _budget_tokens(model, cfg, ctx, layers * prompt.embed_dim, layers)
+        tokens = resolved.get("tokens", cfg.tokens)
         ref = next(model.parameters(), None)
-        prompts = VPTPrompts(
-            len(prompted) if deep else 1, cfg.tokens, prompt.embed_dim, prompt.num_prefix_tokens, cfg.dropout
-        )
+        prompts = VPTPrompts(layers, tokens, prompt.embed_dim, prompt.num_prefix_tokens, cfg.dropout)
         if ref is not None:
             prompts.to(device=ref.device, dtype=ref.dtype)
         _init_prompts(prompts, prompt, cfg.init)
@@ -262,8 +314,11 @@ class VPTStrategy(Strategy):
         model.add_module(MODULE_NAME, prompts)
         _attach(model, prompted, prompt.blocks[-1], prompts, deep)
         n_params = prompts.prompts.numel()
-        notes.append(f"vpt-{cfg.mode}: {cfg.tokens} tokens x {prompts.prompts.shape[0]} layers = {n_params} params")
-        return ApplyReport(trainable=[f"{MODULE_NAME}.prompts"], modules=[MODULE_NAME], notes=notes)
+        notes.append(f"vpt-{cfg.mode}: {tokens} tokens x {prompts.prompts.shape[0]} layers = {n_params} params")
+        if resolved:
+            notes.append(f"vpt {budget_summary(resolved)}")
+        return ApplyReport(trainable=[f"{MODULE_NAME}.prompts"], modules=[MODULE_NAME], notes=notes,
+                           resolved=resolved)
 
     def merge(self, model: nn.Module) -> None:
         raise ConfigError(

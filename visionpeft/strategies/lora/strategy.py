@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
-from ..base import ApplyContext, ApplyReport, Strategy, StrategyConfig
+from ..base import ApplyContext, ApplyReport, Strategy
+from ..budget import RankBudgetConfig, budget_ranks, budget_summary
 from ..registry import register
 from ..targets import (
     LayerTargetConfig,
@@ -23,10 +25,10 @@ from ..targets import (
 )
 from .layers import LoRAConv2d, LoRALayer, LoRALinear, adapter_param_count
 
-__all__ = ["LoRAConfig", "LoRAStrategy", "lora_layers", "merge_in_place", "unmerge", "merge_lora"]
+__all__ = ["LoRAConfig", "LoRAStrategy", "lora_layers", "merge_in_place", "unmerge", "merge_lora", "lora_max_rank"]
 
 
-class LoRAConfig(StrategyConfig):
+class LoRAConfig(RankBudgetConfig):
     """Low-rank adapters on Linear and Conv2d layers (Hu et al., 2021), mergeable into plain weights.
 
     Args:
@@ -59,6 +61,10 @@ class LoRAConfig(StrategyConfig):
         loraplus_lr_ratio: LoRA+ (Hayou et al., 2024): ``lora_B`` learns at ``ratio`` times this strategy's
             learning rate (``lora_A`` at the rate itself). The paper recommends about 16; it speeds up
             learning of wide layers. ``None`` (default) gives A and B the same rate.
+        budget, allocation, importance_batches: choose per-layer ranks so that the adapter trains at most
+            ``budget`` of the model's parameters (the ``head`` strategy not counted); see
+            :class:`~visionpeft.strategies.budget.RankBudgetConfig` and :mod:`visionpeft.strategies.budget`.
+            Mutually exclusive with ``rank`` and ``rank_pattern``.
     """
 
     method: Literal["lora"] = "lora"
@@ -76,8 +82,9 @@ class LoRAConfig(StrategyConfig):
     loraplus_lr_ratio: PositiveFloat | None = None
 
     def label(self) -> str:
-        """``lora r8``, plus the alpha when it is not the rank, ``qv`` and a ``start_block`` when set."""
-        parts = [f"lora r{self.rank}"]
+        """``lora r8`` (``lora budget 1%`` with a budget), plus the alpha when it is not the rank, ``qv`` and a
+        ``start_block`` when set."""
+        parts = [f"lora r{self.rank}" if self.budget is None else f"{self.method} {self.budget_label()}"]
         if self.alpha is not None and self.alpha != self.rank:
             parts.append(f"a{self.alpha:g}")
         if self.use_rslora:
@@ -111,8 +118,15 @@ class LoRAStrategy(Strategy):
         cfg = self.config
         patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
         candidates, notes = resolve_targets(model, patterns, strict=cfg.targets is not None, method=cfg.method)
-        targets = select_targets(model, candidates, cfg, ctx, notes, cost=self.cost, settings=_settings)
+        # With a budget, layers are selected at rank 1 (max_param_fraction too) and the budget sets the ranks.
+        settings = _settings if cfg.budget is None else functools.partial(_settings, rank=1)
+        targets = select_targets(model, candidates, cfg, ctx, notes, cost=self.cost, settings=settings)
         report = ApplyReport(notes=notes)
+        if cfg.budget is not None:
+            result = budget_ranks(model, targets, cfg, ctx, cost=self.cost, max_rank=self.max_rank,
+                                  settings=lambda t, r: _settings(t.name, t.module, cfg, rank=r))
+            targets, report.resolved = result.targets, result.record
+            notes.append(f"{cfg.method} {budget_summary(result.record)}")
         for t in targets:
             layer = self.make_layer(t)
             wrap_module(model, t.name, t.module, layer, report, layer.adapter_parameter_names())
@@ -121,8 +135,12 @@ class LoRAStrategy(Strategy):
         return report
 
     def cost(self, t: Target) -> int:
-        """Parameters the adapter of ``t`` adds (compared with ``max_param_fraction``)."""
+        """Parameters the adapter of ``t`` adds (compared with ``max_param_fraction``; the budget's cost)."""
         return adapter_param_count(t.module, t.rank, t.segments)
+
+    def max_rank(self, t: Target) -> int:
+        """The largest rank that still adds expressiveness on ``t`` (see :func:`lora_max_rank`)."""
+        return lora_max_rank(t.module, t.segments)
 
     def make_layer(self, t: Target) -> LoRALayer:
         """The wrapper of one target layer."""
@@ -135,9 +153,22 @@ class LoRAStrategy(Strategy):
         unwrap_layers(model, self.layer_cls)
 
 
-def _settings(name: str, module: nn.Module, cfg: LayerTargetConfig) -> Target:
-    """Rank/alpha from the patterns, plus q/v segments of a fused ``*qkv`` Linear when ``qkv='qv'``."""
-    t = default_settings(name, module, cfg)
+def lora_max_rank(module: nn.Module, segments: tuple[tuple[int, int], ...] | None = None) -> int:
+    """Full rank of a LoRA update: ``min(out, in)`` (Linear; per segment with ``segments``), and per group
+    ``min(out / groups, in / groups * kh * kw)`` (Conv2d: LoRA's rank is per group)."""
+    if isinstance(module, nn.Linear):
+        rows = module.out_features if segments is None else min(b - a for a, b in segments)
+        return min(rows, module.in_features)
+    if isinstance(module, nn.Conv2d):
+        g, (kh, kw) = module.groups, module.kernel_size
+        return min(module.out_channels // g, module.in_channels // g * kh * kw)
+    raise TypeError(f"LoRA supports nn.Linear and nn.Conv2d, not {type(module).__name__}")
+
+
+def _settings(name: str, module: nn.Module, cfg: LayerTargetConfig, rank: int | None = None) -> Target:
+    """Rank/alpha from the patterns (``rank``: a budget's choice), plus q/v segments of a fused ``*qkv``
+    Linear when ``qkv='qv'``."""
+    t = default_settings(name, module, cfg, rank)
     if (
         getattr(cfg, "qkv", "all") == "qv"
         and isinstance(module, nn.Linear)

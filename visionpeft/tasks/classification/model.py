@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,11 +75,20 @@ def _init_head(model: nn.Module, std: float) -> None:
                 nn.init.zeros_(head.bias)
 
 
-def build_adapted(recipe: Any, strategies: list[dict[str, Any]], num_classes: int
-                  ) -> tuple[nn.Module, ModelSpec, Any, dict[str, Any]]:
-    """:func:`build_base` + ``visionpeft.apply(strategies)``; returns ``(model, spec, plan, data_config)``."""
+def build_adapted(recipe: Any, strategies: list[dict[str, Any]], num_classes: int, *,
+                  probe: Callable[[dict[str, Any]], Any] | None = None,
+                  resolved: list[dict[str, Any]] | None = None) -> tuple[nn.Module, ModelSpec, Any, dict[str, Any]]:
+    """:func:`build_base` + ``visionpeft.apply(strategies)``; returns ``(model, spec, plan, data_config)``.
+
+    Args:
+        probe: given the model's data config, the :class:`~visionpeft.strategies.importance.GradientProbe` for
+            budgets with ``allocation: importance`` (called only when an entry asks for it).
+        resolved: what budgets resolved in an earlier run of the same recipe (``plan.json``), taken as it is.
+    """
     from ...api import apply
+    from .importance import needs_importance
 
     model, spec, cfg = build_base(recipe, num_classes)
-    plan = apply(model, strategies, spec)
+    gradients = probe(cfg) if probe is not None and needs_importance(strategies) else None
+    plan = apply(model, strategies, spec, probe=gradients, resolved=resolved)
     return model, spec, plan, cfg

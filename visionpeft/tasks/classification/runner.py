@@ -21,6 +21,7 @@ from ..base import RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from . import features as feat
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
+from .importance import importance_probe
 from .model import build_adapted, resolve_device, torch_threads
 from .optim import build_optimizer, build_scheduler, param_groups
 from .trainer import Trainer, autocast_dtype, evaluate_model
@@ -70,6 +71,17 @@ def check_unfinished(run_dir: Path, state: dict[str, Any], recipe: Any) -> None:
         )
 
 
+def _recorded(run_dir: Path) -> list[dict[str, Any]] | None:
+    """What the run's budgets resolved (``plan.json``'s ``resolved``), or ``None``."""
+    path = Path(run_dir) / "plan.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("resolved") or None
+    except (json.JSONDecodeError, AttributeError):
+        raise ConfigError(f"{path}: not a readable plan (JSON mapping); restore it from the run") from None
+
+
 def _head_modules(spec: Any) -> tuple[str, ...]:
     return tuple(spec.extra.get("head_modules") or spec.head)
 
@@ -105,12 +117,19 @@ def check_batch_for_bn(plan: Any, train: Any) -> None:
 class _Setup:
     """Everything one training run is built from (kept together so helpers stay short)."""
 
-    def __init__(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> None:
+    def __init__(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+                 resolved: list[dict[str, Any]] | None = None) -> None:
         self.recipe, self.run_dir, self.name = recipe, Path(run_dir), run_name
         self.device = resolve_device(recipe.train.device)
         listed = list_recipe_splits(recipe)
         self.classes = listed[1]["train"].classes
-        self.model, self.spec, self.plan, model_cfg = build_adapted(recipe, strategies, len(self.classes))
+
+        def probe(model_cfg: dict[str, Any]) -> Any:  # training batches for importance-allocated budgets
+            data_cfg = resolve_data_config(model_cfg, recipe.augment)
+            return importance_probe(recipe, data_cfg, listed[1]["train"].samples, self.device)
+
+        self.model, self.spec, self.plan, model_cfg = build_adapted(recipe, strategies, len(self.classes),
+                                                                    probe=probe, resolved=resolved)
         check_batch_for_bn(self.plan, recipe.train)
         self.data_cfg = resolve_data_config(model_cfg, recipe.augment)
         self.data = build_data(recipe, self.data_cfg, rank(), world_size(), listed=listed)
@@ -179,7 +198,8 @@ class ClassificationTask:
                     resume_state: dict[str, Any] | None) -> RunResult:
         """Build, (restore,) write the run files, train, finish. Nothing is written before a restore succeeded."""
         init_distributed()
-        s = _Setup(recipe, strategies, run_dir, run_name)
+        # A resumed run takes the per-layer ranks its budgets chose at the start (plan.json), never new ones.
+        s = _Setup(recipe, strategies, run_dir, run_name, _recorded(run_dir) if resume_state is not None else None)
         module, train_loader, val_loader, head_prefix = self._training_view(s)
         groups = param_groups(s.model, s.plan, s.heads, recipe.optim)
         optimizer = build_optimizer(groups, recipe.optim)

@@ -96,11 +96,15 @@ def _root(doc: dict[str, Any], path: Path) -> Path:
         return path.parent
     root = Path(str(doc["path"]))
     if not root.is_absolute():
-        # Ultralytics resolves a relative 'path:' against the working directory, not the yaml's folder.
-        root = root.resolve()
+        # Ultralytics resolves a relative 'path:' against the working directory, not the yaml's folder, and
+        # failing that against its datasets_dir setting (its own yamls: 'path: coco8').
+        from ...backends.ultralytics_names import datasets_dir
+
+        root = root.resolve() if root.exists() else (datasets_dir() / root).resolve()
     if not root.is_dir():
         raise ConfigError(
-            f"{path}: path: {brief(doc['path'])} is not a folder ({root}). Give an absolute path, or drop 'path:' "
+            f"{path}: path: {brief(doc['path'])} is not a folder ({root}; a relative path is taken from the working "
+            "directory, else from Ultralytics' datasets_dir). Give an absolute path, or drop 'path:' "
             "so the splits resolve relative to the yaml's folder"
         )
     return root
@@ -227,7 +231,9 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
     Raises:
         ConfigError: naming the yaml key, folder, image, or label file and line that is wrong.
     """
-    path = Path(data)
+    from ...backends.ultralytics_names import resolve_data
+
+    path = Path(resolve_data(data))  # Ultralytics' own names (coco8.yaml) -> its dataset yaml; paths unchanged
     doc = _read_yaml(path)
     names = _names(doc, path)
     root = _root(doc, path)

@@ -96,6 +96,16 @@ def _data_for_run(info: Any, data: str, out_dir: Path) -> str:
     return str(write_without_skipped(info, out_dir))
 
 
+def _with_local_files(recipe: Any) -> Any:
+    """``recipe`` with Ultralytics' own names (``yolo11n.pt``, ``coco8.yaml``) resolved to the local files (downloaded
+    as Ultralytics would); the run records those files, so ``resume`` / ``eval`` / ``merge`` use the same ones."""
+    from ...backends.ultralytics_names import resolve_data, resolve_model
+
+    model, data = resolve_model(recipe.model), resolve_data(recipe.data)
+    return recipe if (model, data) == (recipe.model, recipe.data) else recipe.model_copy(update={"model": model,
+                                                                                             "data": data})
+
+
 class DetectionTask:
     """Ultralytics YOLO detection with visionpeft strategies (see :mod:`.trainer`)."""
 
@@ -109,6 +119,7 @@ class DetectionTask:
         from .data import check_data
 
         _refuse_torchrun()
+        recipe = _with_local_files(recipe)
         info = check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
                           skip_bad_images=recipe.dataset.skip_bad_images)
         if recipe.model.lower().endswith(".pt"):
@@ -231,7 +242,7 @@ class DetectionTask:
 
     def has_split(self, recipe: Any, split: str) -> bool:
         """Whether the data yaml names ``split`` (``test:``; an empty value counts as absent)."""
-        doc = load_yaml_file(Path(recipe.data), "data")
+        doc = load_yaml_file(Path(_with_local_files(recipe).data), "data")  # coco8 -> its yaml, as train reads it
         return isinstance(doc, dict) and bool(doc.get(split))
 
     def val_curve(self, run_dir: Path) -> list[list[float]]:

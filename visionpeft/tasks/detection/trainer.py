@@ -92,6 +92,13 @@ class PeftDetectionTrainer(DetectionTrainer):
     ) -> type[PeftDetectionTrainer]:
         """A trainer class bound to ``strategies`` (validated now, so typos fail before any data loading)."""
         configs = api.parse_strategies(strategies)
+        for i, c in enumerate(configs):
+            if getattr(c, "budget", None) is not None and getattr(c, "allocation", None) == "importance":
+                raise ConfigError(
+                    f"strategies.{i}.allocation: importance is not available for detection (Ultralytics' trainer "
+                    "builds the model before its data loaders, so no batches exist to measure gradients on); use "
+                    "allocation: uniform"
+                )
         attrs = {
             "vp_strategies": [c.model_dump(mode="json") for c in configs],
             "vp_run_dir_cfg": str(run_dir) if run_dir is not None else None,

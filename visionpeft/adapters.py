@@ -1,0 +1,245 @@
+"""Several saved adapters on one base model, switched without reloading the base.
+
+::
+
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=5, ...)   # the base, built once
+    visionpeft.load_adapter(model, "runs/lora/adapter", name="lora")      # checked and activated (the first)
+    visionpeft.load_adapter(model, "runs/vpt/adapter", name="vpt")        # checked; "lora" stays active
+    visionpeft.set_adapter(model, "vpt")    # now computes exactly what a fresh base + load_adapter(vpt) computes
+    visionpeft.set_adapter(model, None)     # the plain base model
+
+The adapters may be of any strategies, each its own (LoRA of rank 8 beside VPT prompts beside SSF + head): a switch
+restores the plain base - module structure from a snapshot taken when the first named adapter was loaded
+(:class:`~visionpeft.snapshot.ModelSnapshot`: modules, hooks, flags, attributes), and the original values of the
+few base tensors adapters overwrite (a head, biases, norms, BatchNorm statistics) - then applies the next adapter's
+recorded strategies and copies in its tensors. No base weight is read again; a switch costs one ``apply`` plus a
+copy of the adapter's tensors. Each adapter keeps its own tensors: changes made while it is active (training it
+further) are kept when switching away.
+
+Refused, with one line each (:class:`~visionpeft.errors.ConfigError`): an unknown or duplicate name, a named load
+onto a model adapted another way (``apply`` / ``load_adapter`` without ``name``), and any switch after
+:func:`visionpeft.merge` folded the active adapter into the base weights (the base is gone; build a fresh one).
+Every adapter file is checked against the base exactly as :func:`visionpeft.load_adapter` checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, closest
+from .snapshot import ModelSnapshot
+from .spec import ModelSpec
+
+__all__ = ["load_named_adapter", "set_adapter", "active_adapter", "list_adapters", "BANK_ATTR"]
+
+BANK_ATTR = "_visionpeft_adapters"
+
+
+@dataclass
+class _Entry:
+    strategies: list[dict[str, Any]]
+    tensors: dict[str, torch.Tensor]
+    source: str
+
+
+@dataclass
+class _Bank:
+    """The named adapters of one base model and what restores that base exactly."""
+
+    spec: ModelSpec
+    snapshot: ModelSnapshot | None = None
+    plain: dict[int, str] = field(default_factory=dict)  # data_ptr -> state key of every plain base tensor
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)  # base tensors adapters overwrite
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    active: str | None = None
+    state: Any = None  # the AdaptedState the active adapter's apply attached (detects merge / outside changes)
+
+
+def _bank(root: nn.Module) -> _Bank | None:
+    return getattr(root, BANK_ATTR, None)
+
+
+def _new_bank(root: nn.Module, spec: ModelSpec | None) -> _Bank:
+    from .api import get_state
+
+    if get_state(root) is not None:
+        raise ConfigError("load_adapter(name=...): this model is already adapted (visionpeft.apply or load_adapter "
+                          "without a name); named adapters go onto the plain base model: build a fresh one")
+    if spec is None:
+        from .backends import spec_for
+
+        spec = spec_for(root)
+    bank = _Bank(spec=spec)
+    setattr(root, BANK_ATTR, bank)  # before the snapshot: restoring it keeps the bank
+    bank.snapshot = ModelSnapshot(root)
+    bank.plain = {t.data_ptr(): k for k, t in root.state_dict(keep_vars=True).items() if t.numel()}
+    return bank
+
+
+def _check_intact(root: nn.Module, bank: _Bank, what: str) -> None:
+    """The model must still be as the bank left it: no merge, no apply / load_adapter outside it, same tensors."""
+    from .api import get_state
+
+    live = {t.data_ptr() for t in root.state_dict(keep_vars=True).values() if t.numel()}
+    if not live.issuperset(bank.plain):
+        raise ConfigError(f"{what}: the base model's tensors were moved or replaced (model.to(device), .half(), ...) "
+                          "after the first named adapter was loaded; move or convert the base model first, then load "
+                          "the adapters")
+    state = get_state(root)
+    if state is bank.state:
+        return
+    if bank.active is not None and state is None:
+        raise ConfigError(f"{what}: adapter {bank.active!r} was merged into the base weights (visionpeft.merge) or "
+                          "removed, so the base the adapters were loaded onto is gone and no adapter can be switched; "
+                          "load the adapters onto a freshly built base model")
+    raise ConfigError(f"{what}: the model was adapted outside the named adapters (visionpeft.apply or load_adapter "
+                      "without a name); load every adapter with load_adapter(model, path, name=...)")
+
+
+def _deactivate(root: nn.Module, bank: _Bank) -> None:
+    """Back to the plain base: keep the active adapter's live tensors, restore structure and overwritten tensors."""
+    if bank.active is not None:
+        entry = bank.entries[bank.active]
+        sd = root.state_dict()
+        entry.tensors = {k: sd[k].detach().clone() for k in entry.tensors}
+    assert bank.snapshot is not None
+    bank.snapshot.restore()
+    plain = root.state_dict()
+    with torch.no_grad():
+        for key, value in bank.originals.items():
+            plain[key].copy_(value)
+    bank.active, bank.state = None, None
+
+
+def _activate(root: nn.Module, bank: _Bank, name: str, entry: _Entry) -> None:
+    """Apply ``entry``'s strategies to the plain base and copy in its tensors (recording base values it replaces)."""
+    from .api import apply, get_state
+
+    apply(root, entry.strategies, bank.spec)
+    sd = root.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, value in entry.tensors.items():
+            live = sd[key]
+            base_key = bank.plain.get(live.data_ptr()) if live.numel() else None
+            if base_key is not None and base_key not in bank.originals:
+                bank.originals[base_key] = live.detach().clone()
+            live.detach().copy_(value)
+    bank.active, bank.state = name, get_state(root)
+
+
+def _switch(root: nn.Module, bank: _Bank, name: str | None) -> None:
+    _deactivate(root, bank)
+    if name is not None:
+        _activate(root, bank, name, bank.entries[name])
+
+
+def _read_checked(root: nn.Module, bank: _Bank, directory: Path, ignore_fingerprint: bool,
+                  ignore_identity: bool) -> _Entry:
+    """Read an adapter directory and check it against the plain base as ``load_adapter`` does (model is plain)."""
+    from . import adapter_io as io
+    from .api import apply
+
+    meta = io.read_adapter_config(directory)
+    tensors, header = io._read_tensors(directory)
+    io._check_recorded_strategies(meta, header, directory)
+    if not ignore_identity:
+        io._check_identity(bank.spec, meta, directory)
+    plan = apply(root, meta["strategies"], bank.spec)
+    io._check_keys(root, plan, tensors, meta, directory)
+    if not ignore_identity:
+        io._check_structure(root, meta, directory)
+    if not ignore_fingerprint:
+        io._check_fingerprint(root, tensors, meta, directory)
+    return _Entry(strategies=list(meta["strategies"]), tensors=tensors, source=str(directory))
+
+
+def load_named_adapter(model: Any, directory: str | Path, name: str, spec: ModelSpec | None = None,
+                       ignore_fingerprint: bool = False, ignore_identity: bool = False) -> None:
+    """Add the adapter in ``directory`` to ``model`` under ``name``; the first one loaded becomes active.
+
+    Checked exactly as :func:`visionpeft.load_adapter` checks an adapter (strategies, base identity and structure,
+    tensor keys and shapes, base fingerprint). All or nothing: on any failure the model keeps its active adapter.
+
+    Raises:
+        ConfigError / AdapterMismatchError: a used name, a model adapted without names, a merged model, or an
+            adapter that does not fit the base.
+    """
+    from .api import unwrap
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"load_adapter: name must be a non-empty string, got {name!r}")
+    root = unwrap(model)
+    bank = _bank(root)
+    fresh = bank is None
+    bank = _new_bank(root, spec) if bank is None else bank
+    _check_intact(root, bank, "load_adapter")
+    if name in bank.entries:
+        raise ConfigError(f"load_adapter: an adapter named {name!r} is already loaded (from "
+                          f"{bank.entries[name].source}); choose another name")
+    previous = bank.active
+    try:
+        _deactivate(root, bank)
+        entry = _read_checked(root, bank, Path(directory), ignore_fingerprint, ignore_identity)
+        _deactivate(root, bank)
+        bank.entries[name] = entry
+        _switch(root, bank, name if fresh else previous)
+    except BaseException:
+        bank.entries.pop(name, None)
+        _deactivate(root, bank)
+        if fresh:
+            delattr(root, BANK_ATTR)
+        else:
+            _switch(root, bank, previous)
+        raise
+
+
+def set_adapter(model: Any, name: str | None) -> None:
+    """Make the loaded adapter ``name`` active, or the plain base model for ``None``.
+
+    Afterwards the model computes exactly what the base with only that adapter loaded computes.
+
+    Raises:
+        ConfigError: an unknown name (listing the loaded ones), no named adapters, or a merged / otherwise changed
+            model.
+    """
+    from .api import unwrap
+
+    root = unwrap(model)
+    bank = _bank(root)
+    if bank is None:
+        raise ConfigError("set_adapter: this model has no named adapters; load them first with "
+                          "visionpeft.load_adapter(model, path, name='...')")
+    _check_intact(root, bank, "set_adapter")
+    if name is not None and name not in bank.entries:
+        hint = closest(str(name), bank.entries, n=1)
+        raise ConfigError(f"set_adapter: no adapter named {name!r}; loaded: {sorted(bank.entries)}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else "") + "; None selects the base model")
+    if name == bank.active:
+        return
+    previous = bank.active
+    try:
+        _switch(root, bank, name)
+    except BaseException:
+        _switch(root, bank, previous)
+        raise
+
+
+def active_adapter(model: Any) -> str | None:
+    """The name of the active adapter (``None``: the base model, or no named adapters)."""
+    from .api import unwrap
+
+    bank = _bank(unwrap(model))
+    return bank.active if bank else None
+
+
+def list_adapters(model: Any) -> list[str]:
+    """Names of the adapters loaded with :func:`load_named_adapter`, in loading order."""
+    from .api import unwrap
+
+    bank = _bank(unwrap(model))
+    return list(bank.entries) if bank else []

@@ -1,0 +1,101 @@
+"""Predict with an Ultralytics run through Ultralytics' own predictor and plotting (``visionpeft predict``).
+
+The run's adapted model (the EMA weights of the best epoch, ``weights/best.pt``, restricted unpickling) is merged
+(unless ``merged=false``) and handed to the predictor Ultralytics itself uses for the model's task
+(``YOLO.task_map[task]["predictor"]``, ``RTDETR``'s for RT-DETR): detect, segment, pose, obb and classify models
+all go the same way. Predictions are ``Results.summary()`` (class, name, confidence, box in pixels, plus
+``segments`` / ``keypoints`` where the task has them); annotated images are ``Results.save()`` (``Results.plot``).
+Defaults follow ``YOLO(best.pt).predict``: ``conf`` 0.25 and the run's training ``imgsz``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+__all__ = ["predict_images", "predictor_class", "ultralytics_predict"]
+
+
+def predictor_class(model: nn.Module) -> tuple[str, Any]:
+    """``(task, Ultralytics predictor class)`` for an Ultralytics model, from Ultralytics' own task map."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    task = getattr(model, "task", None) or guess_model_task(model)
+    if any(c.__name__ == "RTDETRDetectionModel" for c in type(model).__mro__):
+        from ultralytics.models.rtdetr import RTDETR as Family
+    else:
+        from ultralytics.models.yolo import YOLO as Family
+    return task, Family.task_map.fget(None)[task]["predictor"]  # the property does not use the instance
+
+
+def _check_images(images: list[Path]) -> None:
+    from ..predict import unreadable
+    from .data import image_problem
+
+    for image in images:
+        problem = image_problem(image)
+        if problem is not None:
+            raise unreadable(problem)
+
+
+def _overrides(run_dir: Path, model: nn.Module, options: Any, out: Path) -> dict[str, Any]:
+    from ...safe_yaml import load_yaml_file
+
+    recipe = load_yaml_file(run_dir / "recipe.yaml") or {}
+    train = (recipe.get("ultralytics") or {}) if isinstance(recipe, dict) else {}
+    args = getattr(model, "args", None) or {}
+    args = vars(args) if hasattr(args, "__dict__") else dict(args)
+    imgsz = options.imgsz or args.get("imgsz") or train.get("imgsz") or 640
+    device = options.device or train.get("device")
+    over = {"mode": "predict", "imgsz": imgsz, "save": False, "verbose": False, "batch": 1, "rect": True,
+            "project": str(out), "name": "ultralytics", "exist_ok": True}
+    if device is not None:
+        over["device"] = str(device)
+    if options.conf is not None:
+        over["conf"] = options.conf
+    return over
+
+
+def _unique_name(used: set[str], path: Path) -> str:
+    name, n = path.name, 2
+    while name in used:
+        name, n = f"{path.stem}-{n}{path.suffix}", n + 1
+    used.add(name)
+    return name
+
+
+def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -> tuple[list[dict], dict[str, Any]]:
+    """One record per image (``{"file", "predictions"}``) and Ultralytics' annotated images in ``out/images``."""
+    from ...errors import ConfigError
+    from ..predict import merged_or_adapted
+    from .merge import load_run_model
+
+    if options.topk is not None:
+        raise ConfigError("predict: topk= applies to classification runs; set conf= to keep fewer detections")
+    _check_images(images)
+    model, info = merged_or_adapted(load_run_model(run_dir), options.merged)
+    records, extra = ultralytics_predict(model, images, _overrides(run_dir, model, options, out), out)
+    return records, {**info, **extra}
+
+
+def ultralytics_predict(model: nn.Module, images: list[Path], overrides: dict[str, Any], out: Path
+                        ) -> tuple[list[dict], dict[str, Any]]:
+    """Run Ultralytics' predictor for ``model``'s task on ``images``; records and annotated images in ``out``."""
+    from ...errors import ConfigError
+
+    task, cls = predictor_class(model)
+    predictor = cls(overrides=overrides)
+    results = predictor(source=[str(p) for p in images], model=model)
+    if len(results) != len(images):
+        raise ConfigError(f"predict: Ultralytics returned {len(results)} results for {len(images)} images")
+    records, used = [], set()
+    draw = task != "classify"
+    if draw:
+        (out / "images").mkdir(exist_ok=True)
+    for image, result in zip(images, results):
+        records.append({"file": str(image), "predictions": result.summary(normalize=False, decimals=5)})
+        if draw:
+            result.save(filename=str(out / "images" / _unique_name(used, image)))
+    return records, {"ultralytics_task": task, "imgsz": overrides["imgsz"], "conf": float(predictor.args.conf)}
