@@ -97,11 +97,22 @@ def is_rtdetr(model: Any) -> bool:
     return any(cls.__name__ == "RTDETRDetectionModel" for cls in type(model).__mro__)
 
 
+#: Ultralytics model class -> its task (most specific first: the task models subclass ``DetectionModel``).
+_CLASS_TASKS = (("SegmentationModel", "segment"), ("PoseModel", "pose"), ("OBBModel", "obb"),
+                ("ClassificationModel", "classify"), ("DetectionModel", "detect"))
+
+
 def model_task(model: Any) -> str:
-    """The Ultralytics task of a model (``guess_model_task``: from its head class)."""
+    """The Ultralytics task of a model: from its class (a checkpoint's recorded ``args.task`` can be stale, e.g. a
+    segment model built on a detector's weights), else Ultralytics' ``guess_model_task``."""
     from ultralytics.nn.tasks import guess_model_task
 
-    return guess_model_task(unwrap_yolo(model))
+    model = unwrap_yolo(model)
+    names = {cls.__name__ for cls in type(model).__mro__}
+    for cls_name, task in _CLASS_TASKS:
+        if cls_name in names:
+            return task
+    return guess_model_task(model)
 
 
 def task_classes(task: str, rtdetr: bool = False) -> dict[str, Any]:

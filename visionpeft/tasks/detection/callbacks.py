@@ -7,7 +7,6 @@ enforced by the trainer subclass itself); a violated plan raises :class:`PlanVio
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ ULTRA_METRICS: dict[str, str] = {
 #: Ultralytics' metric suffix -> visionpeft's prefix: boxes (detect, obb, and the box part of segment/pose),
 #: masks, keypoints.
 _KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
-_METRIC_KEY = re.compile(r"metrics/(mAP50|mAP50-95|precision|recall)\((B|M|P)\)")
 _TOPK = {"metrics/accuracy_top1": "top1", "metrics/accuracy_top5": "top5"}
 
 
@@ -43,14 +41,14 @@ def metrics_from_ultralytics(metrics: dict[str, Any] | None) -> dict[str, float]
     masks (segment): ``mask_map50`` ... ``mask_recall``; keypoints (pose): ``pose_map50`` ... ``pose_recall``;
     classify: ``top1``, ``top5``.
     """
+    metrics = metrics or {}
     out: dict[str, float] = {}
-    for key, value in (metrics or {}).items():
-        match = _METRIC_KEY.fullmatch(str(key))
-        if match:
-            name = ULTRA_METRICS.get(f"metrics/{match[1]}(B)", match[1])
-            out[_KIND_PREFIX[match[2]] + name] = float(value)
-        elif key in _TOPK:
-            out[_TOPK[key]] = float(value)
+    for kind, prefix in _KIND_PREFIX.items():  # boxes first, each as map50, map50_95, precision, recall
+        for theirs, ours in ULTRA_METRICS.items():
+            key = theirs.replace("(B)", f"({kind})")
+            if key in metrics:
+                out[prefix + ours] = float(metrics[key])
+    out.update({ours: float(metrics[theirs]) for theirs, ours in _TOPK.items() if theirs in metrics})
     return out
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
-from ultralytics.models.rtdetr import RTDETRTrainer
+from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer

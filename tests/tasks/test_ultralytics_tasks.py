@@ -1,0 +1,113 @@
+"""Every Ultralytics task through the engine seam: segment, pose, OBB (on a COCO-pretrained YOLOv5n backbone+neck)
+and classify, each trained with LoRA + head, evaluated, merged, and loaded in plain Ultralytics.
+
+One tiny run per task (coco8-seg / coco8-pose / dota8 copied to tmp, labels folded to one class so a few epochs
+at 128 px find something; classify on a 2-class ImageFolder cut from flowers5_128).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("ultralytics")
+
+from ultralytics import YOLO  # noqa: E402
+
+import visionpeft  # noqa: E402
+from visionpeft.backends.ultralytics import build_model  # noqa: E402
+from visionpeft.backends.ultralytics_transfer import write_transfer_checkpoint  # noqa: E402
+from visionpeft.cli import main  # noqa: E402
+
+from .detection_support import copy_dataset  # noqa: E402
+
+IMGSZ = 128
+ARGS = (f"{{epochs: 3, imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
+        "optimizer: SGD, lr0: 0.01, mosaic: 0.0}")
+DATASETS = {"segment": "coco8-seg", "pose": "coco8-pose", "obb": "dota8"}
+PRIMARY = {"segment": "mask_map50_95", "pose": "pose_map50_95", "obb": "map50_95", "classify": "top1"}
+
+
+def _one_class(data):
+    """Fold every label row to class 0 (same geometry) and name one class."""
+    for label in (data.parent / "labels").rglob("*.txt"):
+        rows = [line.split() for line in label.read_text().splitlines() if line.strip()]
+        label.write_text("".join(" ".join(["0", *r[1:]]) + "\n" for r in rows))
+    text = data.read_text()
+    head, _, _ = text.partition("names:")
+    extra = "\n".join(line for line in head.splitlines() if line.startswith(("kpt_shape", "flip_idx")))
+    data.write_text(f"train: images/train\nval: images/val\n{extra}\nnames: [thing]\n")
+
+
+def _cls_folder(shared, root):
+    """2 classes x (4 train + 2 val) images of flowers5_128."""
+    for split, n in (("train", 4), ("val", 2)):
+        for cls in ("daisy", "rose"):
+            src = sorted((shared / "data" / "flowers5_128" / split / cls).iterdir())[:n]
+            (root / split / cls).mkdir(parents=True)
+            for f in src:
+                shutil.copy(f, root / split / cls / f.name)
+    return root
+
+
+@pytest.fixture(scope="module", params=["segment", "pose", "obb", "classify"])
+def run(request, shared, tmp_path_factory):
+    task = request.param
+    root = tmp_path_factory.mktemp(task)
+    if task == "classify":
+        data, model = _cls_folder(shared, root / "flowers"), "yolov8n-cls.yaml"
+    else:
+        data = copy_dataset(shared, DATASETS[task], root)
+        _one_class(data)
+        model = write_transfer_checkpoint(task, shared / "weights" / "yolov5nu-cocobackbone.pt",
+                                          root / f"{task}.pt", nc=1,
+                                          kpt_shape=(17, 3))
+    recipe = root / "r.yaml"
+    recipe.write_text(f"task: {task}\nname: {task}\nmodel: {model}\ndata: {data}\noutput: {root / 'runs'}\n"
+                      f"strategies: [{{method: lora, rank: 4}}, {{method: head}}]\nultralytics: {ARGS}\n")
+    assert main(["train", str(recipe)]) == 0
+    (run_dir,) = (root / "runs").iterdir()
+    return task, run_dir, data
+
+
+def test_run_reports_the_tasks_metrics(run):
+    task, run_dir, _ = run
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert PRIMARY[task] in metrics
+    if task != "classify":
+        assert metrics["map50"] > 0  # boxes found after 3 epochs on the COCO backbone
+    plan = json.loads((run_dir / "plan.json").read_text())
+    owners = set(plan["trainable"].values()) if isinstance(plan.get("trainable"), dict) else set()
+    assert {"lora", "head"} <= owners or not owners
+
+
+def test_eval_reproduces_the_reported_metrics(run, capsys):
+    task, run_dir, _ = run
+    reported = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.rindex("\n{") + 1:]) == reported
+
+
+def test_merged_checkpoint_is_plain_ultralytics_with_the_same_outputs(run, tmp_path):
+    """``weights/merged.pt`` loads in plain Ultralytics, equals the adapted best.pt and validates the same."""
+    task, run_dir, data = run
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    plain = YOLO(str(run_dir / "weights" / "merged.pt"))
+    assert plain.task == task and visionpeft.get_plan(plain.model) is None
+    assert not any(type(m).__module__.startswith("visionpeft") for m in plain.model.modules())
+    adapted = build_model(run_dir / "weights" / "best.pt")
+    lora = [m for m in adapted.modules() if type(m).__name__ == "LoRAConv2d"]
+    assert lora and any(float(m.lora_B.abs().sum()) > 0 for m in lora)  # training moved the adapters
+    with torch.no_grad():
+        a = adapted.float().eval()(x)
+        b = plain.model.float().eval()(x)
+    a, b = (a[0] if isinstance(a, (tuple, list)) else a), (b[0] if isinstance(b, (tuple, list)) else b)
+    torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)  # merged weights rounded to fp16 like Ultralytics'
+    # `visionpeft merge` writes the same kind of file.
+    assert main(["merge", str(run_dir), "-o", str(tmp_path / "m.pt")]) == 0
+    assert YOLO(str(tmp_path / "m.pt")).task == task
