@@ -265,7 +265,7 @@ def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = No
     resolved = cfg_dict.get("yaml_file", cfg) if isinstance(cfg_dict, dict) else cfg
     if not isinstance(cfg_dict, dict) or "backbone" not in cfg_dict or "head" not in cfg_dict:
         raise ConfigError(f"{resolved}: not an Ultralytics model yaml (needs 'backbone' and 'head' sections)")
-    found = guess_model_task(cfg_dict)
+    found = "detect" if yaml_is_rtdetr(cfg_dict) else guess_model_task(cfg_dict)  # RT-DETR: Ultralytics' detect
     _check_task(found, task, f"{resolved}: a model yaml")
     return _with_nc(model_from_cfg(cfg_dict, nc=nc, verbose=verbose)).float().eval()
 
@@ -280,7 +280,8 @@ def model_from_cfg(cfg_dict: dict[str, Any], *, nc: int | None, verbose: bool = 
     (``data_kpt_shape`` for pose, as ``PoseTrainer.get_model`` passes it)."""
     from ultralytics.nn.tasks import guess_model_task
 
-    cls = task_classes(guess_model_task(cfg_dict), rtdetr=yaml_is_rtdetr(cfg_dict))["model"]
+    rtdetr = yaml_is_rtdetr(cfg_dict)
+    cls = task_classes("detect" if rtdetr else guess_model_task(cfg_dict), rtdetr=rtdetr)["model"]
     return cls(cfg_dict, nc=nc, verbose=verbose, **kwargs)
 
 

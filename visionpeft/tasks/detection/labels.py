@@ -7,8 +7,9 @@ a warning; here the first broken line is an error naming the file and line. Rule
   labels are polygons; a detector trains on their bounding boxes), coordinates in [0, 1];
 * ``pose``: ``class cx cy w h`` followed by ``nkpt * ndim`` keypoint values (``kpt_shape: [nkpt, ndim]`` in the
   data yaml; ``ndim`` 3 adds a visibility flag), keypoint x/y in [0, 1];
-* ``obb``: ``class x1 y1 x2 y2 x3 y3 x4 y4`` (4 corners); corners may lie up to 0.01 outside the image, as
-  Ultralytics accepts (upstream DOTA8 has such corners).
+* ``obb``: ``class x1 y1 x2 y2 x3 y3 x4 y4`` (4 corners). As in Ultralytics, the range check applies to the
+  corners' enclosing box ``cx cy w h`` (within [-0.01, 1.01]): a corner may stick out of the image (upstream
+  DOTA8 has corners at 1.015) as long as that box is normalised.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class LabelRule:
             ndim = self.kpt_shape[1]
             kpts = coords[4:]
             return coords[:4] + [v for i, v in enumerate(kpts) if i % ndim < 2]
+        if self.task == "obb":
+            xs, ys = coords[0::2], coords[1::2]
+            w, h = max(xs) - min(xs), max(ys) - min(ys)
+            return [min(xs) + w / 2, min(ys) + h / 2, w, h]
         return coords
 
 
