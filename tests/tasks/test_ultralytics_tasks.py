@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -139,4 +141,63 @@ def test_freeze_n_is_ultralytics_freeze_and_holds_for_the_run(task, shared, tmp_
     after = trained.state_dict()
     body = [k for k in base if k.startswith(frozen_prefixes)]
     assert body and all(torch.equal(after[k].half(), base[k].half()) for k in body)  # BN statistics included
-    assert any(not torch.equal(after[k].half(), base[k].half()) for k in base if k.startswith("model.12."))
+    # The rest trained: the adapter file holds the EMA's trainable tensors in float32.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run_dir / "adapter" / "adapter.safetensors"))
+    assert set(saved) >= expected
+    assert any(not torch.equal(saved[k], base[k].float()) for k in expected if k.startswith("model.13."))  # neck C3
+
+
+def _first_tensor(out):
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def test_merged_checkpoint_exports_to_onnx_with_the_same_outputs(run, tmp_path):
+    """Ultralytics' ONNX export of ``merged.pt``, run by ONNX's reference evaluator, matches the PyTorch model."""
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    task, run_dir, _ = run
+    shutil.copy(run_dir / "weights" / "merged.pt", tmp_path / "merged.pt")
+    path = YOLO(str(tmp_path / "merged.pt")).export(format="onnx", imgsz=64, device="cpu", simplify=False)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    (ours, *_) = ReferenceEvaluator(graph).run(None, {graph.graph.input[0].name: x.numpy()})
+    with torch.no_grad():
+        ref = _first_tensor(YOLO(str(tmp_path / "merged.pt")).model.float().eval().fuse(verbose=False)(x))
+    torch.testing.assert_close(torch.from_numpy(ours), ref, rtol=1e-3, atol=1e-3)
+
+
+_PLAIN_VAL = """
+import json, sys
+class Block:  # visionpeft must not be importable: the file is plain Ultralytics
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "visionpeft":
+            raise ImportError("visionpeft is blocked")
+sys.meta_path.insert(0, Block())
+from ultralytics import YOLO
+results = YOLO(sys.argv[1]).val(**json.loads(sys.argv[2]))
+print(json.dumps({k: float(v) for k, v in results.results_dict.items()}))
+"""
+
+
+def test_merged_checkpoint_validates_in_plain_ultralytics_to_the_reported_metrics(run, tmp_path):
+    """``YOLO(merged.pt).val(...)`` in a process where visionpeft cannot be imported, with the settings the run's
+    final validation recorded, gives the run's metrics (up to the float16 rounding of the saved weights)."""
+    from visionpeft.tasks.detection.callbacks import metrics_from_ultralytics
+
+    task, run_dir, data = run
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    val = recorded["extra"]["val"]
+    args = {k: val[k] for k in ("imgsz", "batch", "rect", "conf", "iou", "max_det") if val.get(k) is not None}
+    args.update(data=str(data), device="cpu", plots=False, verbose=False, project=str(tmp_path), name="v")
+    proc = subprocess.run([sys.executable, "-c", _PLAIN_VAL, str(run_dir / "weights" / "merged.pt"),
+                           json.dumps(args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plain = metrics_from_ultralytics(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert plain.keys() == recorded["metrics"].keys()
+    assert plain == pytest.approx(recorded["metrics"], abs=0.02)
