@@ -201,3 +201,39 @@ def test_merged_checkpoint_validates_in_plain_ultralytics_to_the_reported_metric
     plain = metrics_from_ultralytics(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert plain.keys() == recorded["metrics"].keys()
     assert plain == pytest.approx(recorded["metrics"], abs=0.02)
+
+
+def test_a_killed_pose_run_resumes(shared, tmp_path, monkeypatch):
+    """``visionpeft resume`` of a pose run killed after its first epoch continues it with the pose trainer."""
+    import visionpeft.tasks.detection.trainer as trainer_mod
+
+    original = trainer_mod.make_callbacks
+
+    def killing(trainer):
+        callbacks = dict(original(trainer))
+        fit_end = callbacks["on_fit_epoch_end"]
+
+        def on_fit_epoch_end(tr):
+            fit_end(tr)
+            if int(tr.epoch) == 0 and not getattr(tr, "vp_final_eval", False):
+                raise KeyboardInterrupt  # as Ctrl-C after the first epoch's checkpoint
+        callbacks["on_fit_epoch_end"] = on_fit_epoch_end
+        return callbacks
+
+    data = copy_dataset(shared, "coco8-pose", tmp_path)
+    model = write_transfer_checkpoint("pose", shared / "weights" / "yolov5nu-cocobackbone.pt", tmp_path / "m.pt",
+                                      nc=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: pose\nname: p\nmodel: {model}\ndata: {data}\noutput: {tmp_path / 'runs'}\n"
+                      "strategies: [{method: lora, rank: 4}, {method: head}]\nultralytics: {epochs: 2, imgsz: 64, "
+                      "batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false}\n")
+    monkeypatch.setattr(trainer_mod, "make_callbacks", killing)
+    assert main(["train", str(recipe)]) == 130  # the CLI's status for an interrupt
+    monkeypatch.setattr(trainer_mod, "make_callbacks", original)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "weights" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
+    assert main(["resume", str(run_dir)]) == 0
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert result["extra"]["start_epoch"] == 1 and result["extra"]["epochs"] == 2
+    assert "pose_map50_95" in result["metrics"]
+    assert type(build_model(run_dir / "weights" / "last.pt")).__name__ == "PoseModel"
