@@ -61,7 +61,8 @@ def _require_ultralytics() -> Any:
         import ultralytics
     except ImportError as exc:  # pragma: no cover - ultralytics is a dependency
         raise ConfigError(
-            "detection needs the 'ultralytics' package: pip install ultralytics"
+            "Ultralytics models (detection, segment, pose, obb, classify) need the 'ultralytics' package: "
+            "pip install ultralytics"
         ) from exc
     return ultralytics
 

@@ -9,8 +9,12 @@ the folder or file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
+
+if TYPE_CHECKING:
+    from .data import DataInfo
 
 __all__ = ["check_cls_data"]
 
@@ -20,13 +24,14 @@ def _class_dirs(split_dir: Path) -> list[Path]:
 
 
 def check_cls_data(data: str | Path, *, splits: tuple[str, ...] = ("train", "val"), check_images: bool = False,
-                   skip_bad_images: bool = False) -> object:
+                   skip_bad_images: bool = False) -> DataInfo:
     """Validate a classification dataset folder; return a :class:`~.data.DataInfo` (``names`` from train).
 
     Raises:
         ConfigError: not a folder, a missing split, a class folder without images, other classes than train's,
-            or (``check_images``) an undecodable image; ``skip_bad_images`` cannot leave images out of a folder
-            dataset (Ultralytics reads the folders themselves), so it is refused when an image is bad.
+            or (``check_images``) an undecodable image. ``skip_bad_images`` does not apply: Ultralytics reads the
+            class folders themselves, so an image cannot be left out without changing the dataset; fix or remove
+            the file the error names.
     """
     from .data import IMG_SUFFIXES, DataInfo, _check_images
 
