@@ -41,7 +41,7 @@ OWN_KEYS: dict[str, str] = {
     "exist_ok": "visionpeft (each run gets its own directory)",
     "seed": "the top-level 'seed' key",
     "freeze": "a strategy: {method: freeze, n: 10} (exactly Ultralytics' freeze=10)",
-    "task": "the top-level 'task: detection'",
+    "task": "the top-level 'task' key (detection, segment, pose, obb or classify)",
     "mode": "the CLI command (train / compare / eval)",
     "resume": "'visionpeft resume RUN_DIR' (continues from the run's weights/last.pt)",
     "pretrained": "the top-level 'model' key (a .pt checkpoint is the pretrained model)",
