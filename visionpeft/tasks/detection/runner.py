@@ -27,13 +27,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError
 from ...outputs import make_dir
 from ...safe_yaml import load_yaml_file
 from ..base import RunResult, load_run_recipe
 from .callbacks import write_json
+
+if TYPE_CHECKING:
+    from ...recipe.detection import DetectionRecipe
+    from .data import DataInfo
 
 __all__ = ["UltralyticsTask", "DetectionTask", "TASK_METRICS"]
 
@@ -131,12 +135,12 @@ class UltralyticsTask:
         self.ultralytics_task = engine.ultralytics_task
         self.primary_metric, self.metric_names = TASK_METRICS[self.ultralytics_task]
 
-    def _check_data(self, data: str, **kwargs: Any) -> Any:
+    def _check_data(self, data: str, **kwargs: Any) -> DataInfo:
         from .data import check_data
 
         return check_data(data, task=self.ultralytics_task, **kwargs)
 
-    def _trainer_class(self, model: str) -> Any:
+    def _trainer_class(self, model: str) -> type:
         """The task's trainer class; an RT-DETR model trains with RT-DETR's own trainer."""
         from ...backends.ultralytics import build_model, is_rtdetr
         from .trainer import trainer_for
@@ -144,7 +148,8 @@ class UltralyticsTask:
         built = build_model(model, task=self.ultralytics_task)  # a model of another task: one clear line
         return trainer_for(self.ultralytics_task, rtdetr=is_rtdetr(built))
 
-    def train(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> RunResult:
+    def train(self, recipe: DetectionRecipe, strategies: list[dict[str, Any]], run_dir: Path,
+              run_name: str) -> RunResult:
         """Validate data and weights, train with Ultralytics' engine, and write the run directory."""
         from ...backends.safe_load import load_checkpoint
         from ...backends.ultralytics import check_checkpoint_file
@@ -167,8 +172,8 @@ class UltralyticsTask:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
-    def _start(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
-               info: Any) -> RunResult:
+    def _start(self, recipe: DetectionRecipe, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+               info: DataInfo) -> RunResult:
         """Write the run's records into the (new) ``run_dir`` and train."""
         from ...recipe import save_resolved
 
