@@ -412,7 +412,6 @@ class PeftTrainerMixin:
                                   {"merged_from": str(source), "strategies": self.vp_strategies})
 
 
-
 class MergingValidator:
     """Wraps an Ultralytics validator: a checkpoint path handed to it is loaded (allow-listed), merged and validated.
 
@@ -450,6 +449,9 @@ def _atomic_strip() -> Any:
     """While active, ``BaseTrainer.final_eval``'s ``strip_optimizer`` writes each file atomically.
 
     Ultralytics rewrites ``last.pt``/``best.pt`` in place there; a run killed mid-write would leave a torn file.
+    ``final_eval`` offers no hook for it, so the name ``strip_optimizer`` in ``ultralytics.engine.trainer`` is
+    replaced for the duration of the call (and restored, also on error); a call with an explicit output file
+    ``s`` goes to the original.
     """
     import ultralytics.engine.trainer as engine
 
