@@ -20,18 +20,12 @@ from .outputs import make_dir
 __all__ = ["main", "build_parser"]
 
 
-def _task_of_run(run_dir: Path) -> str:
-    from .errors import ConfigError
-    from .safe_yaml import load_yaml_file
+def _runner_of_run(run_dir: Path) -> Any:
+    """The runner of the engine that wrote ``run_dir`` (its recipe.yaml's task), from the engine registry."""
+    from .engines import engine_of_run
+    from .tasks import get_task
 
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml); give a directory written by "
-                          "'visionpeft train' or one of the NN-name folders of a compare directory")
-    doc = load_yaml_file(path) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a run's recipe.yaml must be a mapping, got {type(doc).__name__}")
-    return str(doc.get("task", "classification"))
+    return get_task(engine_of_run(run_dir).task)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -54,11 +48,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .tasks import get_task
-
     run_dir = Path(args.run_dir)
     # Each task checks the run (checkpoint present and readable, overrides compatible) before writing anything.
-    result = get_task(_task_of_run(run_dir)).resume(run_dir, args.overrides)
+    result = _runner_of_run(run_dir).resume(run_dir, args.overrides)
     _print_result(result)
     return 0
 
@@ -77,17 +69,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .tasks import get_task
-
-    metrics = get_task(_task_of_run(Path(args.run_dir))).evaluate(Path(args.run_dir), args.split)
+    metrics = _runner_of_run(Path(args.run_dir)).evaluate(Path(args.run_dir), args.split)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .tasks import get_task
-
-    out = get_task(_task_of_run(Path(args.run_dir))).merge(Path(args.run_dir), Path(args.output))
+    out = _runner_of_run(Path(args.run_dir)).merge(Path(args.run_dir), Path(args.output))
     print(f"merged model written to {out}")
     return 0
 
@@ -137,13 +125,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _build_for_params(args: argparse.Namespace) -> Any:
+    from .backends import backend_named
+
     if args.model.endswith((".pt", ".yaml", ".yml")):
-        from .backends.ultralytics import build_model as build_yolo
-
-        return build_yolo(args.model)
-    from .backends.timm import build_model
-
-    return build_model(args.model, args.num_classes, weights=args.weights)
+        return backend_named("ultralytics").build_model(args.model)
+    return backend_named("timm").build_model(args.model, num_classes=args.num_classes, weights=args.weights)
 
 
 def _print_result(result: Any) -> None:

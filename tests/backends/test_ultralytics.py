@@ -65,9 +65,10 @@ def test_build_with_nc_and_bad_inputs(tmp_path):
     torch.save({"w": torch.zeros(2)}, plain)  # a torch archive, but no Ultralytics model inside
     with pytest.raises(ConfigError, match=r"plain\.pt: not an Ultralytics checkpoint"):
         build_model(plain)
-    cls_yaml = "yolo11n-cls.yaml"
-    with pytest.raises(ConfigError, match="'classify' model yaml"):
-        build_model(cls_yaml)
+    cls_yaml = "yolo11n-cls.yaml"  # a classify model: built for task: classify, refused where detect is asked
+    assert type(build_model(cls_yaml)).__name__ == "ClassificationModel"
+    with pytest.raises(ConfigError, match="a model yaml of task 'classify', but the recipe's task trains 'detect'"):
+        build_model(cls_yaml, task="detect")
 
 
 def test_checkpoint_check_reads_pickle_without_running_it(tmp_path):

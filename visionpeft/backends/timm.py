@@ -539,3 +539,34 @@ def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
         mlp_modules=_mlp_modules(model),
         extra={"block_members": {g[0]: g for g in groups}, "head_modules": tuple(head)},
     )
+
+
+class _TimmBackend:
+    """The timm :class:`~visionpeft.backends.Backend` (``BACKEND``): the functions of this module."""
+
+    name = "timm"
+    module_root = "timm"
+
+    def build_model(self, source: str | Path, **kwargs: Any) -> nn.Module:
+        """:func:`build_model` (``num_classes`` defaults to 1000, timm's ImageNet head)."""
+        num_classes = int(kwargs.pop("num_classes", 1000))
+        return build_model(str(source), num_classes, **kwargs)
+
+    def spec(self, model: nn.Module) -> ModelSpec:
+        return timm_spec(model)
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        return data_config(model)
+
+    def export_merged(self, model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """A merged timm model's state dict as safetensors (``timm.create_model(...).load_state_dict``)."""
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(out),
+                  metadata={k: str(v) for k, v in (extra or {}).items()})
+        return out
+
+
+BACKEND = _TimmBackend()

@@ -1,14 +1,20 @@
-"""Ultralytics YOLO backend: build detection models and describe them to the strategies.
+"""Ultralytics backend: build YOLO / RT-DETR models of every supported task and describe them to the strategies.
 
 Only this module (and ``visionpeft/tasks/detection``) imports Ultralytics, always lazily inside functions,
 so ``import visionpeft`` stays cheap and works without Ultralytics installed.
 
+Supported Ultralytics tasks (:data:`SUPPORTED_TASKS`): ``detect`` (YOLO and RT-DETR), ``segment``, ``pose``,
+``obb``, ``classify``. The model class of each comes from Ultralytics' own table (``YOLO.task_map``,
+``RTDETR.task_map``), see :func:`task_classes`.
+
 Public names:
-  * :func:`build_model` - a ``DetectionModel`` from an Ultralytics ``.pt`` checkpoint or a model yaml, with
-    clear errors for files that are not Ultralytics checkpoints.
-  * :func:`ultralytics_spec` - the :class:`~visionpeft.spec.ModelSpec` of a ``DetectionModel``
+  * :func:`build_model` - an Ultralytics model from a ``.pt`` checkpoint or a model yaml, with clear errors for
+    files that are not Ultralytics checkpoints and for a model of another task than asked.
+  * :func:`ultralytics_spec` - the :class:`~visionpeft.spec.ModelSpec` of an Ultralytics model
     (``visionpeft.backends.spec_for`` calls it).
-  * :func:`is_detection_model` - whether a module is an Ultralytics ``DetectionModel``.
+  * :func:`is_detection_model` / :func:`is_ultralytics_model` - whether a module is an Ultralytics
+    ``DetectionModel`` (detect, segment, pose, obb, RT-DETR) / any supported Ultralytics model.
+  * :func:`model_task` / :func:`is_rtdetr` - a model's Ultralytics task; whether it is RT-DETR.
   * :func:`check_checkpoint_file` - inspect a ``.pt`` file's pickle *without executing it*.
 """
 
@@ -28,6 +34,11 @@ __all__ = [
     "build_model",
     "ultralytics_spec",
     "is_detection_model",
+    "is_ultralytics_model",
+    "model_task",
+    "is_rtdetr",
+    "task_classes",
+    "SUPPORTED_TASKS",
     "check_checkpoint_file",
     "unwrap_yolo",
     "LORA_TARGETS",
@@ -50,7 +61,8 @@ def _require_ultralytics() -> Any:
         import ultralytics
     except ImportError as exc:  # pragma: no cover - ultralytics is a dependency
         raise ConfigError(
-            "detection needs the 'ultralytics' package: pip install ultralytics"
+            "Ultralytics models (detection, segment, pose, obb, classify) need the 'ultralytics' package: "
+            "pip install ultralytics"
         ) from exc
     return ultralytics
 
@@ -66,8 +78,56 @@ def unwrap_yolo(model: Any) -> nn.Module:
 
 
 def is_detection_model(model: Any) -> bool:
-    """Whether ``model`` is an Ultralytics ``DetectionModel`` (checked by class name: no import needed)."""
+    """Whether ``model`` is an Ultralytics ``DetectionModel`` (also Segmentation/Pose/OBB/RT-DETR models, its
+    subclasses; checked by class name: no import needed)."""
     return any(cls.__name__ == "DetectionModel" for cls in type(model).__mro__) and hasattr(model, "model")
+
+
+def is_ultralytics_model(model: Any) -> bool:
+    """Whether ``model`` is an Ultralytics model of a supported task (detection family or classification)."""
+    return (is_detection_model(model)
+            or any(cls.__name__ == "ClassificationModel" for cls in type(model).__mro__) and hasattr(model, "model"))
+
+
+#: Ultralytics tasks visionpeft trains (``Model.task_map`` keys); RT-DETR models are ``detect``.
+SUPPORTED_TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb", "classify")
+
+
+def is_rtdetr(model: Any) -> bool:
+    """Whether ``model`` is an RT-DETR model (``RTDETRDetectionModel``; Ultralytics trains it with its own trainer)."""
+    return any(cls.__name__ == "RTDETRDetectionModel" for cls in type(model).__mro__)
+
+
+#: Ultralytics model class -> its task (most specific first: the task models subclass ``DetectionModel``).
+_CLASS_TASKS = (("SegmentationModel", "segment"), ("PoseModel", "pose"), ("OBBModel", "obb"),
+                ("ClassificationModel", "classify"), ("DetectionModel", "detect"))
+
+
+def model_task(model: Any) -> str:
+    """The Ultralytics task of a model: from its class (a checkpoint's recorded ``args.task`` can be stale, e.g. a
+    segment model built on a detector's weights), else Ultralytics' ``guess_model_task``."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    model = unwrap_yolo(model)
+    names = {cls.__name__ for cls in type(model).__mro__}
+    for cls_name, task in _CLASS_TASKS:
+        if cls_name in names:
+            return task
+    return guess_model_task(model)
+
+
+def task_classes(task: str, rtdetr: bool = False) -> dict[str, Any]:
+    """Ultralytics' own classes for ``task``: ``{"model", "trainer", "validator", "predictor"}``.
+
+    Read from ``YOLO.task_map`` (``RTDETR.task_map`` for RT-DETR), the table Ultralytics' ``Model`` uses.
+    """
+    from ultralytics.models import RTDETR, YOLO
+
+    table = (RTDETR if rtdetr else YOLO).task_map.fget(None)  # a property that does not read the instance
+    if task not in table:
+        raise ConfigError(f"task {task!r}: not an Ultralytics {'RT-DETR ' if rtdetr else ''}task; "
+                          f"available: {sorted(table)}")
+    return table[task]
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -137,8 +197,9 @@ def check_checkpoint_file(path: str | Path) -> set[str]:
     return names
 
 
-def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = False) -> nn.Module:
-    """Build an Ultralytics ``DetectionModel`` from a checkpoint or a model yaml.
+def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = False,
+                task: str | None = None) -> nn.Module:
+    """Build an Ultralytics model (detect / segment / pose / obb / classify, RT-DETR) from a checkpoint or yaml.
 
     Args:
         source: an Ultralytics ``.pt`` checkpoint (weights + architecture) or a model yaml. Bare Ultralytics
@@ -148,18 +209,19 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
         nc: number of classes; only for a yaml (a new, randomly initialised model). Leave ``None`` to keep the
             yaml's / checkpoint's own classes.
         verbose: print Ultralytics' layer table.
+        task: the Ultralytics task the model must have (``None``: any supported task).
 
     Returns:
-        The ``DetectionModel`` in float32, eval mode.
+        The model (``DetectionModel`` or a subclass, ``ClassificationModel``) in float32, eval mode.
 
     Raises:
-        ConfigError: unknown file type, missing file, not an Ultralytics detection checkpoint, or a checkpoint
-            referencing objects outside the allow-list (see :mod:`.safe_load`).
+        ConfigError: unknown file type, missing file, not an Ultralytics checkpoint, a model of another task than
+            ``task``, or a checkpoint referencing objects outside the allow-list (see :mod:`.safe_load`).
     """
     _require_ultralytics()
     text = str(source)
     if text.lower().endswith(_SUFFIXES_YAML):
-        return _from_yaml(text, nc=nc, verbose=verbose)
+        return _from_yaml(text, nc=nc, verbose=verbose, task=task)
     if not text.lower().endswith(".pt"):
         raise ConfigError(
             f"model: {text!r} is neither an Ultralytics '.pt' checkpoint nor a model yaml ('.yaml'); "
@@ -174,16 +236,24 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
     from .safe_load import load_checkpoint
 
     model, _ = load_checkpoint(text)  # restricted unpickling: no code from the file runs
-    if not is_detection_model(model) or getattr(model, "task", "detect") != "detect":
-        raise ConfigError(
-            f"{text}: a {type(model).__name__} (task {getattr(model, 'task', '?')!r}); visionpeft detection "
-            "needs a detection model (task 'detect')"
-        )
+    found = model_task(model) if is_ultralytics_model(model) else getattr(model, "task", "?")
+    _check_task(found, task, f"{text}: a {type(model).__name__}")
     return _with_nc(model)
 
 
-def _from_yaml(cfg: str, *, nc: int | None, verbose: bool) -> nn.Module:
-    from ultralytics.nn.tasks import DetectionModel, guess_model_task, yaml_model_load
+def _check_task(found: str, wanted: str | None, what: str) -> None:
+    """A model of an unsupported task, or of another task than the engine's, is an error naming both."""
+    from ..engines import ULTRALYTICS_TASKS
+
+    if found not in SUPPORTED_TASKS:
+        raise ConfigError(f"{what} of task {found!r}; visionpeft trains Ultralytics tasks {list(SUPPORTED_TASKS)}")
+    if wanted is not None and found != wanted:
+        raise ConfigError(f"{what} of task {found!r}, but the recipe's task trains {wanted!r} models; set "
+                          f"task: {ULTRALYTICS_TASKS.get(found, found)} or give a {wanted!r} model")
+
+
+def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = None) -> nn.Module:
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
 
     # yaml_model_load resolves scaled names ('yolo11n.yaml' -> yolo11.yaml with scale 'n') inside the
     # package; it only downloads for URLs, which a model yaml name never is here.
@@ -201,11 +271,24 @@ def _from_yaml(cfg: str, *, nc: int | None, verbose: bool) -> nn.Module:
     resolved = cfg_dict.get("yaml_file", cfg) if isinstance(cfg_dict, dict) else cfg
     if not isinstance(cfg_dict, dict) or "backbone" not in cfg_dict or "head" not in cfg_dict:
         raise ConfigError(f"{resolved}: not an Ultralytics model yaml (needs 'backbone' and 'head' sections)")
-    task = guess_model_task(cfg_dict)
-    if task != "detect":
-        raise ConfigError(f"{resolved}: a {task!r} model yaml; visionpeft detection needs a 'detect' model")
-    model = DetectionModel(cfg_dict, nc=nc, verbose=verbose)
-    return _with_nc(model).float().eval()
+    found = "detect" if yaml_is_rtdetr(cfg_dict) else guess_model_task(cfg_dict)  # RT-DETR: Ultralytics' detect
+    _check_task(found, task, f"{resolved}: a model yaml")
+    return _with_nc(model_from_cfg(cfg_dict, nc=nc, verbose=verbose)).float().eval()
+
+
+def yaml_is_rtdetr(cfg_dict: dict[str, Any]) -> bool:
+    """Whether a model yaml's head ends in ``RTDETRDecoder`` (Ultralytics builds it as ``RTDETRDetectionModel``)."""
+    return any("RTDETRDecoder" in str(layer[2]) for layer in cfg_dict.get("head", []) if len(layer) > 2)
+
+
+def model_from_cfg(cfg_dict: dict[str, Any], *, nc: int | None, verbose: bool = False, **kwargs: Any) -> nn.Module:
+    """A new model of the class Ultralytics uses for this yaml's task (random init); ``kwargs`` go to the class
+    (``data_kpt_shape`` for pose, as ``PoseTrainer.get_model`` passes it)."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    rtdetr = yaml_is_rtdetr(cfg_dict)
+    cls = task_classes("detect" if rtdetr else guess_model_task(cfg_dict), rtdetr=rtdetr)["model"]
+    return cls(cfg_dict, nc=nc, verbose=verbose, **kwargs)
 
 
 def _with_nc(model: nn.Module) -> nn.Module:
@@ -246,31 +329,83 @@ def ultralytics_spec(model: Any) -> ModelSpec:
       the head apply as for LoRA.
     """
     model = unwrap_yolo(model)
-    if not is_detection_model(model):
+    if not is_ultralytics_model(model):
         raise ConfigError(
-            f"ultralytics_spec: expected an Ultralytics DetectionModel or YOLO object, got {type(model).__name__}"
+            f"ultralytics_spec: expected an Ultralytics model or YOLO object, got {type(model).__name__}"
         )
     n_layers = len(model.model)
     last = n_layers - 1
-    head = f"model.{last}"
+    head: tuple[str, ...] = (f"model.{last}",)
+    targets = LORA_TARGETS
     exclude = (
         r"re:model\.0(?:\..*)?",
-        rf"re:model\.{last}\.(?:one2one_)?cv[23]\.\d+\.2(?:\..*)?",
+        rf"re:model\.{last}\.(?:one2one_)?cv[234]\.\d+\.2(?:\..*)?",
         rf"re:model\.{last}\.dfl(?:\..*)?",
     )
+    if is_rtdetr(model):
+        head, targets = _rtdetr_roles(model, last)
+    has_dfl = any(".dfl" in n for n, _ in model.named_parameters())
     return ModelSpec(
         backend="ultralytics",
         name=_model_identity(model),
-        head=(head,),
+        head=head,
         blocks=tuple(f"model.{i}" for i in range(n_layers)),
-        lora_targets=LORA_TARGETS,
+        lora_targets=targets,
         lora_exclude=exclude,
-        always_frozen=ALWAYS_FROZEN,
+        always_frozen=ALWAYS_FROZEN if has_dfl else (),
         prompt=None,
         ssf_targets=("BatchNorm2d",),
         extra={
             "nc": int(getattr(model, "nc", model.yaml.get("nc", 0)) or 0),
             "head_type": type(model.model[last]).__name__,
             "n_layers": n_layers,
+            "task": model_task(model),
         },
     )
+
+
+def _rtdetr_roles(model: nn.Module, last: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """RT-DETR: the head is the decoder's class-dependent part; LoRA also targets the decoder's Linear layers.
+
+    Ultralytics re-initialises ``enc_score_head``, ``dec_score_head`` (Linear to ``nc``) and
+    ``denoising_class_embed`` (``nc + 1`` rows) for a new dataset: those are the ``head`` strategy's. The
+    transformer decoder layers (``decoder.layers.<i>``: the deformable cross-attention's ``sampling_offsets``,
+    ``attention_weights``, ``value_proj``, ``output_proj`` and the FFN's ``linear1``/``linear2``) keep their
+    pretrained weights and are LoRA targets beside the convs of the backbone and encoder.
+    """
+    dec = model.model[last]
+    head = tuple(f"model.{last}.{n}" for n in ("enc_score_head", "dec_score_head", "denoising_class_embed")
+                 if hasattr(dec, n))
+    decoder = (rf"re:model\.{last}\.decoder\.layers\.\d+\.(?:cross_attn\.(?:sampling_offsets|attention_weights|"
+               r"value_proj|output_proj)|linear[12])")
+    return head, (*LORA_TARGETS, decoder)
+
+
+class _UltralyticsBackend:
+    """The Ultralytics :class:`~visionpeft.backends.Backend` (``BACKEND``): the functions of this module."""
+
+    name = "ultralytics"
+    module_root = "ultralytics"
+
+    def build_model(self, source: str | Path, **kwargs: Any) -> nn.Module:
+        """:func:`build_model` (keywords ``nc``, ``task``, ``verbose``)."""
+        return build_model(source, **kwargs)
+
+    def spec(self, model: nn.Module) -> ModelSpec:
+        return ultralytics_spec(model)
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        """Ultralytics letterboxes to ``imgsz`` (a multiple of the stride) in [0, 1]: no mean/std."""
+        inner = unwrap_yolo(model)
+        stride = getattr(inner, "stride", None)
+        return {"stride": int(stride.max()) if stride is not None else 32, "mean": (0.0, 0.0, 0.0),
+                "std": (1.0, 1.0, 1.0), "task": model_task(inner)}
+
+    def export_merged(self, model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """A merged model as a plain Ultralytics checkpoint (``YOLO(out)`` loads it without visionpeft)."""
+        from ..tasks.detection.merge import save_plain_checkpoint
+
+        return save_plain_checkpoint(unwrap_yolo(model), out, extra)
+
+
+BACKEND = _UltralyticsBackend()

@@ -91,11 +91,33 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         *_PERF,
         Metric("result/recall", "recall", "box recall of the kept model, fraction 0-1"),
     ),
+    "segment": (
+        Metric("result/mask_map50_95", "mask mAP50-95", "mask mAP at IoU 0.50:0.95 of the kept model, 0-1"),
+        Metric("result/mask_map50", "mask mAP50", "mask mAP at IoU 0.50 of the kept model, 0-1"),
+        Metric("result/map50_95", "box mAP50-95", "box mAP at IoU 0.50:0.95 of the kept model, 0-1"),
+        *_PERF,
+    ),
+    "pose": (
+        Metric("result/pose_map50_95", "pose mAP50-95", "keypoint (OKS) mAP 0.50:0.95 of the kept model, 0-1"),
+        Metric("result/pose_map50", "pose mAP50", "keypoint (OKS) mAP at 0.50 of the kept model, 0-1"),
+        Metric("result/map50_95", "box mAP50-95", "box mAP at IoU 0.50:0.95 of the kept model, 0-1"),
+        *_PERF,
+    ),
+    "obb": (
+        Metric("result/map50_95", "OBB mAP50-95", "oriented-box mAP at IoU 0.50:0.95 of the kept model, 0-1"),
+        Metric("result/map50", "OBB mAP50", "oriented-box mAP at IoU 0.50 of the kept model, 0-1"),
+        *_PERF,
+    ),
+    "classify": (
+        Metric("result/top1", "top-1", "validation top-1 accuracy of the kept (best) model, fraction 0-1"),
+        Metric("result/top5", "top-5", "validation top-5 accuracy of the kept model, fraction 0-1"),
+        *_PERF,
+    ),
 }
 
 
 def task_metrics(task: str) -> tuple[Metric, ...]:
-    """The metric columns of ``task`` (``classification`` or ``detection``); ``ValueError`` otherwise."""
+    """The metric columns of ``task`` (an engine name of :mod:`visionpeft.engines`); ``ValueError`` otherwise."""
     if task not in METRICS:
         raise ValueError(f"no TensorBoard metrics for task {task!r}; known: {sorted(METRICS)}")
     return METRICS[task]

@@ -27,7 +27,8 @@ from ..errors import closest
 from ..safe_yaml import brief, brief_text
 from .base import BaseRecipe, Section
 
-__all__ = ["DetectionRecipe", "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
+__all__ = ["DetectionRecipe", "SegmentRecipe", "PoseRecipe", "OBBRecipe", "ClassifyRecipe",
+           "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
            "DEFAULT_ULTRALYTICS_ARGS"]
 
 #: Ultralytics arguments visionpeft sets itself, and where the recipe sets them instead.
@@ -40,7 +41,7 @@ OWN_KEYS: dict[str, str] = {
     "exist_ok": "visionpeft (each run gets its own directory)",
     "seed": "the top-level 'seed' key",
     "freeze": "a strategy: {method: freeze, n: 10} (exactly Ultralytics' freeze=10)",
-    "task": "the top-level 'task: detection'",
+    "task": "the top-level 'task' key (detection, segment, pose, obb or classify)",
     "mode": "the CLI command (train / compare / eval)",
     "resume": "'visionpeft resume RUN_DIR' (continues from the run's weights/last.pt)",
     "pretrained": "the top-level 'model' key (a .pt checkpoint is the pretrained model)",
@@ -225,3 +226,49 @@ class DetectionRecipe(BaseRecipe):
     def train_args(self) -> dict[str, Any]:
         """Ultralytics arguments for a run: visionpeft's defaults, then the recipe's ``ultralytics`` section."""
         return {**DEFAULT_ULTRALYTICS_ARGS, **self.ultralytics}
+
+
+class SegmentRecipe(DetectionRecipe):
+    """Ultralytics instance segmentation (``task: segment``): a ``*-seg`` model, polygon labels.
+
+    Same keys as :class:`DetectionRecipe`; metrics are box and mask mAP (the primary one is mask mAP50-95).
+    """
+
+    task: Literal["segment"] = "segment"  # type: ignore[assignment]
+
+
+class PoseRecipe(DetectionRecipe):
+    """Ultralytics pose estimation (``task: pose``): a ``*-pose`` model, a data yaml with ``kpt_shape``.
+
+    Same keys as :class:`DetectionRecipe`; metrics are box and pose mAP (the primary one is pose mAP50-95).
+    """
+
+    task: Literal["pose"] = "pose"  # type: ignore[assignment]
+
+
+class OBBRecipe(DetectionRecipe):
+    """Ultralytics oriented boxes (``task: obb``): an ``*-obb`` model, 4-corner labels.
+
+    Same keys as :class:`DetectionRecipe`; metrics are OBB mAP (primary mAP50-95).
+    """
+
+    task: Literal["obb"] = "obb"  # type: ignore[assignment]
+
+
+class ClassifyRecipe(DetectionRecipe):
+    """Ultralytics image classification (``task: classify``): a ``*-cls`` model, an ImageFolder-style folder.
+
+    ``data`` is a folder with ``train/`` and ``val/`` (or ``test/``) holding one sub-folder per class, as
+    Ultralytics' classification trainer reads it. Metrics are ``top1`` (primary) and ``top5``. For timm
+    classifiers use ``task: classification``.
+    """
+
+    task: Literal["classify"] = "classify"  # type: ignore[assignment]
+
+    @field_validator("data")
+    @classmethod
+    def _check_data(cls, value: str) -> str:
+        if value.lower().endswith((".yaml", ".yml")):
+            raise ValueError(f"expected a classification dataset folder (train/<class>/*.jpg, val/<class>/*.jpg), "
+                             f"got the yaml {brief(value)}")
+        return value

@@ -6,7 +6,6 @@ YAML is read with ``yaml.safe_load`` only: a recipe can never execute code.
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..engines import ENGINES, get_engine, load_attr
 from ..errors import ConfigError, closest
 from ..safe_yaml import brief, brief_text, check_size, load_yaml_file
 from .base import BaseRecipe
@@ -21,26 +21,15 @@ from .base import BaseRecipe
 __all__ = ["TASK_SCHEMAS", "load_recipe", "parse_recipe", "apply_overrides", "save_resolved",
            "schema_for", "recipe_to_dict"]
 
-#: task name -> ``"module:Class"`` of its recipe schema (imported lazily, so detection costs nothing here).
-TASK_SCHEMAS: dict[str, str] = {
-    "classification": "visionpeft.recipe.classification:ClassificationRecipe",
-    "detection": "visionpeft.recipe.detection:DetectionRecipe",
-}
+#: task name -> ``"module:Class"`` of its recipe schema: a view of :data:`visionpeft.engines.ENGINES`
+#: (imported lazily, so Ultralytics costs nothing here).
+TASK_SCHEMAS: dict[str, str] = {name: engine.schema for name, engine in ENGINES.items()}
 
 
 def schema_for(task: str) -> type[BaseRecipe]:
     """The recipe class registered for ``task``."""
-    if task not in TASK_SCHEMAS:
-        hint = closest(str(task), TASK_SCHEMAS, n=1)
-        raise ConfigError(
-            f"task: unknown task {task!r}; available: {sorted(TASK_SCHEMAS)}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
-    module, _, attr = TASK_SCHEMAS[task].partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"task: the {task!r} recipe schema {TASK_SCHEMAS[task]} is not available: {exc}") from exc
+    engine = get_engine(str(task))
+    return load_attr(engine.schema, f"task: the {task!r} recipe schema")
 
 
 def _parse_value(text: str) -> Any:

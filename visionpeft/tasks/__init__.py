@@ -1,26 +1,21 @@
-"""Tasks: the training/evaluation engines behind ``train``, ``compare``, ``eval`` and ``merge``."""
+"""Tasks: the training/evaluation engines behind ``train``, ``compare``, ``eval`` and ``merge``.
+
+The runners are registered in :mod:`visionpeft.engines` (one table for schemas, runners and backends);
+:data:`TASKS` is that table's view of task name -> runner.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-from ..errors import ConfigError, closest
+from ..engines import ENGINES, get_engine, load_attr
 from .base import RunResult, TaskRunner
 
 __all__ = ["TASKS", "get_task", "RunResult", "TaskRunner"]
 
-#: task name -> ``"module:attribute"`` of its runner (imported lazily: detection pulls in Ultralytics).
-TASKS: dict[str, str] = {
-    "classification": "visionpeft.tasks.classification:TASK",
-    "detection": "visionpeft.tasks.detection:TASK",
-}
+#: task name -> ``"module:attribute"`` of its runner (a view of :data:`visionpeft.engines.ENGINES`).
+TASKS: dict[str, str] = {name: engine.runner for name, engine in ENGINES.items()}
 
 
 def get_task(name: str) -> TaskRunner:
-    """The runner of task ``name``."""
-    if name not in TASKS:
-        hint = closest(name, TASKS, n=1)
-        raise ConfigError(f"unknown task {name!r}; available: {sorted(TASKS)}"
-                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    module, _, attr = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    """The runner of task ``name`` (imported lazily: Ultralytics engines pull in Ultralytics)."""
+    engine = get_engine(name)
+    return load_attr(engine.runner, f"task: the {name!r} runner")

@@ -6,7 +6,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..recipe.base import BaseRecipe
 
 __all__ = ["RunResult", "GridPoint", "StrategyRuns", "TaskRunner", "load_run_recipe"]
 
@@ -118,7 +121,7 @@ class TaskRunner(Protocol):
     primary_metric: str
     metric_names: tuple[str, ...]
 
-    def train(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> RunResult:
+    def train(self, recipe: BaseRecipe, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> RunResult:
         """Train ``strategies`` with ``recipe``'s settings into ``run_dir``."""
         ...
 
@@ -144,7 +147,7 @@ class TaskRunner(Protocol):
         ...
 
 
-def load_run_recipe(run_dir: Path, overrides: Sequence[str] = ()) -> Any:
+def load_run_recipe(run_dir: Path, overrides: Sequence[str] = ()) -> BaseRecipe:
     """The resolved recipe a run directory recorded (``recipe.yaml``), with ``key=value`` overrides applied."""
     from ..errors import ConfigError
     from ..recipe import load_recipe

@@ -166,10 +166,10 @@ def predict_run(run_dir: str | Path, options: PredictOptions) -> Path:
         ConfigError: not a run directory, a bad source (missing, no images, an unreadable image, naming it), or
             an option the task does not take.
     """
-    from ..cli import _task_of_run
+    from ..engines import engine_of_run
 
     run_dir = Path(run_dir)
-    task = _task_of_run(run_dir)
+    task = engine_of_run(run_dir).task
     images = list_images(options.source)
     if task == "classification":
         from .classification.predict import predict_images

@@ -28,10 +28,28 @@ ULTRA_METRICS: dict[str, str] = {
 }
 
 
+#: Ultralytics' metric suffix -> visionpeft's prefix: boxes (detect, obb, and the box part of segment/pose),
+#: masks, keypoints.
+_KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
+_TOPK = {"metrics/accuracy_top1": "top1", "metrics/accuracy_top5": "top5"}
+
+
 def metrics_from_ultralytics(metrics: dict[str, Any] | None) -> dict[str, float]:
-    """``{"map50": .., "map50_95": .., "precision": .., "recall": ..}`` from Ultralytics' metric dict."""
+    """visionpeft's metric names from Ultralytics' metric dict, for every task.
+
+    Boxes: ``map50``, ``map50_95``, ``precision``, ``recall`` (detect, obb; also segment and pose);
+    masks (segment): ``mask_map50`` ... ``mask_recall``; keypoints (pose): ``pose_map50`` ... ``pose_recall``;
+    classify: ``top1``, ``top5``.
+    """
     metrics = metrics or {}
-    return {ours: float(metrics[theirs]) for theirs, ours in ULTRA_METRICS.items() if theirs in metrics}
+    out: dict[str, float] = {}
+    for kind, prefix in _KIND_PREFIX.items():  # boxes first, each as map50, map50_95, precision, recall
+        for theirs, ours in ULTRA_METRICS.items():
+            key = theirs.replace("(B)", f"({kind})")
+            if key in metrics:
+                out[prefix + ours] = float(metrics[key])
+    out.update({ours: float(metrics[theirs]) for theirs, ours in _TOPK.items() if theirs in metrics})
+    return out
 
 
 class SavedTensorMeter:

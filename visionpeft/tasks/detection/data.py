@@ -18,14 +18,13 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...safe_yaml import brief, brief_text, load_yaml_file, read_text_file
+from .labels import LabelRule, check_label_file
 
 __all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
 
 IMG_SUFFIXES = frozenset(
     {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic", ".avif", ".jp2"}
 )
-# Ultralytics accepts coordinates a hair outside [0, 1] from rounding in converters; so do we.
-_COORD_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -135,50 +134,6 @@ def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[P
     return images
 
 
-def _check_label_file(path: Path, nc: int) -> int:
-    """Validate one YOLO label file; return its row count."""
-    rows = 0
-    for lineno, raw in enumerate(read_text_file(path, "label file").splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        parts = line.split()
-        where = f"{path}:{lineno}"
-        if len(parts) < 5 or (len(parts) > 5 and len(parts) % 2 == 0):
-            raise ConfigError(
-                f"{where}: malformed label line {brief(line)}: expected 'class cx cy w h' (5 numbers) or a polygon "
-                "'class x1 y1 x2 y2 ...'"
-            )
-        try:
-            cls_f = float(parts[0])
-            coords = [float(v) for v in parts[1:]]
-        except ValueError:
-            raise ConfigError(f"{where}: malformed label line {brief(line)}: every field must be a number") from None
-        if cls_f != int(cls_f) or not 0 <= cls_f < nc:
-            raise ConfigError(
-                f"{where}: class id {parts[0]} out of range: the data yaml has {nc} classes (ids 0..{nc - 1})"
-            )
-        if any(not (-_COORD_TOL <= v <= 1 + _COORD_TOL) for v in coords):
-            raise ConfigError(f"{where}: coordinates {brief(parts[1:])} are not normalised to [0, 1]")
-        _check_extent(coords, where, line)
-        rows += 1
-    return rows
-
-
-def _check_extent(coords: list[float], where: str, line: str) -> None:
-    """A box (``cx cy w h``) or polygon must cover an area: Ultralytics would train on an empty box."""
-    if len(coords) == 4:
-        width, height = coords[2], coords[3]
-    else:
-        xs, ys = coords[0::2], coords[1::2]
-        width, height = max(xs) - min(xs), max(ys) - min(ys)
-    if width <= 0 or height <= 0:
-        raise ConfigError(
-            f"{where}: {'zero-width' if width <= 0 else 'zero-height'} box in label line {brief(line)}: "
-            f"w and h must be > 0 (fraction of the image). Fix or delete the line"
-        )
-
-
 #: PIL modes Ultralytics' reader (OpenCV ``imread``) turns into correct 8-bit BGR (16-bit grey is scaled).
 READABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B",
                             "I;16N"})
@@ -217,8 +172,8 @@ def _check_images(images: list[Path], skip_bad: bool, where: str) -> tuple[list[
 
 
 def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val"),
-               check_images: bool = False, skip_bad_images: bool = False) -> DataInfo:
-    """Validate an Ultralytics detection data yaml (and its labels and images).
+               check_images: bool = False, skip_bad_images: bool = False, task: str = "detect") -> DataInfo:
+    """Validate an Ultralytics data yaml of ``task`` (and its labels and images); ``classify``: a dataset folder.
 
     Args:
         data: the data yaml.
@@ -227,16 +182,24 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
         check_images: decode every image of the checked splits completely (the same check classification makes):
             Ultralytics would otherwise drop an empty or truncated image with a warning and train without it.
         skip_bad_images: leave unreadable images out (listed in ``DataInfo.skipped``) instead of an error.
+        task: the Ultralytics task whose label rules apply (see :mod:`.labels`); ``classify`` reads a folder
+            (see :func:`.cls_data.check_cls_data`).
 
     Raises:
         ConfigError: naming the yaml key, folder, image, or label file and line that is wrong.
     """
-    from ...backends.ultralytics_names import resolve_data
+    from ...backends.ultralytics_names import resolve_cls_data, resolve_data
 
+    if task == "classify":
+        from .cls_data import check_cls_data
+
+        return check_cls_data(resolve_cls_data(data), splits=splits, check_images=check_images or check_labels,
+                              skip_bad_images=skip_bad_images)
     path = Path(resolve_data(data))  # Ultralytics' own names (coco8.yaml) -> its dataset yaml; paths unchanged
     doc = _read_yaml(path)
     names = _names(doc, path)
     root = _root(doc, path)
+    rule = LabelRule(task, _kpt_shape(doc, path) if task == "pose" else None)
     wanted = list(splits) + [s for s in ("test",) if s in doc and s not in splits and doc[s]]
     out: dict[str, list[Path]] = {}
     boxes: dict[str, int] = {}
@@ -249,7 +212,7 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
             out[split], skipped[split] = _check_images(out[split], skip_bad_images, f"{path}: {split}")
         if check_labels:
             boxes[split] = sum(
-                _check_label_file(lp, len(names)) for lp in map(label_path, out[split]) if lp.is_file()
+                check_label_file(lp, len(names), rule) for lp in map(label_path, out[split]) if lp.is_file()
             )
             if split == "train" and boxes[split] == 0:
                 raise ConfigError(
@@ -257,6 +220,16 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
                     f"such as {label_path(out[split][0])}, beside an 'images' folder in a 'labels' folder)"
                 )
     return DataInfo(yaml_path=path, names=names, splits=out, boxes=boxes, skipped=skipped)
+
+
+def _kpt_shape(doc: dict[str, Any], path: Path) -> tuple[int, int]:
+    """A pose data yaml's ``kpt_shape: [nkpt, ndim]`` (``ndim`` 2 or 3)."""
+    shape = doc.get("kpt_shape")
+    if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape)
+            or shape[1] not in (2, 3)):
+        raise ConfigError(f"{path}: kpt_shape: expected [keypoints, 2 or 3] such as [17, 3] for a pose dataset, "
+                          f"got {brief(shape)}")
+    return int(shape[0]), int(shape[1])
 
 
 def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:

@@ -33,7 +33,7 @@ def run_checkpoint(run_dir: str | Path) -> Path:
             return path
     raise ConfigError(
         f"{run_dir}: no weights/best.pt or weights/last.pt; expected a run directory written by "
-        "'visionpeft train' for a detection recipe"
+        "'visionpeft train' for an Ultralytics recipe (detection, segment, pose, obb, classify)"
     )
 
 
@@ -60,27 +60,38 @@ def rebuild_from_adapter(run_dir: str | Path, base: str | Path | None = None, ad
     recipe = load_yaml_file(run_dir / "recipe.yaml", "merge")
     if not isinstance(recipe, dict) or "data" not in recipe or "model" not in recipe:
         raise ConfigError(f"merge: {run_dir / 'recipe.yaml'}: not a detection run's recipe (no model / data)")
-    info = check_data(recipe["data"], check_labels=False)
-    model = build_training_model(str(base or recipe["model"]), info.nc, info.names)
+    from ...engines import get_engine
+
+    task = get_engine(str(recipe.get("task", "detection"))).ultralytics_task or "detect"
+    info = check_data(recipe["data"], check_labels=False, task=task)
+    kpt = load_yaml_file(Path(recipe["data"]), "data").get("kpt_shape") if task == "pose" else None
+    model = build_training_model(str(base or recipe["model"]), info.nc, info.names, kpt_shape=kpt)
     load_adapter(model, run_dir / adapter)
     return model.eval()
 
 
-def build_training_model(source: str, nc: int, names: dict[int, str]) -> nn.Module:
-    """A ``DetectionModel`` built exactly like ``DetectionTrainer.get_model`` (same nc, weights loaded)."""
-    from ultralytics.nn.tasks import DetectionModel
+def build_training_model(source: str, nc: int, names: dict[int, str], kpt_shape: Any = None) -> nn.Module:
+    """A model built exactly like the task trainer's ``get_model`` (same nc, keypoint shape, weights loaded)."""
+    from ...backends.ultralytics import build_model, model_from_cfg
 
-    from ...backends.ultralytics import build_model
-
+    extra = {"data_kpt_shape": tuple(kpt_shape)} if kpt_shape else {}
     if source.lower().endswith((".yaml", ".yml")):
-        model = build_model(source, nc=nc)
+        model = build_model(source, nc=nc) if not extra else _pose_from_yaml(source, nc, extra)
     else:
         weights = build_model(source)
-        model = DetectionModel(weights.yaml, nc=nc, verbose=False)
+        model = model_from_cfg(weights.yaml, nc=nc, verbose=False, **extra)
         model.names = dict(names)  # before load(): Ultralytics remaps class rows by name (cls_remap)
         model.load(weights, verbose=False)
     model.names = dict(names)
     return model.float()
+
+
+def _pose_from_yaml(source: str, nc: int, extra: dict[str, Any]) -> nn.Module:
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from ...backends.ultralytics import model_from_cfg
+
+    return model_from_cfg(yaml_model_load(source), nc=nc, verbose=False, **extra)
 
 
 def _assert_plain(model: nn.Module) -> None:
@@ -96,7 +107,7 @@ def _assert_plain(model: nn.Module) -> None:
 
 
 def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save a merged ``DetectionModel`` in Ultralytics' checkpoint layout (fp16, like Ultralytics' own)."""
+    """Save a merged Ultralytics model in Ultralytics' checkpoint layout (fp16, like Ultralytics' own)."""
     import ultralytics
 
     _assert_plain(model)

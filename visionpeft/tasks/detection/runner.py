@@ -1,11 +1,17 @@
-"""The detection :class:`~visionpeft.tasks.base.TaskRunner`: ``train`` / ``evaluate`` / ``merge`` a run dir.
+"""The Ultralytics-engine :class:`~visionpeft.tasks.base.TaskRunner`: ``train`` / ``evaluate`` / ``merge`` a run dir.
+
+One class, :class:`UltralyticsTask`, serves every Ultralytics engine of :mod:`visionpeft.engines` (``detection``,
+``segment``, ``pose``, ``obb``, ``classify``); the engine's Ultralytics task picks the label rules, the trainer
+class (:func:`.trainer.trainer_for`; RT-DETR models get RT-DETR's trainer), the validator and the metrics
+(:data:`TASK_METRICS`).
 
 Run directory (Ultralytics' own files plus visionpeft's)::
 
     recipe.yaml            resolved recipe of this run (its strategies, absolute model/data paths)
     adapter/               adapter of the best epoch (safetensors + json with the base fingerprint)
     adapter_last/          adapter of the last epoch
-    metrics.json           RunResult: counts, map50 / map50_95 of the merged best model, timing, memory,
+    metrics.json           RunResult: counts, the task's metrics (TASK_METRICS) of the merged best model, timing,
+                           memory,
                            the final validation's settings (extra.val: what 'visionpeft eval' reuses)
                            (written by the trainer on rank 0 at the end of training)
     plan.json              trainability plan
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError
 from ...outputs import make_dir
@@ -29,7 +35,26 @@ from ...safe_yaml import load_yaml_file
 from ..base import RunResult, load_run_recipe
 from .callbacks import write_json
 
-__all__ = ["DetectionTask"]
+if TYPE_CHECKING:
+    from ...recipe.detection import DetectionRecipe
+    from .data import DataInfo
+
+__all__ = ["UltralyticsTask", "DetectionTask", "TASK_METRICS"]
+
+#: Ultralytics task -> (primary metric, metric names) in visionpeft's vocabulary (see
+#: :func:`.callbacks.metrics_from_ultralytics`).
+_BOX = ("map50", "map50_95", "precision", "recall")
+TASK_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "detect": ("map50_95", _BOX),
+    "segment": ("mask_map50_95", (*_BOX, "mask_map50", "mask_map50_95", "mask_precision", "mask_recall")),
+    "pose": ("pose_map50_95", (*_BOX, "pose_map50", "pose_map50_95", "pose_precision", "pose_recall")),
+    "obb": ("map50_95", _BOX),
+    "classify": ("top1", ("top1", "top5")),
+}
+
+#: Ultralytics task -> the ``results.csv`` column of its primary metric.
+_CURVE_COLUMNS = {"detect": "metrics/mAP50-95(B)", "obb": "metrics/mAP50-95(B)", "segment": "metrics/mAP50-95(M)",
+                  "pose": "metrics/mAP50-95(P)", "classify": "metrics/accuracy_top1"}
 
 
 def _abs_if_file(path: str) -> str:
@@ -67,13 +92,13 @@ def _stamp(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-def _read_run_recipe(run_dir: Path) -> dict[str, Any]:
+def _read_run_recipe(run_dir: Path, task: str = "detection") -> dict[str, Any]:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no recipe.yaml; expected a run directory written by 'visionpeft train'")
     doc = load_yaml_file(path)
-    if not isinstance(doc, dict) or doc.get("task") != "detection":
-        raise ConfigError(f"{path}: not a detection run (task {doc.get('task') if isinstance(doc, dict) else None!r})")
+    if not isinstance(doc, dict) or doc.get("task") != task:
+        raise ConfigError(f"{path}: not a {task} run (task {doc.get('task') if isinstance(doc, dict) else None!r})")
     return doc
 
 
@@ -96,31 +121,57 @@ def _data_for_run(info: Any, data: str, out_dir: Path) -> str:
     return str(write_without_skipped(info, out_dir))
 
 
-def _with_local_files(recipe: Any) -> Any:
+def _with_local_files(recipe: Any, ultralytics_task: str = "detect") -> Any:
     """``recipe`` with Ultralytics' own names (``yolo11n.pt``, ``coco8.yaml``) resolved to the local files (downloaded
     as Ultralytics would); the run records those files, so ``resume`` / ``eval`` / ``merge`` use the same ones."""
-    from ...backends.ultralytics_names import resolve_data, resolve_model
+    from ...backends.ultralytics_names import resolve_cls_data, resolve_data, resolve_model
 
-    model, data = resolve_model(recipe.model), resolve_data(recipe.data)
+    resolve = resolve_cls_data if ultralytics_task == "classify" else resolve_data
+    model, data = resolve_model(recipe.model), resolve(recipe.data)
     return recipe if (model, data) == (recipe.model, recipe.data) else recipe.model_copy(update={"model": model,
                                                                                              "data": data})
 
 
-class DetectionTask:
-    """Ultralytics YOLO detection with visionpeft strategies (see :mod:`.trainer`)."""
+class UltralyticsTask:
+    """An Ultralytics engine (YOLO / RT-DETR) with visionpeft strategies (see :mod:`.trainer`).
 
-    primary_metric = "map50_95"
-    metric_names = ("map50", "map50_95", "precision", "recall")
+    Args:
+        task: the engine's name in :data:`visionpeft.engines.ENGINES` (``detection``, ``segment``, ``pose``,
+            ``obb``, ``classify``).
+    """
 
-    def train(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str) -> RunResult:
+    def __init__(self, task: str = "detection") -> None:
+        from ...engines import get_engine
+
+        engine = get_engine(task)
+        if engine.ultralytics_task is None:
+            raise ConfigError(f"task {task!r} is not an Ultralytics engine")
+        self.task = task
+        self.ultralytics_task = engine.ultralytics_task
+        self.primary_metric, self.metric_names = TASK_METRICS[self.ultralytics_task]
+
+    def _check_data(self, data: str, **kwargs: Any) -> DataInfo:
+        from .data import check_data
+
+        return check_data(data, task=self.ultralytics_task, **kwargs)
+
+    def _trainer_class(self, model: str) -> type:
+        """The task's trainer class; an RT-DETR model trains with RT-DETR's own trainer."""
+        from ...backends.ultralytics import build_model, is_rtdetr
+        from .trainer import trainer_for
+
+        built = build_model(model, task=self.ultralytics_task)  # a model of another task: one clear line
+        return trainer_for(self.ultralytics_task, rtdetr=is_rtdetr(built))
+
+    def train(self, recipe: DetectionRecipe, strategies: list[dict[str, Any]], run_dir: Path,
+              run_name: str) -> RunResult:
         """Validate data and weights, train with Ultralytics' engine, and write the run directory."""
         from ...backends.safe_load import load_checkpoint
         from ...backends.ultralytics import check_checkpoint_file
-        from .data import check_data
 
         _refuse_torchrun()
-        recipe = _with_local_files(recipe)
-        info = check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
+        recipe = _with_local_files(recipe, self.ultralytics_task)
+        info = self._check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
                           skip_bad_images=recipe.dataset.skip_bad_images)
         if recipe.model.lower().endswith(".pt"):
             check_checkpoint_file(recipe.model)
@@ -137,12 +188,12 @@ class DetectionTask:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
-    def _start(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
-               info: Any) -> RunResult:
+    def _start(self, recipe: DetectionRecipe, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+               info: DataInfo) -> RunResult:
         """Write the run's records into the (new) ``run_dir`` and train."""
         from ...recipe import save_resolved
-        from .trainer import PeftDetectionTrainer
 
+        trainer_base = self._trainer_class(recipe.model)
         data = _data_for_run(info, recipe.data, run_dir / "data")
         resolved = recipe.model_copy(update={
             "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None, "lr_grid": None, "seeds": 1,
@@ -152,9 +203,10 @@ class DetectionTask:
         overrides = {
             **recipe.train_args(),
             "model": resolved.model, "data": data, "project": str(run_dir.parent),
-            "name": run_dir.name, "exist_ok": True, "seed": recipe.seed, "task": "detect", "mode": "train",
+            "name": run_dir.name, "exist_ok": True, "seed": recipe.seed, "task": self.ultralytics_task,
+            "mode": "train",
         }
-        trainer_cls = PeftDetectionTrainer.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard,
+        trainer_cls = trainer_base.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard,
                                                      run_name=run_name)
         trainer = trainer_cls(overrides=overrides)
         stamp = _stamp(run_dir / "metrics.json")
@@ -171,13 +223,11 @@ class DetectionTask:
         unfinished, its strategies and classes are the run's, the base model file is still there.
         See ``docs/detection.md`` for what a resumed run reproduces exactly.
         """
-        from .data import check_data
         from .resume import check_resumable, read_checkpoint
-        from .trainer import PeftDetectionTrainer
 
         _refuse_torchrun()
         run_dir = Path(run_dir).resolve()
-        _read_run_recipe(run_dir)
+        _read_run_recipe(run_dir, self.task)
         for item in overrides:  # before re-validation: strategies.0.method=bitfit must not blame recipe.yaml
             key = item.partition("=")[0].strip()
             if key.split(".")[0] in FIXED_ON_RESUME:
@@ -195,16 +245,17 @@ class DetectionTask:
         if not last.is_file():
             raise ConfigError(f"{run_dir}: no weights/last.pt to resume from (the run stopped before its first "
                               "epoch ended); nothing was changed. Start it again with 'visionpeft train'")
-        info = check_data(recipe.data, check_labels=False, check_images=recipe.check_labels,
-                          skip_bad_images=recipe.dataset.skip_bad_images)
+        info = self._check_data(recipe.data, check_labels=False, check_images=recipe.check_labels,
+                                skip_bad_images=recipe.dataset.skip_bad_images)
+        trainer_base = self._trainer_class(recipe.model)
         model, ckpt = read_checkpoint(last)  # restricted unpickling: refused in one line if it holds code
         check_resumable(ckpt, model, recipe.strategies, info.names, f"resume {last}")
         del model, ckpt
         data = _data_for_run(info, recipe.data, run_dir / "data")
         args = {**recipe.train_args(), "resume": str(last), "data": data, "save_dir": str(run_dir),
-                "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "task": "detect",
-                "mode": "train"}
-        trainer_cls = PeftDetectionTrainer.configure(recipe.strategies, run_dir=run_dir,
+                "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True,
+                "task": self.ultralytics_task, "mode": "train"}
+        trainer_cls = trainer_base.configure(recipe.strategies, run_dir=run_dir,
                                                      tensorboard=recipe.tensorboard, run_name=recipe.name)
         trainer = trainer_cls(overrides=args)
         stamp = _stamp(run_dir / "metrics.json")
@@ -226,14 +277,13 @@ class DetectionTask:
         ``imgsz``, thresholds, precision; see :mod:`.validation`), so ``split="val"`` reproduces the metrics in
         ``metrics.json`` for the same weights.
         """
-        from .data import check_data
         from .validation import evaluate_run
 
         run_dir = Path(run_dir)
-        doc = _read_run_recipe(run_dir)
+        doc = _read_run_recipe(run_dir, self.task)
         skip = bool((doc.get("dataset") or {}).get("skip_bad_images", False))
-        info = check_data(doc["data"], check_labels=False, splits=(split,), check_images=doc.get("check_labels", True),
-                          skip_bad_images=skip)
+        info = self._check_data(doc["data"], check_labels=False, splits=(split,),
+                                check_images=doc.get("check_labels", True), skip_bad_images=skip)
         data = _data_for_run(info, doc["data"], run_dir / f"eval-{split}" / "data")
         device = (doc.get("ultralytics") or {}).get("device")
         metrics = evaluate_run(run_dir, data, split, device)
@@ -241,25 +291,33 @@ class DetectionTask:
         return metrics
 
     def has_split(self, recipe: Any, split: str) -> bool:
-        """Whether the data yaml names ``split`` (``test:``; an empty value counts as absent)."""
-        doc = load_yaml_file(Path(_with_local_files(recipe).data), "data")  # coco8 -> its yaml, as train reads it
+        """Whether the data names ``split``: a data yaml's ``test:`` (empty counts as absent), or a classify
+        dataset folder's ``test/`` sub-folder."""
+        data = Path(_with_local_files(recipe, self.ultralytics_task).data)  # coco8 -> its yaml, as train reads it
+        if self.ultralytics_task == "classify":
+            return (data / split).is_dir()
+        doc = load_yaml_file(data, "data")
         return isinstance(doc, dict) and bool(doc.get(split))
 
     def val_curve(self, run_dir: Path) -> list[list[float]]:
-        """``[[elapsed_seconds, map50_95], ...]`` per epoch from Ultralytics' ``results.csv`` (its ``time`` column:
-        wall seconds since training started, validation included)."""
+        """``[[elapsed_seconds, primary metric], ...]`` per epoch from Ultralytics' ``results.csv`` (its ``time``
+        column: wall seconds since training started, validation included)."""
         import csv
 
+        column = _CURVE_COLUMNS[self.ultralytics_task]
         path = Path(run_dir) / "results.csv"
         if not path.is_file():
             return []
         with path.open(newline="") as fh:
             rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(fh)]
-        return [[float(r["time"]), float(r["metrics/mAP50-95(B)"])] for r in rows
-                if r.get("time") and r.get("metrics/mAP50-95(B)")]
+        return [[float(r["time"]), float(r[column])] for r in rows if r.get("time") and r.get(column)]
 
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Write a plain Ultralytics checkpoint (LoRA folded in) that loads without visionpeft."""
         from .merge import merge_run
 
         return merge_run(run_dir, out)
+
+
+#: The detection engine's runner class (``UltralyticsTask()`` is the ``detection`` engine).
+DetectionTask = UltralyticsTask

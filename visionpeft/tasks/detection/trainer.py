@@ -1,6 +1,12 @@
-"""Ultralytics' ``DetectionTrainer``, extended so visionpeft strategies hold for the whole run.
+"""Ultralytics' trainers, extended so visionpeft strategies hold for the whole run.
 
-What Ultralytics does, and what this subclass changes (``ultralytics/engine/trainer.py``):
+:class:`PeftTrainerMixin` goes in front of Ultralytics' own trainer class for the task: :class:`PeftDetectionTrainer`
+(``DetectionTrainer``), :class:`PeftSegmentationTrainer`, :class:`PeftPoseTrainer`, :class:`PeftOBBTrainer`,
+:class:`PeftClassificationTrainer` and :class:`PeftRTDETRTrainer`; :func:`trainer_for` picks one. It extends
+Ultralytics through overridable methods and callbacks only (each calls the parent's); tested with Ultralytics
+8.4.190 (the floor in ``pyproject.toml`` is 8.4.104).
+
+What Ultralytics does, and what the mixin changes (``ultralytics/engine/trainer.py``):
 
 * ``Model.train()`` / ``setup_model`` rebuild the network via ``get_model``: :meth:`get_model` builds it as
   Ultralytics does, then applies the strategies, so the adapted model is the one that trains.
@@ -12,8 +18,9 @@ What Ultralytics does, and what this subclass changes (``ultralytics/engine/trai
   every frozen BatchNorm in eval (running statistics included) through ``model.train()``.
 * ``.dfl`` stays frozen (``spec.always_frozen``); Ultralytics' own ``freeze`` argument is not used - the
   ``freeze`` strategy with ``n: N`` freezes exactly what ``freeze=N`` freezes.
-* Ultralytics' final validation loads ``best.pt`` through ``AutoBackend``, which fuses Conv+BN from
-  ``conv.weight`` and would drop LoRA updates: :meth:`final_eval` merges the adapters into plain convs first.
+* Ultralytics' final validation (``BaseTrainer.final_eval``, called as is) hands ``best.pt`` to the validator:
+  :meth:`final_eval` gives it a validator wrapper (:class:`MergingValidator`) that loads ``best.pt`` with the
+  allow-list, merges the adapters into plain layers (also written as ``weights/merged.pt``) and validates that.
 * ``resume``: ``get_model`` receives the checkpoint's already adapted EMA model. The plain model is rebuilt
   from the run's base and adapted again, and only what training changed is loaded from the checkpoint
   (:mod:`.resume`): frozen tensors stay bit-identical to the base, the strategies must match.
@@ -34,6 +41,7 @@ through ``visionpeft train`` (the detection task runner).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -41,9 +49,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
+from ultralytics.models.rtdetr.train import RTDETRTrainer
+from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
-from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
+from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ... import api
 from ...errors import ConfigError
@@ -52,7 +65,9 @@ from . import resume
 from .callbacks import PerfMeter, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
 
-__all__ = ["PeftDetectionTrainer", "merged_copy", "split_groups_by_owner"]
+__all__ = ["PeftTrainerMixin", "PeftDetectionTrainer", "PeftSegmentationTrainer", "PeftPoseTrainer", "PeftOBBTrainer",
+           "PeftClassificationTrainer", "PeftRTDETRTrainer", "TRAINERS", "trainer_for", "MergingValidator",
+           "merged_copy", "split_groups_by_owner"]
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
@@ -63,8 +78,8 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return out
 
 
-class PeftDetectionTrainer(DetectionTrainer):
-    """A ``DetectionTrainer`` that applies and enforces visionpeft strategies.
+class PeftTrainerMixin:
+    """Mixed in front of an Ultralytics trainer class: applies and enforces visionpeft strategies.
 
     Configure a subclass with :meth:`configure` (Ultralytics instantiates the trainer class itself). The
     class itself, unconfigured, trains ``[{method: full}]``, or resumes with the strategies stored in the
@@ -89,7 +104,7 @@ class PeftDetectionTrainer(DetectionTrainer):
     def configure(
         cls, strategies: list[Any], *, run_dir: str | Path | None = None, tensorboard: bool = True,
         run_name: str | None = None,
-    ) -> type[PeftDetectionTrainer]:
+    ) -> type[PeftTrainerMixin]:
         """A trainer class bound to ``strategies`` (validated now, so typos fail before any data loading)."""
         configs = api.parse_strategies(strategies)
         for i, c in enumerate(configs):
@@ -374,41 +389,89 @@ class PeftDetectionTrainer(DetectionTrainer):
                 "img_size": int(self.args.imgsz), "seed": int(self.args.seed)}
 
     def final_eval(self) -> None:
-        """Ultralytics' final validation of ``best.pt``, with adapters merged before the Conv+BN fusion."""
+        """Ultralytics' own final validation of ``best.pt``, its validator wrapped to merge the adapters first.
 
-        from ...backends.safe_load import load_checkpoint
+        ``BaseTrainer.final_eval`` strips the checkpoints and validates ``best.pt`` by path; the wrapper
+        (:class:`MergingValidator`) validates the merged model instead, writes it as ``weights/merged.pt`` and
+        records the validator's settings (what ``visionpeft eval`` reuses). ``vp_final_eval`` tells the
+        TensorBoard callback that these are the result, not one more epoch.
+        """
+        validator = self.validator
+        self.validator = MergingValidator(validator, self._vp_write_merged)
+        self.vp_final_eval = True
+        try:
+            with _atomic_strip():
+                super().final_eval()
+        finally:
+            self.validator = validator
+            self.vp_final_eval = False
+        if self.validator is not None and getattr(self.validator, "dataloader", None) is not None:
+            from .validation import record_settings
 
-        best = self.best if self.best.exists() else None
-        with torch_distributed_zero_first(LOCAL_RANK):  # DDP: other ranks read best.pt once rank 0 rewrote it
-            if RANK in {-1, 0}:
-                ckpt = _strip_atomic(self.last) if self.last.exists() else {}
-                if best:
-                    _strip_atomic(self.best, updates={"train_results": ckpt.get("train_results")})
-        if best is None:
-            return
-        LOGGER.info(f"\nValidating {best} (visionpeft: adapters merged before fusing)...")
-        model, _ = load_checkpoint(best)
-        merged = merged_copy(model)
+            self.vp_val_settings = record_settings(self.validator)  # so 'visionpeft eval' validates the same way
+
+    def _vp_write_merged(self, merged: nn.Module, source: Path) -> None:
+        """Ship-ready output (rank 0): a plain Ultralytics checkpoint, loadable without visionpeft."""
         if RANK in {-1, 0}:
-            # Ship-ready output: a plain Ultralytics checkpoint, loadable without visionpeft.
             from .merge import save_plain_checkpoint
 
-            strategies = self.vp_strategies
-            save_plain_checkpoint(merged, self.wdir / "merged.pt", {"merged_from": str(best), "strategies": strategies})
-        self.validator.args.plots = self.args.plots
-        self.validator.args.compile = False
-        self.metrics = self.validator(model=merged)
-        self.metrics.pop("fitness", None)
-        from .validation import record_settings
+            save_plain_checkpoint(merged, self.wdir / "merged.pt",
+                                  {"merged_from": str(source), "strategies": self.vp_strategies})
 
-        self.vp_val_settings = record_settings(self.validator)  # so 'visionpeft eval' validates the same way
-        self.epoch += 1  # Ultralytics' own loggers record best metrics at epoch epochs+1
-        self.vp_final_eval = True  # visionpeft's TensorBoard logs them as result/* at the last step
-        try:
-            self.run_callbacks("on_fit_epoch_end")
-        finally:
-            self.epoch -= 1
-            self.vp_final_eval = False
+
+class MergingValidator:
+    """Wraps an Ultralytics validator: a checkpoint path handed to it is loaded (allow-listed), merged and validated.
+
+    Every other attribute reads and writes through to the wrapped validator (``args``, ``dataloader``...).
+
+    Args:
+        validator: the trainer's validator.
+        on_merged: called with the merged model and the checkpoint path before validation (writes merged.pt).
+    """
+
+    def __init__(self, validator: Any, on_merged: Any) -> None:
+        object.__setattr__(self, "_vp_inner", validator)
+        object.__setattr__(self, "_vp_on_merged", on_merged)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._vp_inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._vp_inner, name, value)
+
+    def __call__(self, *args: Any, model: Any = None, **kwargs: Any) -> Any:
+        if isinstance(model, (str, Path)):
+            from ...backends.safe_load import load_checkpoint
+
+            LOGGER.info(f"visionpeft: validating {model} with its adapters merged before fusing")
+            loaded, _ = load_checkpoint(model)
+            merged = merged_copy(loaded)
+            self._vp_on_merged(merged, Path(model))
+            model = merged
+        return self._vp_inner(*args, model=model, **kwargs)
+
+
+@contextlib.contextmanager
+def _atomic_strip() -> Any:
+    """While active, ``BaseTrainer.final_eval``'s ``strip_optimizer`` writes each file atomically.
+
+    Ultralytics rewrites ``last.pt``/``best.pt`` in place there; a run killed mid-write would leave a torn file.
+    ``final_eval`` offers no hook for it, so the name ``strip_optimizer`` in ``ultralytics.engine.trainer`` is
+    replaced for the duration of the call (and restored, also on error); a call with an explicit output file
+    ``s`` goes to the original.
+    """
+    import ultralytics.engine.trainer as engine
+
+    original = engine.strip_optimizer
+
+    def strip(f: Any = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
+        return original(f, s, updates) if s else _strip_atomic(Path(f), updates)
+
+    engine.strip_optimizer = strip
+    try:
+        yield
+    finally:
+        engine.strip_optimizer = original
 
 
 def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -467,3 +530,46 @@ def api_save_adapter(model: nn.Module, directory: Path, extra: dict[str, Any]) -
     from ...adapter_io import save_adapter
 
     return save_adapter(model, directory, extra=extra)
+
+
+class PeftDetectionTrainer(PeftTrainerMixin, DetectionTrainer):
+    """Ultralytics' ``DetectionTrainer`` with visionpeft strategies (see :class:`PeftTrainerMixin`)."""
+
+
+class PeftSegmentationTrainer(PeftTrainerMixin, SegmentationTrainer):
+    """Ultralytics' ``SegmentationTrainer`` with visionpeft strategies."""
+
+
+class PeftPoseTrainer(PeftTrainerMixin, PoseTrainer):
+    """Ultralytics' ``PoseTrainer`` with visionpeft strategies."""
+
+
+class PeftOBBTrainer(PeftTrainerMixin, OBBTrainer):
+    """Ultralytics' ``OBBTrainer`` with visionpeft strategies."""
+
+
+class PeftClassificationTrainer(PeftTrainerMixin, ClassificationTrainer):
+    """Ultralytics' ``ClassificationTrainer`` (``task: classify``) with visionpeft strategies."""
+
+
+class PeftRTDETRTrainer(PeftTrainerMixin, RTDETRTrainer):
+    """Ultralytics' ``RTDETRTrainer`` (RT-DETR models, task ``detect``) with visionpeft strategies."""
+
+
+#: Ultralytics task -> the trainer class (RT-DETR: :class:`PeftRTDETRTrainer`, see :func:`trainer_for`).
+TRAINERS: dict[str, type[PeftTrainerMixin]] = {
+    "detect": PeftDetectionTrainer,
+    "segment": PeftSegmentationTrainer,
+    "pose": PeftPoseTrainer,
+    "obb": PeftOBBTrainer,
+    "classify": PeftClassificationTrainer,
+}
+
+
+def trainer_for(task: str, rtdetr: bool = False) -> type[PeftTrainerMixin]:
+    """The visionpeft trainer class for an Ultralytics task (``rtdetr``: RT-DETR's own trainer)."""
+    if rtdetr:
+        return PeftRTDETRTrainer
+    if task not in TRAINERS:
+        raise ConfigError(f"task {task!r}: no visionpeft trainer; available: {sorted(TRAINERS)}")
+    return TRAINERS[task]

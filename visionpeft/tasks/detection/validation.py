@@ -70,29 +70,31 @@ def _recorded(run_dir: Path) -> dict[str, Any] | None:
 
 
 def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None) -> dict[str, float]:
-    """mAP/precision/recall of the run's best model (adapters merged) on ``split``, with the training settings.
+    """The metrics of the run's best model (adapters merged) on ``split``, with the training settings.
+
+    The validator is Ultralytics' own for the model's task (``YOLO.task_map`` / ``RTDETR.task_map``).
 
     Args:
-        run_dir: a detection run directory (``weights/best.pt`` or ``last.pt``, ``metrics.json``).
+        run_dir: an Ultralytics-engine run directory (``weights/best.pt`` or ``last.pt``, ``metrics.json``).
         data: the run's data yaml.
         split: ``val`` reproduces the reported metrics exactly; ``test`` uses the same settings on that split.
         device: Ultralytics device string; ``None`` uses the recorded training device.
     """
-    from ultralytics.models.yolo.detect import DetectionValidator
-
+    from ...backends.ultralytics import is_rtdetr, model_task, task_classes
     from .callbacks import metrics_from_ultralytics
     from .merge import load_run_model
     from .trainer import merged_copy
 
     model = load_run_model(run_dir)
+    task = model_task(model)
     train_args = dict(getattr(model, "args", None) or {})
     settings = _recorded(run_dir) or settings_from_train_args(train_args)
     save_dir = run_dir / f"eval-{split}"
     args = {k: v for k, v in settings.items() if k != "quantize" or v is not None}
     args.update(data=data, split=split, device=device if device is not None else train_args.get("device"),
-                plots=False, verbose=False, save_json=False, task="detect", mode="val", project=str(run_dir),
+                plots=False, verbose=False, save_json=False, task=task, mode="val", project=str(run_dir),
                 name=save_dir.name, exist_ok=True)
-    validator = DetectionValidator(args=args, save_dir=save_dir)
+    validator = task_classes(task, rtdetr=is_rtdetr(model))["validator"](args=args, save_dir=save_dir)
     try:
         results = validator(model=merged_copy(model))
     except FileNotFoundError as exc:

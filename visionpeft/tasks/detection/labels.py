@@ -1,0 +1,111 @@
+"""YOLO label-file rules per Ultralytics task, checked before Ultralytics reads them.
+
+Ultralytics (``ultralytics.data.utils.verify_image_label``) drops an image whose label file breaks its rules with
+a warning; here the first broken line is an error naming the file and line. Rules by task:
+
+* ``detect`` / ``segment``: ``class cx cy w h`` (5 numbers) or a polygon ``class x1 y1 x2 y2 ...`` (segment
+  labels are polygons; a detector trains on their bounding boxes), coordinates in [0, 1];
+* ``pose``: ``class cx cy w h`` followed by ``nkpt * ndim`` keypoint values (``kpt_shape: [nkpt, ndim]`` in the
+  data yaml; ``ndim`` 3 adds a visibility flag), keypoint x/y in [0, 1];
+* ``obb``: ``class x1 y1 x2 y2 x3 y3 x4 y4`` (4 corners). As in Ultralytics, the range check applies to the
+  corners' enclosing box ``cx cy w h`` (within [-0.01, 1.01]): a corner may stick out of the image (upstream
+  DOTA8 has corners at 1.015) as long as that box is normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import ConfigError
+from ...safe_yaml import brief, read_text_file
+
+__all__ = ["LabelRule", "check_label_file"]
+
+# Ultralytics accepts coordinates a hair outside [0, 1] from rounding in converters; so do we.
+_COORD_TOL = 1e-6
+#: Ultralytics' own bound for corner points (``points.max() <= 1.01``, negatives down to -0.01).
+_OBB_TOL = 0.01
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """The label format of one Ultralytics task.
+
+    Attributes:
+        task: ``detect``, ``segment``, ``pose`` or ``obb``.
+        kpt_shape: ``(nkpt, ndim)`` for pose (from the data yaml's ``kpt_shape``), else ``None``.
+    """
+
+    task: str = "detect"
+    kpt_shape: tuple[int, int] | None = None
+
+    def expected(self) -> str:
+        if self.task == "pose" and self.kpt_shape:
+            n, d = self.kpt_shape
+            return f"'class cx cy w h' + {n} keypoints x {d} values ({5 + n * d} numbers, kpt_shape {[n, d]})"
+        if self.task == "obb":
+            return "'class x1 y1 x2 y2 x3 y3 x4 y4' (9 numbers: class and 4 corners)"
+        return "'class cx cy w h' (5 numbers) or a polygon 'class x1 y1 x2 y2 ...'"
+
+    def fields_ok(self, n: int) -> bool:
+        if self.task == "pose" and self.kpt_shape:
+            return n == 5 + self.kpt_shape[0] * self.kpt_shape[1]
+        if self.task == "obb":
+            return n == 9
+        return n == 5 or (n > 6 and n % 2 == 1)
+
+    def points(self, coords: list[float]) -> list[float]:
+        """The coordinates that must lie in the image (pose: box and keypoint x/y, not the visibility flags)."""
+        if self.task == "pose" and self.kpt_shape:
+            ndim = self.kpt_shape[1]
+            kpts = coords[4:]
+            return coords[:4] + [v for i, v in enumerate(kpts) if i % ndim < 2]
+        if self.task == "obb":
+            xs, ys = coords[0::2], coords[1::2]
+            w, h = max(xs) - min(xs), max(ys) - min(ys)
+            return [min(xs) + w / 2, min(ys) + h / 2, w, h]
+        return coords
+
+
+def check_label_file(path: Path, nc: int, rule: LabelRule = LabelRule()) -> int:
+    """Validate one YOLO label file against ``rule``; return its row count."""
+    rows = 0
+    tol = _OBB_TOL if rule.task == "obb" else _COORD_TOL
+    for lineno, raw in enumerate(read_text_file(path, "label file").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.split()
+        where = f"{path}:{lineno}"
+        if not rule.fields_ok(len(parts)):
+            raise ConfigError(f"{where}: malformed label line {brief(line)}: expected {rule.expected()}, "
+                              f"got {len(parts)} numbers")
+        try:
+            cls_f = float(parts[0])
+            coords = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise ConfigError(f"{where}: malformed label line {brief(line)}: every field must be a number") from None
+        if cls_f != int(cls_f) or not 0 <= cls_f < nc:
+            raise ConfigError(
+                f"{where}: class id {parts[0]} out of range: the data yaml has {nc} classes (ids 0..{nc - 1})"
+            )
+        if any(not (-tol <= v <= 1 + tol) for v in rule.points(coords)):
+            raise ConfigError(f"{where}: coordinates {brief(parts[1:])} are not normalised to [0, 1]")
+        _check_extent(coords[:4] if rule.task == "pose" else coords, where, line)
+        rows += 1
+    return rows
+
+
+def _check_extent(coords: list[float], where: str, line: str) -> None:
+    """A box (``cx cy w h``) or polygon must cover an area: Ultralytics would train on an empty box."""
+    if len(coords) == 4:
+        width, height = coords[2], coords[3]
+    else:
+        xs, ys = coords[0::2], coords[1::2]
+        width, height = max(xs) - min(xs), max(ys) - min(ys)
+    if width <= 0 or height <= 0:
+        raise ConfigError(
+            f"{where}: {'zero-width' if width <= 0 else 'zero-height'} box in label line {brief(line)}: "
+            f"w and h must be > 0 (fraction of the image). Fix or delete the line"
+        )
