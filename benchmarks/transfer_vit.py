@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-lrs", default=None,
                    help="comma-separated head rates for the cached probe (default: the grid's linear-probe pick)")
     p.add_argument("--skip-probe", action="store_true")
+    p.add_argument("--skip-compare", action="store_true", help="only the cached linear probe")
     p.add_argument("--runs", default=str(REPO / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "transfer_vit.md"))
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "transfer_vit.json"))
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         doc["train"]["epochs"] = epochs
         if args.tiny:
             doc["dataset"] = {"max_per_class": 4}
-        result["reports"][name] = run_compare_on(doc)
+        if not args.skip_compare:
+            result["reports"][name] = run_compare_on(doc)
         if not args.skip_probe and (not args.tiny or name == "flowers"):
             lrs = [float(v) for v in args.probe_lrs.split(",")] if args.probe_lrs else [picks["linear_probe"]]
             tried = [cached_probe(args, name, data, lr) for lr in lrs]
