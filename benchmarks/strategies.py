@@ -297,6 +297,12 @@ def target_lines(rows: list[dict], peft: dict | None) -> list[str]:
             if r["strategy"] == strategy and r[key] is not None:
                 ok = "met" if r[key] <= limit else "MISSED"
                 out.append(f"- {text}: {r['model']} {r[key]:.3f} ({ok})")
+    steps = {(r["model"], r["strategy"]): r["step_s"] for r in rows}
+    for (model, strategy), t in steps.items():
+        if strategy == "lora r8+head" and (model, "bitfit+head") in steps:  # issue 13: LoRA near its floor
+            ratio = t / steps[(model, "bitfit+head")]
+            ok = "met" if ratio <= 1.1 else "MISSED"
+            out.append(f"- LoRA step <= 1.10x BitFit+head step: {model} {ratio:.3f} ({ok})")
     if peft is None:
         return out
     ok = "met" if peft["ratio"] <= 1.05 else "MISSED"
