@@ -5,6 +5,12 @@ Each layer keeps the original module as ``base_layer`` (frozen) and adds two tra
 freshly wrapped model computes exactly what the original did. ``merge()`` folds ``scale * B @ A`` into the
 base weight, ``unmerge()`` takes it out again, and ``to_base()`` returns the plain layer with the update
 merged (the original architecture, original parameter names).
+
+Fast paths (same function, chosen per call by ``_can_fuse``: plain float32/float64, no autocast, no active
+dropout, a plain ``nn.Linear`` / ``nn.Conv2d`` base): a Linear runs as one fused autograd node
+(:func:`.fused.lora_linear`); a grouped or depthwise conv runs in weight space, one convolution with
+``W + scale * B A`` (cheaper than ``rank * groups`` extra channels at full resolution). Ordinary convs
+(``groups == 1``) and every other call take the plain composition, which measured fastest for them.
 """
 
 from __future__ import annotations
