@@ -6,6 +6,11 @@ noise hits every method alike; the table reports ratios to full fine-tuning meas
     python benchmarks/strategies.py                      # CPU, 224 px, batch 16 (a few minutes)
     python benchmarks/strategies.py --quick              # tiny smoke run
     python benchmarks/strategies.py --device cuda --out docs/bench_strategies_gpu.json
+    python benchmarks/strategies.py --only 'lora r8+head,bitfit+head' --amp bf16 --compile   # + twin rows
+
+``--amp bf16[,fp16]`` and ``--compile`` add twin rows per method (``lora r8+head +bf16``, ``... +compile``,
+``... +bf16+compile``) measured in the same round-robin, so their ratios to fp32 eager full fine-tuning (and to
+their own plain row) are side by side. ``benchmarks/gpu.sh`` runs the GPU table.
 
 Random init is fine: costs do not depend on the weights.
 """
@@ -80,17 +85,28 @@ class Entry:
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    amp: str | None = None  # autocast dtype name (bf16 / fp16) or None for fp32
+    compiled: bool = False
+    scaler: torch.amp.GradScaler | None = None
     times: list[float] = field(default_factory=list)
     trainable: int = 0
     total: int = 0
     mem_mb: float = 0.0
 
 
-def _make_entry(name: str, model: nn.Module, strategies: list[dict] | None) -> Entry:
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _make_entry(name: str, model: nn.Module, strategies: list[dict] | None, amp: str | None = None,
+                compiled: bool = False, device: torch.device | None = None) -> Entry:
     if strategies is not None:
         visionpeft.apply(model, strategies)
     params = [p for p in model.parameters() if p.requires_grad]
-    entry = Entry(name, model, torch.optim.AdamW(params, lr=1e-4))
+    entry = Entry(name, model, torch.optim.AdamW(params, lr=1e-4), amp=amp, compiled=compiled)
+    if amp == "fp16":  # fp16 needs loss scaling (bf16 does not)
+        entry.scaler = torch.amp.GradScaler(device.type if device is not None else "cuda")
+    if compiled:
+        model.compile()  # in place: parameter names unchanged
     entry.trainable = sum(p.numel() for p in params)
     entry.total = sum(p.numel() for p in model.parameters())
     return entry
@@ -101,9 +117,15 @@ def _step(entry: Entry, x: torch.Tensor, y: torch.Tensor, device: torch.device) 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    loss = nn.functional.cross_entropy(entry.model(x), y)
-    loss.backward()
-    entry.optimizer.step()
+    with torch.autocast(device.type, dtype=AMP_DTYPES.get(entry.amp, torch.float32), enabled=entry.amp is not None):
+        loss = nn.functional.cross_entropy(entry.model(x).float(), y)
+    if entry.scaler is not None:
+        entry.scaler.scale(loss).backward()
+        entry.scaler.step(entry.optimizer)
+        entry.scaler.update()
+    else:
+        loss.backward()
+        entry.optimizer.step()
     entry.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -138,8 +160,20 @@ def latency(model: nn.Module, x: torch.Tensor, device: torch.device, reps: int) 
     return statistics.median(times)
 
 
-def _latency_ratio(entry: Entry, base: nn.Module, x, device, reps) -> tuple[float, str]:
-    """Inference latency of the shipped form (merged where possible) over the plain base model."""
+def variants(args) -> list[tuple[str, str | None, bool]]:
+    """(row suffix, amp, compiled) for every twin row asked for; the plain fp32 eager row first."""
+    amps = [a for a in (args.amp or "").split(",") if a]
+    out = [("", None, False)] + [(f" +{a}", a, False) for a in amps]
+    if args.compile:
+        out += [(" +compile", None, True)] + [(f" +{a}+compile", a, True) for a in amps]
+    return out
+
+
+def _latency_ratio(entry: Entry, base: nn.Module, x, device, reps) -> tuple[float | None, str]:
+    """Inference latency of the shipped form (merged where possible) over the plain base model (fp32 eager
+    rows only: a twin row's model is the same after merging)."""
+    if entry.amp is not None or entry.compiled:
+        return None, "-"
     model = copy.deepcopy(entry.model)
     form = "merged"
     try:
@@ -163,14 +197,16 @@ def bench_model(model_name: str, methods_fn: Callable[[int], dict], args, device
     methods = methods_fn(len(spec.blocks))
     if args.only:  # full fine-tuning is the reference of every ratio: always kept
         methods = {k: v for k, v in methods.items() if k == "full" or k in args.only.split(",")}
-    entries = [_make_entry(n, copy.deepcopy(base), s) for n, s in methods.items()]
+    entries = [_make_entry(n + suffix, copy.deepcopy(base), s, amp, comp, device)
+               for n, s in methods.items() for suffix, amp, comp in variants(args)]
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     run_round_robin(entries, x, y, device, args.rounds)
     full = entries[0]
     t_full = statistics.median(full.times)
     rows = []
-    for name, e in zip(methods, entries):
+    for e in entries:
+        name = e.name
         lat, form = _latency_ratio(e, base, x, device, args.latency_reps)
         rows.append({
             "model": model_name,
@@ -184,6 +220,8 @@ def bench_model(model_name: str, methods_fn: Callable[[int], dict], args, device
             "mem_ratio_vs_full": e.mem_mb / full.mem_mb,
             "latency_ratio_vs_base": lat,
             "latency_form": form,
+            "amp": e.amp,
+            "compiled": e.compiled,
         })
         print(f"  {model_name:<24} {name:<30} done", flush=True)
     return rows
@@ -194,7 +232,7 @@ def bench_peft(args, device) -> dict:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    base = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=args.size)
+    base = timm.create_model(args.vit, pretrained=False, num_classes=10, img_size=args.size)
     base = base.to(device)
     ours = copy.deepcopy(base)
     visionpeft.apply(ours, [{"method": "lora", "rank": 8, "alpha": 8, "targets": VIT_TARGETS}])
@@ -222,7 +260,10 @@ def to_markdown(rows: list[dict], peft: dict | None, env: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lat = f"{r['latency_ratio_vs_base']:.3f}" + ("" if r["latency_form"] == "merged" else " (unmerged)")
+        if r["latency_ratio_vs_base"] is None:
+            lat = "-"
+        else:
+            lat = f"{r['latency_ratio_vs_base']:.3f}" + ("" if r["latency_form"] == "merged" else " (unmerged)")
         lines.append(
             f"| {r['model']} | {r['strategy']} | {r['trainable_params']:,} | {r['trainable_pct']:.2f} | "
             f"{r['step_ratio_vs_full']:.2f} | {r['mem_ratio_vs_full']:.2f} | {lat} |"
@@ -231,7 +272,8 @@ def to_markdown(rows: list[dict], peft: dict | None, env: dict) -> str:
         return "\n".join(lines)
     lines += [
         "",
-        f"visionpeft LoRA vs HF PEFT LoRA (vit_tiny, r=8, {VIT_TARGETS}, {peft['trainable_params']:,} trainable): "
+        f"visionpeft LoRA vs HF PEFT LoRA ({env.get('vit', 'vit_tiny')}, r=8, {VIT_TARGETS}, "
+        f"{peft['trainable_params']:,} trainable): "
         f"{peft['visionpeft_step_s'] * 1e3:.1f} ms vs {peft['peft_step_s'] * 1e3:.1f} ms per step, "
         f"ratio {peft['ratio']:.3f}",
     ]
@@ -252,9 +294,15 @@ def target_lines(rows: list[dict], peft: dict | None) -> list[str]:
     out = []
     for strategy, key, limit, text in TARGETS:
         for r in rows:
-            if r["strategy"] == strategy:
+            if r["strategy"] == strategy and r[key] is not None:
                 ok = "met" if r[key] <= limit else "MISSED"
                 out.append(f"- {text}: {r['model']} {r[key]:.3f} ({ok})")
+    steps = {(r["model"], r["strategy"]): r["step_s"] for r in rows}
+    for (model, strategy), t in steps.items():
+        if strategy == "lora r8+head" and (model, "bitfit+head") in steps:  # issue 13: LoRA near its floor
+            ratio = t / steps[(model, "bitfit+head")]
+            ok = "met" if ratio <= 1.1 else "MISSED"
+            out.append(f"- LoRA step <= 1.10x BitFit+head step: {model} {ratio:.3f} ({ok})")
     if peft is None:
         return out
     ok = "met" if peft["ratio"] <= 1.05 else "MISSED"
@@ -288,7 +336,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--latency-reps", type=int, default=10)
-    ap.add_argument("--cnn", default="resnet18")
+    ap.add_argument("--vit", default="vit_tiny_patch16_224", help="timm ViT of the first table and the PEFT row")
+    ap.add_argument("--cnn", default="resnet18", help="timm CNN of the second table; 'none' skips it")
+    ap.add_argument("--amp", default=None, help="comma-separated autocast twins to add: bf16, fp16 (fp16: GPU)")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile (inductor) twin rows")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (batch 2, 64 px, 2 rounds)")
     ap.add_argument("--only", default=None, help="comma-separated row names to run (full is always run)")
     ap.add_argument("--skip-peft", action="store_true", help="skip the visionpeft vs HF PEFT LoRA timing")
@@ -297,6 +349,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.batch, args.size, args.rounds, args.latency_reps = 2, 64, 2, 2
+    bad = [a for a in (args.amp or "").split(",") if a and a not in AMP_DTYPES]
+    if bad:
+        ap.error(f"--amp: expected bf16 and/or fp16 (comma-separated), got {','.join(bad)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     env = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
@@ -305,9 +362,13 @@ def main() -> None:
         "batch": args.batch,
         "size": args.size,
         "rounds": args.rounds,
+        "vit": args.vit,
+        "amp": args.amp,
+        "compile": args.compile,
     }
-    rows = bench_model("vit_tiny_patch16_224", vit_methods, args, device)
-    rows += bench_model(args.cnn, cnn_methods, args, device)
+    rows = bench_model(args.vit, vit_methods, args, device)
+    if args.cnn != "none":
+        rows += bench_model(args.cnn, cnn_methods, args, device)
     peft = None if args.skip_peft else bench_peft(args, device)
     md = to_markdown(rows, peft, env)
     print(md)

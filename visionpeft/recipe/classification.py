@@ -36,6 +36,11 @@ class TrainSection(Section):
             with other jobs, 1 is often several times faster than oversubscribed cores.
         max_steps_per_epoch: cap on train steps per epoch (smoke tests, quick looks); ``null`` = all.
         progress: show a progress bar.
+        compile: ``torch.compile`` the training module (the adapted model, adapters included) in place, after
+            the strategies are applied: state-dict keys, checkpoints, EMA, resume and merge are unchanged. The
+            first steps (and the first validation) pay the compilation (tens of seconds on CPU; needs a C++
+            compiler there); use it for long runs, not for quick looks. A failed compilation stops the run
+            with one line naming this key.
         save_every_epoch: write ``checkpoints/last.pt`` after every epoch so ``visionpeft resume RUN_DIR`` can
             continue a killed run exactly; ``false`` saves the time of writing it (a run can then not be resumed).
 
@@ -61,6 +66,7 @@ class TrainSection(Section):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     progress: bool = True
     save_every_epoch: bool = True
+    compile: bool = False
 
     @model_validator(mode="before")
     @classmethod

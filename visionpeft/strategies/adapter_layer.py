@@ -243,11 +243,12 @@ def explicit_padding(conv: nn.Conv2d) -> tuple[int, ...]:
     return (pw, pw, ph, ph)
 
 
-def conv_like(base: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
-    """``x`` convolved with ``weight`` using ``base``'s stride, padding (any mode), dilation and groups; no bias."""
+def conv_like(base: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x`` convolved with ``weight`` (plus ``bias``, default none) using ``base``'s stride, padding (any mode),
+    dilation and groups."""
     g = base.groups
     if base.padding_mode != "zeros":
         # Same two-step path as nn.Conv2d for reflect/replicate/circular padding.
         x = F.pad(x, explicit_padding(base), mode=base.padding_mode)
-        return F.conv2d(x, weight, None, base.stride, (0, 0), base.dilation, g)
-    return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation, g)
+        return F.conv2d(x, weight, bias, base.stride, (0, 0), base.dilation, g)
+    return F.conv2d(x, weight, bias, base.stride, base.padding, base.dilation, g)

@@ -5,6 +5,12 @@ Each layer keeps the original module as ``base_layer`` (frozen) and adds two tra
 freshly wrapped model computes exactly what the original did. ``merge()`` folds ``scale * B @ A`` into the
 base weight, ``unmerge()`` takes it out again, and ``to_base()`` returns the plain layer with the update
 merged (the original architecture, original parameter names).
+
+Fast paths (same function, chosen per call by ``_can_fuse``: plain float32/float64, no autocast, no active
+dropout, a plain ``nn.Linear`` / ``nn.Conv2d`` base): a Linear runs as one fused autograd node
+(:func:`.fused.lora_linear`); a grouped or depthwise conv runs in weight space, one convolution with
+``W + scale * B A`` (cheaper than ``rank * groups`` extra channels at full resolution). Ordinary convs
+(``groups == 1``) and every other call take the plain composition, which measured fastest for them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapter_layer import WeightAdapterLayer, conv_like
+from .fused import lora_linear
 
 __all__ = [
     "LoRALayer",
@@ -76,11 +83,30 @@ class LoRALayer(WeightAdapterLayer):
         nn.init.zeros_(self.lora_B)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.merged and self._can_fuse(x):
+            return self._fused_forward(x)
         out = self.base_layer(x)
         if self.merged:
             return out
         # The LoRA path runs in the adapter's dtype (float32 under AMP / half bases) and is cast back.
         return self._add_lora(out, self.lora_dropout(x).to(self.lora_A.dtype))
+
+    def _can_fuse(self, x: Tensor) -> bool:
+        """Whether :meth:`_fused_forward` computes this call exactly: a plain base class (a subclass such as
+        a weight-standardised conv has its own forward), one dtype throughout, no autocast (which would
+        change the dtypes of the products) and no active dropout (the LoRA input would differ from ``x``)."""
+        return (
+            type(self.base_layer) is self._plain_type
+            and x.dtype == self.lora_A.dtype == self.base_weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+            and not (self.training and isinstance(self.lora_dropout, nn.Dropout))
+        )
+
+    _plain_type: type[nn.Module] = nn.Module
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        """The same output as the plain path, computed by one fused autograd node (see ``fused.py``)."""
+        raise NotImplementedError
 
     def _add_lora(self, out: Tensor, x: Tensor) -> Tensor:
         """``out + scale * B(A(x))``; subclasses may fuse the addition into the last product."""
@@ -146,6 +172,12 @@ class LoRALinear(LoRALayer):
     def _delta(self, dtype: torch.dtype) -> Tensor:
         return self._full_B(dtype) @ self.lora_A.to(dtype) * self.scale
 
+    _plain_type = nn.Linear
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        base: nn.Linear = self.base_layer  # type: ignore[assignment]
+        return lora_linear(x, base.weight, base.bias, self.lora_A, self._full_B(x.dtype), self.scale)
+
     def _lora_forward(self, x: Tensor) -> Tensor:
         h = F.linear(x, self.lora_A)
         # The scale goes into the small B (out x rank), not into the large activation.
@@ -196,6 +228,24 @@ class LoRAConv2d(LoRALayer):
         a = self.lora_A.to(dtype).reshape(g, r, -1)  # (g, r, in/g * kh * kw)
         b = self.lora_B.to(dtype).reshape(g, base.out_channels // g, r)  # (g, out/g, r)
         return (torch.bmm(b, a) * self.scale).reshape(base.weight.shape)
+
+    _plain_type = nn.Conv2d
+
+    def _can_fuse(self, x: Tensor) -> bool:
+        # Grouped / depthwise only: for groups == 1 the plain composition measured faster than one
+        # convolution over [W; A] with a fused backward (resnet18: 1.14x vs 1.23x the BitFit step).
+        return self.base_layer.groups > 1 and super()._can_fuse(x)
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        """Weight space: one convolution with ``W + scale * B A``, for grouped / depthwise layers.
+
+        The activation path computes ``rank * groups`` channels at full resolution and a grouped 1x1
+        convolution back; the weight-space path costs one weight gradient of the (small) grouped weight.
+        Measured on depthwise 3x3/5x5 layers (64-256 channels, batch 16): 5-12x faster than the activation
+        path, about the cost of BitFit's frozen layer.
+        """
+        base: nn.Conv2d = self.base_layer  # type: ignore[assignment]
+        return conv_like(base, x, base.weight + self._delta(x.dtype), base.bias)
 
     def _lora_forward(self, x: Tensor) -> Tensor:
         base: nn.Conv2d = self.base_layer  # type: ignore[assignment]

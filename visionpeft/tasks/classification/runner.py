@@ -20,6 +20,7 @@ from ...recipe import save_resolved
 from ..base import RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from . import features as feat
+from .compiled import compile_failure, compile_in_place
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
 from .importance import importance_probe
 from .model import build_adapted, resolve_device, torch_threads
@@ -35,7 +36,7 @@ FIXED_ON_RESUME = ("task", "model", "weights", "pretrained", "head_init_std", "s
 #: else (data, dataset.*, augment.*, optim.*, the other train.* keys, ``train.epochs`` included: the restored LR
 #: schedule spans the run's own epochs) would make the resumed run, its records and ``eval`` disagree.
 RESUME_OVERRIDABLE = ("train.workers", "train.device", "train.threads", "train.progress", "train.save_every_epoch",
-                      "tensorboard")
+                      "train.compile", "tensorboard")
 
 
 def check_resume_overrides(run_dir: Path, overrides: Sequence[str]) -> None:
@@ -211,6 +212,8 @@ class ClassificationTask:
         ema = self._ema(module, recipe)
         live = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
         target = (lambda: ema.module) if ema is not None else (lambda: live)
+        if recipe.train.compile:
+            compile_in_place(module)  # after the EMA copy; keys, checkpoints and merge see the plain model
         memory = PeakMemory(s.device)
         ckpt = CheckpointHook(
             s.run_dir / "checkpoints", tensors=lambda: _snapshot(target(), s.keep, head_prefix),
@@ -241,9 +244,12 @@ class ClassificationTask:
         t0 = time.perf_counter()
         try:
             trainer.fit(start_epoch=start)
-        except BaseException:
+        except BaseException as exc:
             logger.session_end(ok=False)  # the HParams tab shows the run as failed
             logger.close()
+            failure = compile_failure(exc) if recipe.train.compile else None
+            if failure is not None:
+                raise failure from None
             raise
         wall = time.perf_counter() - t0
         return self._finish(s, trainer, ckpt, memory, logger, wall)
