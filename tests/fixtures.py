@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -33,3 +35,28 @@ BLOCK = 16 * (8 // 2) * 3 * 3 + 16 + 2 * 16
 DW = 16 * 1 * 3 * 3 + 2 * 16
 FC = 16 * 4 + 4
 TOTAL = STEM + BLOCK + DW + FC
+
+
+@contextlib.contextmanager
+def killed_at_epoch(monkeypatch, epoch: int):
+    """Inside the block, classification training is killed (``KeyboardInterrupt``) when ``epoch`` (1-based)
+    starts, as a Ctrl-C there would; the block must end by that kill. The trainer is restored afterwards."""
+    import pytest
+
+    from visionpeft.tasks.classification.trainer import Trainer
+
+    original = Trainer.train_epoch
+    calls = {"n": 0}
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt("killed")
+        original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(Trainer, "train_epoch", original)

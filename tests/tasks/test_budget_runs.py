@@ -16,7 +16,8 @@ from visionpeft.recipe import parse_recipe
 from visionpeft.strategies import importance
 from visionpeft.strategies.lora import lora_layers
 from visionpeft.tasks.classification import TASK
-from visionpeft.tasks.classification.trainer import Trainer
+
+from ..fixtures import killed_at_epoch
 
 BUDGET = [{"method": "lora", "budget": 0.1, "allocation": "importance", "importance_batches": 2},
           {"method": "head"}]
@@ -60,19 +61,8 @@ def test_importance_budget_trains_records_its_ranks_and_evaluates(toy, tmp_path)
 def test_resume_takes_the_recorded_ranks(toy, tmp_path, monkeypatch):
     r = recipe(toy, tmp_path, epochs=3)
     TASK.train(r, list(r.strategies), tmp_path / "whole", "whole")
-    original = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_epoch(monkeypatch, 2):
         TASK.train(r, list(r.strategies), tmp_path / "killed", "whole")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
 
     def no_gradients(*args, **kwargs):
         raise AssertionError("a resumed run must not measure importance again")

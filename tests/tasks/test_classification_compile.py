@@ -20,8 +20,8 @@ from visionpeft.strategies.lora.layers import LoRALayer
 from visionpeft.tasks.classification import TASK
 from visionpeft.tasks.classification import compiled as compiled_mod
 from visionpeft.tasks.classification import runner as runner_mod
-from visionpeft.tasks.classification.trainer import Trainer
 
+from ..fixtures import killed_at_epoch
 from .test_classification_train import recipe, toy  # noqa: F401  (toy is a fixture)
 
 
@@ -40,19 +40,8 @@ def test_compiled_run_keeps_keys_resumes_and_merges(toy, tmp_path, monkeypatch):
     _eager_compile(monkeypatch, calls)
     strategies = [{"method": "lora", "rank": 2}, {"method": "head"}]
     r = recipe(toy, tmp_path, strategies, train={"epochs": 2, "compile": True, "max_steps_per_epoch": 2})
-    original = Trainer.train_epoch
-    epochs = {"n": 0}
-
-    def dying(self):
-        epochs["n"] += 1
-        if epochs["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_epoch(monkeypatch, 2):
         TASK.train(r, strategies, tmp_path / "run", "lora")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     assert len(calls) == 1 and calls[0]._compiled_call_impl is not None  # really compiled
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert last["model"] and not any("_orig_mod" in k for k in last["model"])

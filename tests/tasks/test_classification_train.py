@@ -15,6 +15,8 @@ from visionpeft.recipe import parse_recipe
 from visionpeft.tasks.classification import TASK
 from visionpeft.tasks.classification.trainer import Trainer
 
+from ..fixtures import killed_at_epoch
+
 DETERMINISTIC = {"img_size": 32, "random_resized_crop": False, "hflip": 0.0, "color_jitter": 0.0}
 
 
@@ -135,19 +137,8 @@ def test_resume_continues_a_killed_run_exactly(toy, tmp_path, monkeypatch):
     strategies = [{"method": "lora", "rank": 2}, {"method": "head"}]
     r = recipe(toy, tmp_path, strategies, train={"epochs": 3})
     TASK.train(r, strategies, tmp_path / "whole", "whole")
-    calls = {"n": 0}
-    original = Trainer.train_epoch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_epoch(monkeypatch, 2):
         TASK.train(r, strategies, tmp_path / "killed", "whole")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     assert not (tmp_path / "killed" / "adapter").exists()
     TASK.resume(tmp_path / "killed")
     a = load_file(str(tmp_path / "whole" / "adapter" / "adapter.safetensors"))
