@@ -129,7 +129,17 @@ def _build_for_params(args: argparse.Namespace) -> Any:
 
     if args.model.endswith((".pt", ".yaml", ".yml")):
         return backend_named("ultralytics").build_model(args.model)
+    if _is_ultralytics_stem(args.model):
+        return backend_named("ultralytics").build_model(f"{args.model.strip()}.pt")  # as `yolo ... model=yolo11n`
     return backend_named("timm").build_model(args.model, num_classes=args.num_classes, weights=args.weights)
+
+
+def _is_ultralytics_stem(name: str) -> bool:
+    """A bare Ultralytics asset name (``yolo11n``, ``yolov8n-seg``) that is not also a timm model name."""
+    import timm
+    from ultralytics.utils.downloads import GITHUB_ASSETS_STEMS
+
+    return name.strip() in GITHUB_ASSETS_STEMS and not timm.is_model(name.strip())
 
 
 def _print_result(result: Any) -> None:

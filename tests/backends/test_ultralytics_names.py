@@ -192,6 +192,10 @@ def test_cli_offline_names_exit_2_with_one_line(ul_dirs, tmp_path, capsys, no_do
     assert main(["params", "yolov8n.pt"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{RELEASE}/v8.4.0/yolov8n.pt" in err
+    # A bare Ultralytics name (as `yolo train model=yolo11n` takes it) is an Ultralytics model, not a timm name.
+    assert main(["params", "yolo11n-seg"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{RELEASE}/v8.4.0/yolo11n-seg.pt" in err
 
 
 def test_train_and_eval_the_seed_example_by_names(ul_dirs, online, fake_model_download, fake_data_download,
