@@ -155,7 +155,8 @@ class EarlyStopping(Hook):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         st = trainer.state
         if st.epoch - st.best_epoch >= self.patience:
-            log.info("early stop at epoch %d: no improvement since epoch %d", st.epoch, st.best_epoch)
+            # Epochs counted from 1, as the progress lines ("epoch 3/10") count them.
+            log.info("early stop at epoch %d: no improvement since epoch %d", st.epoch + 1, st.best_epoch + 1)
             st.stop = True
 
 
