@@ -154,12 +154,14 @@ def cached_probe(args: argparse.Namespace, name: str, data: Path, head_lr: float
 
     doc = base_doc(args, f"probe-{name}", data, head_lr=head_lr)
     doc["train"].update(epochs=args.probe_epochs, cache_features=True)
+    doc["optim"]["weight_decay"] = args.probe_weight_decay
     doc["augment"] = {"img_size": args.probe_size, "random_resized_crop": False, "hflip": 0.0}
     doc["strategies"] = [{"method": "head"}]
     run_dir = Path(args.runs) / f"probe-{name}-{time.strftime('%H%M%S')}"
     res = TASK.train(parse_recipe(doc), doc["strategies"], run_dir, f"probe_{name}")
     hist = json.loads((run_dir / "metrics.json").read_text())["history"]
     return {"top1": res.metrics["top1"], "img_size": args.probe_size, "epochs": args.probe_epochs,
+            "weight_decay": args.probe_weight_decay,
             "head_lr": head_lr, "cache_seconds": res.extra["cache_seconds"],
             "val_top1_by_epoch": [round(h.get("top1", h.get("val_top1", 0.0)), 4) for h in hist]}
 
@@ -254,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="comma-separated head rates for the cached probe (default: the grid's linear-probe pick)")
     p.add_argument("--skip-probe", action="store_true")
     p.add_argument("--skip-compare", action="store_true", help="only the cached linear probe")
+    p.add_argument("--probe-weight-decay", type=float, default=0.05,
+                   help="AdamW weight decay of the cached probe's head (its only regulariser)")
     p.add_argument("--runs", default=str(REPO / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "transfer_vit.md"))
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "transfer_vit.json"))
