@@ -148,3 +148,11 @@ def test_corrupt_image_in_a_worker_is_one_line(recipe_file, tmp_path, capsys):
     assert main(["train", str(recipe_file), "dataset.skip_bad_images=true"]) == 0
     (run,) = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.json").is_file()]
     assert json.loads((run / "data.json").read_text())["skipped_bad_images"] == {"train": 1, "val": 0}
+
+
+def test_train_says_that_seeds_are_for_compare(recipe_file, tmp_path, capsys):
+    """``seeds`` is a compare field: ``train`` trains once and says so instead of ignoring it silently."""
+    assert main(["train", str(recipe_file), "seeds=3", "tensorboard=false"]) == 0
+    err = capsys.readouterr().err
+    assert "'seeds' and 'lr_grid' apply to 'visionpeft compare'" in err and "seed 0" in err
+    assert len(list((tmp_path / "runs").glob("cli-*"))) == 1  # one run, not three

@@ -39,6 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"{args.recipe}: 'strategies' is empty; 'visionpeft train' trains that list "
                           "(use 'visionpeft compare' for the recipe's compare runs)")
+    if int(getattr(recipe, "seeds", 1) or 1) > 1 or getattr(recipe, "lr_grid", None):
+        # compare-only fields: say so instead of silently training one run at one rate
+        print(f"visionpeft: note: 'seeds' and 'lr_grid' apply to 'visionpeft compare'; 'visionpeft train' trains "
+              f"'strategies' once with seed {recipe.seed} at their own rates", file=sys.stderr)
     make_dir(recipe.output, "output")
     run_dir = new_run_dir(recipe)
     result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
