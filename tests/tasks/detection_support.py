@@ -40,3 +40,25 @@ def make_dataset(root: Path, labels: dict[str, list[str]], names: list[str], yam
     data = root / "data.yaml"
     data.write_text(f"train: images/train\nval: images/val\nnames: {names}\n{yaml_extra}")
     return data
+
+
+def killed_after_first_epoch(monkeypatch) -> Any:
+    """Make every Ultralytics run started from here raise ``KeyboardInterrupt`` (as Ctrl-C) right after its first
+    epoch's checkpoint; returns the original ``make_callbacks`` so the test can restore it before resuming."""
+    import visionpeft.tasks.detection.trainer as trainer_mod
+
+    original = trainer_mod.make_callbacks
+
+    def killing(trainer):
+        callbacks = dict(original(trainer))
+        fit_end = callbacks["on_fit_epoch_end"]
+
+        def on_fit_epoch_end(tr):
+            fit_end(tr)
+            if int(tr.epoch) == 0 and not getattr(tr, "vp_final_eval", False):
+                raise KeyboardInterrupt
+        callbacks["on_fit_epoch_end"] = on_fit_epoch_end
+        return callbacks
+
+    monkeypatch.setattr(trainer_mod, "make_callbacks", killing)
+    return original

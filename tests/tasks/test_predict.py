@@ -84,6 +84,7 @@ def test_classification_predict_against_a_direct_forward(cls_run, tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     (["source=/no/such/dir"], "source: /no/such/dir does not exist"),
     (["source={tmp}/empty"], "holds no images"),
+    (["source={tmp}/split"], "its subfolders do (e.g. rose/r.png): pass a glob such as '{tmp}/split/**/*.png'"),
     (["source={tmp}/bad.png"], "bad.png: cannot read this image"),
     (["source={tmp}/notes.txt"], "notes.txt is not an image"),
     (["source={tmp}/*.jpeg"], "holds no images"),
@@ -102,10 +103,13 @@ def test_bad_predict_input_is_one_line_exit_2(cls_run, tmp_path, capsys, options
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     (tmp_path / "notes.txt").write_text("x")
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "split" / "rose").mkdir(parents=True)  # an ImageFolder split: images one level down
+    Image.new("RGB", (8, 8)).save(tmp_path / "split" / "rose" / "r.png")
     before = sorted(p.name for p in cls_run.iterdir())
     assert main(["predict", str(cls_run), *[o.format(tmp=tmp_path) for o in options]]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err and "skip_bad_images" not in err
+    assert message.format(tmp=tmp_path) in err and err.count("\n") == 1
+    assert "Traceback" not in err and "skip_bad_images" not in err
     assert sorted(p.name for p in cls_run.iterdir()) == before  # nothing left behind in the run
 
 

@@ -1,5 +1,6 @@
 """RT-DETR through the detection engine: ``task: detection`` with an RT-DETR model trains with Ultralytics'
-``RTDETRTrainer`` (extended by the same mixin), LoRA on the decoder's Linear layers, merged output plain."""
+``RTDETRTrainer`` (extended by the same mixin), LoRA on the decoder's Linear layers, a killed run resumes with the
+same trainer, merged output plain."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import visionpeft  # noqa: E402
 from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
 
 
-def test_rtdetr_trains_with_its_own_trainer_and_merges(shared, tmp_path, monkeypatch):
+def test_rtdetr_trains_resumes_with_its_own_trainer_and_merges(shared, tmp_path, monkeypatch):
     import visionpeft.tasks.detection.trainer as trainer_mod
 
     used = []
@@ -30,12 +31,18 @@ def test_rtdetr_trains_with_its_own_trainer_and_merges(shared, tmp_path, monkeyp
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"task: detection\nname: rtdetr\nmodel: rtdetr-l.yaml\ndata: {data}\n"
                       f"output: {tmp_path / 'runs'}\nstrategies: [{{method: lora, rank: 4}}, {{method: head}}]\n"
-                      "ultralytics: {epochs: 1, imgsz: 64, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, "
+                      "ultralytics: {epochs: 2, imgsz: 64, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, "
                       "device: cpu, amp: false, optimizer: SGD, lr0: 0.01}\n")
-    assert main(["train", str(recipe)]) == 0
-    assert used == [True]
+    original_callbacks = killed_after_first_epoch(monkeypatch)  # Ctrl-C after epoch 1 of 2
+    assert main(["train", str(recipe)]) == 130
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert set(json.loads((run_dir / "metrics.json").read_text())["metrics"]) >= {"map50", "map50_95"}
+    assert (run_dir / "weights" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
+    monkeypatch.setattr(trainer_mod, "make_callbacks", original_callbacks)
+    assert main(["resume", str(run_dir)]) == 0
+    assert used == [True, True]  # the resumed run is an RTDETRTrainer again
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert result["extra"]["start_epoch"] == 1 and result["extra"]["epochs"] == 2
+    assert set(result["metrics"]) >= {"map50", "map50_95"}
     adapted = build_model(run_dir / "weights" / "best.pt")
     decoder = [n for n, m in adapted.named_modules() if type(m).__name__ == "LoRALinear"]
     assert decoder and all(".decoder.layers." in n for n in decoder)

@@ -24,7 +24,7 @@ from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.backends.ultralytics_transfer import write_transfer_checkpoint  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
 
 IMGSZ = 128
 ARGS = (f"{{epochs: 3, imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
@@ -119,6 +119,45 @@ def test_merged_checkpoint_is_plain_ultralytics_with_the_same_outputs(run, tmp_p
     assert YOLO(str(tmp_path / "m.pt")).task == task
 
 
+PREDICTION_KEY = {"segment": "segments", "pose": "keypoints", "obb": "box", "classify": "confidence"}
+
+
+def _top(records: list[dict], k: int = 5) -> list[float]:
+    return sorted((p["confidence"] for r in records for p in r["predictions"]), reverse=True)[:k]
+
+
+def test_predict_on_the_trained_run_merged_equals_unmerged(run, tmp_path):
+    """``visionpeft predict RUN source=DIR`` on each task's trained run: the task's own predictions in JSON,
+    Ultralytics' annotated images for detection-like tasks, and the same answers merged or not."""
+    task, run_dir, data = run
+    folder = data / "val" if task == "classify" else data.parent / "images" / "val"
+    # An ImageFolder split has its images one level down: a glob reaches them (a bare folder is not recursed).
+    source = f"{folder}/**/*.jpg" if task == "classify" else str(folder)
+    docs = {}
+    for merged in ("true", "false"):
+        out = tmp_path / merged
+        assert main(["predict", str(run_dir), f"source={source}", "conf=0.01", f"merged={merged}",
+                     f"out={out}"]) == 0
+        docs[merged] = json.loads((out / "predictions.json").read_text())
+    on, off = docs["true"], docs["false"]
+    assert on["merged"] is True and off["merged"] is False
+    assert on["ultralytics_task"] == task and on["imgsz"] == IMGSZ  # the run's training size by default
+    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    assert sorted(r["file"] for r in on["images"]) == files
+    assert [r["file"] for r in on["images"]] == [r["file"] for r in off["images"]]
+    found = [p for r in on["images"] for p in r["predictions"]]
+    assert found and all(PREDICTION_KEY[task] in p for p in found)
+    if task == "pose":
+        assert all(len(p["keypoints"]["x"]) == 17 for p in found)  # the model's kpt_shape (17, 3)
+    # Merged weights differ from base + adapter by float rounding only: the same top answers.
+    assert _top(on["images"]) == pytest.approx(_top(off["images"]), abs=2e-3)
+    annotated = tmp_path / "true" / "images"
+    assert annotated.is_dir() == (task != "classify")
+    if task != "classify":
+        assert sorted(p.name for p in annotated.iterdir()) == sorted(r["file"].rsplit("/", 1)[1]
+                                                                     for r in on["images"])
+
+
 @pytest.mark.parametrize("task", ["segment", "pose", "obb"])
 def test_freeze_n_is_ultralytics_freeze_and_holds_for_the_run(task, shared, tmp_path):
     """``{method: freeze, n: 10}`` trains exactly what Ultralytics' ``freeze=10`` trains (everything outside
@@ -207,19 +246,6 @@ def test_a_killed_pose_run_resumes(shared, tmp_path, monkeypatch):
     """``visionpeft resume`` of a pose run killed after its first epoch continues it with the pose trainer."""
     import visionpeft.tasks.detection.trainer as trainer_mod
 
-    original = trainer_mod.make_callbacks
-
-    def killing(trainer):
-        callbacks = dict(original(trainer))
-        fit_end = callbacks["on_fit_epoch_end"]
-
-        def on_fit_epoch_end(tr):
-            fit_end(tr)
-            if int(tr.epoch) == 0 and not getattr(tr, "vp_final_eval", False):
-                raise KeyboardInterrupt  # as Ctrl-C after the first epoch's checkpoint
-        callbacks["on_fit_epoch_end"] = on_fit_epoch_end
-        return callbacks
-
     data = copy_dataset(shared, "coco8-pose", tmp_path)
     model = write_transfer_checkpoint("pose", shared / "weights" / "yolov5nu-cocobackbone.pt", tmp_path / "m.pt",
                                       nc=1)
@@ -227,7 +253,7 @@ def test_a_killed_pose_run_resumes(shared, tmp_path, monkeypatch):
     recipe.write_text(f"task: pose\nname: p\nmodel: {model}\ndata: {data}\noutput: {tmp_path / 'runs'}\n"
                       "strategies: [{method: lora, rank: 4}, {method: head}]\nultralytics: {epochs: 2, imgsz: 64, "
                       "batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false}\n")
-    monkeypatch.setattr(trainer_mod, "make_callbacks", killing)
+    original = killed_after_first_epoch(monkeypatch)
     assert main(["train", str(recipe)]) == 130  # the CLI's status for an interrupt
     monkeypatch.setattr(trainer_mod, "make_callbacks", original)
     (run_dir,) = (tmp_path / "runs").iterdir()

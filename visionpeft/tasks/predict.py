@@ -143,8 +143,18 @@ def list_images(source: str) -> list[Path]:
     images = [p.resolve() for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise ConfigError(f"source: {where} holds no images ({len(files)} other files; image suffixes "
-                          f"{sorted(IMAGE_SUFFIXES)[:8]}...)")
+                          f"{sorted(IMAGE_SUFFIXES)[:8]}...){_nested_hint(path) if path.is_dir() else ''}")
     return images
+
+
+def _nested_hint(folder: Path) -> str:
+    """A folder is read without recursion (as Ultralytics does); say so when its subfolders hold images, as in an
+    ImageFolder split (``val/<class>/*.jpg``)."""
+    nested = next((p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), None)
+    if nested is None:
+        return ""
+    return (f"; its subfolders do (e.g. {nested.relative_to(folder)}): pass a glob such as "
+            f"'{folder}/**/*{nested.suffix}'")
 
 
 def _out_dir(run_dir: Path, out: str | None) -> Path:
