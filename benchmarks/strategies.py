@@ -4,6 +4,7 @@ Everything is measured in one process, round-robin (one step of each method per 
 noise hits every method alike; the table reports ratios to full fine-tuning measured that way.
 
     python benchmarks/strategies.py                      # CPU, 224 px, batch 16 (a few minutes)
+    python benchmarks/strategies.py --vit none --cnn none --yolo ../shared/weights/yolov5nu-cocobackbone.pt
     python benchmarks/strategies.py --quick              # tiny smoke run
     python benchmarks/strategies.py --device cuda --out docs/bench_strategies_gpu.json
     python benchmarks/strategies.py --only 'lora r8+head,bitfit+head' --amp bf16 --compile   # + twin rows
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -37,6 +39,7 @@ from visionpeft.profiling import measure_step_memory
 from visionpeft.report.sections import replace_marked_section
 
 VIT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
+SHARED = Path(os.environ.get("VISIONPEFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def vit_methods(spec_blocks: int) -> dict[str, list[dict]]:
@@ -92,17 +95,18 @@ class Entry:
     trainable: int = 0
     total: int = 0
     mem_mb: float = 0.0
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None  # None: cross-entropy on logits
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _make_entry(name: str, model: nn.Module, strategies: list[dict] | None, amp: str | None = None,
-                compiled: bool = False, device: torch.device | None = None) -> Entry:
+                compiled: bool = False, device: torch.device | None = None, loss_fn: Callable | None = None) -> Entry:
     if strategies is not None:
         visionpeft.apply(model, strategies)
     params = [p for p in model.parameters() if p.requires_grad]
-    entry = Entry(name, model, torch.optim.AdamW(params, lr=1e-4), amp=amp, compiled=compiled)
+    entry = Entry(name, model, torch.optim.AdamW(params, lr=1e-4), amp=amp, compiled=compiled, loss_fn=loss_fn)
     if amp == "fp16":  # fp16 needs loss scaling (bf16 does not)
         entry.scaler = torch.amp.GradScaler(device.type if device is not None else "cuda")
     if compiled:
@@ -118,7 +122,10 @@ def _step(entry: Entry, x: torch.Tensor, y: torch.Tensor, device: torch.device) 
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     with torch.autocast(device.type, dtype=AMP_DTYPES.get(entry.amp, torch.float32), enabled=entry.amp is not None):
-        loss = nn.functional.cross_entropy(entry.model(x).float(), y)
+        if entry.loss_fn is not None:
+            loss = entry.loss_fn(entry.model, x)
+        else:
+            loss = nn.functional.cross_entropy(entry.model(x).float(), y)
     if entry.scaler is not None:
         entry.scaler.scale(loss).backward()
         entry.scaler.step(entry.optimizer)
@@ -202,29 +209,88 @@ def bench_model(model_name: str, methods_fn: Callable[[int], dict], args, device
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     run_round_robin(entries, x, y, device, args.rounds)
-    full = entries[0]
+    return [_row(model_name, e, entries[0], base, x, device, args) for e in entries]
+
+
+def _row(model_name: str, e: Entry, full: Entry, base: nn.Module, x, device, args) -> dict:
+    """One table row: ``e``'s medians as ratios to the ``full`` entry measured in the same round-robin."""
+    lat, form = _latency_ratio(e, base, x, device, args.latency_reps)
     t_full = statistics.median(full.times)
-    rows = []
-    for e in entries:
-        name = e.name
-        lat, form = _latency_ratio(e, base, x, device, args.latency_reps)
-        rows.append({
-            "model": model_name,
-            "strategy": name,
-            "trainable_params": e.trainable,
-            "total_params": e.total,
-            "trainable_pct": 100.0 * e.trainable / e.total,
-            "step_s": statistics.median(e.times),
-            "step_ratio_vs_full": statistics.median(e.times) / t_full,
-            "train_mem_mb": e.mem_mb,
-            "mem_ratio_vs_full": e.mem_mb / full.mem_mb,
-            "latency_ratio_vs_base": lat,
-            "latency_form": form,
-            "amp": e.amp,
-            "compiled": e.compiled,
-        })
-        print(f"  {model_name:<24} {name:<30} done", flush=True)
-    return rows
+    print(f"  {model_name:<24} {e.name:<30} done", flush=True)
+    return {
+        "model": model_name,
+        "strategy": e.name,
+        "trainable_params": e.trainable,
+        "total_params": e.total,
+        "trainable_pct": 100.0 * e.trainable / e.total,
+        "step_s": statistics.median(e.times),
+        "step_ratio_vs_full": statistics.median(e.times) / t_full,
+        "train_mem_mb": e.mem_mb,
+        "mem_ratio_vs_full": e.mem_mb / full.mem_mb,
+        "latency_ratio_vs_base": lat,
+        "latency_form": form,
+        "amp": e.amp,
+        "compiled": e.compiled,
+    }
+
+
+def yolo_methods(spec_blocks: int) -> dict[str, list[dict]]:
+    """The detection table's rows (``freeze n=10`` is Ultralytics' ``freeze=10``: the YOLOv5n backbone)."""
+    return {
+        "full": [{"method": "full"}],
+        "head": [{"method": "head"}],
+        "freeze n=10": [{"method": "freeze", "n": 10}],
+        "bitfit+head": [{"method": "bitfit"}, {"method": "head"}],
+        "norm+head": [{"method": "norm"}, {"method": "head"}],
+        "lora r8+head": [{"method": "lora", "rank": 8}, {"method": "head"}],
+        "freeze n=10+lora r8+head": [{"method": "freeze", "n": 10}, {"method": "lora", "rank": 8}, {"method": "head"}],
+        "dora r8+head": [{"method": "dora", "rank": 8}, {"method": "head"}],
+        "ssf+head": [{"method": "ssf"}, {"method": "head"}],
+    }
+
+
+def _yolo_batch(n: int, size: int, nc: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Ultralytics' training batch layout: 3 boxes per image (normalised xywh), fixed by a seeded generator."""
+    g = torch.Generator().manual_seed(0)
+    k = 3 * n
+    xy = torch.rand(k, 2, generator=g) * 0.6 + 0.2
+    wh = torch.rand(k, 2, generator=g) * 0.2 + 0.05
+    return {"batch_idx": torch.arange(n).repeat_interleave(3).float().to(device),
+            "cls": torch.randint(0, nc, (k, 1), generator=g).float().to(device),
+            "bboxes": torch.cat([xy, wh], 1).to(device)}
+
+
+def bench_yolo(args, device) -> list[dict]:
+    """The same table for an Ultralytics detector (``--yolo``): each step is Ultralytics' own detection loss
+    (``DetectionModel.loss``: box + class + DFL) on synthetic boxes, at ``--yolo-size`` pixels."""
+    from ultralytics.cfg import get_cfg
+
+    from visionpeft.backends.ultralytics import build_model, ultralytics_spec
+
+    torch.manual_seed(0)
+    src = build_model(args.yolo)
+    if str(args.yolo).endswith(".pt"):  # 3 classes, as BCCD: a new head on the checkpoint's layers, as in training
+        base = type(src)(dict(src.yaml), nc=3, verbose=False)
+        base.load(src, verbose=False)
+    else:
+        base = build_model(args.yolo, nc=3)
+    base = base.float().to(device)
+    base.args = get_cfg()  # the loss reads its gains (box, cls, dfl) from the model's args
+    methods = yolo_methods(len(ultralytics_spec(base).blocks))
+    if args.only:
+        methods = {k: v for k, v in methods.items() if k == "full" or k in args.only.split(",")}
+    x = torch.rand(args.batch, 3, args.yolo_size, args.yolo_size, device=device)
+    targets = _yolo_batch(args.batch, args.yolo_size, 3, device)
+
+    def detection_loss(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        loss, _ = model.loss({"img": images, **targets}, model(images))
+        return loss.sum()
+
+    entries = [_make_entry(n + suffix, copy.deepcopy(base), s, amp, comp, device, detection_loss)
+               for n, s in methods.items() for suffix, amp, comp in variants(args)]
+    run_round_robin(entries, x, None, device, args.rounds)
+    name = f"{Path(args.yolo).stem} ({args.yolo_size} px)"
+    return [_row(name, e, entries[0], base, x, device, args) for e in entries]
 
 
 def bench_peft(args, device) -> dict:
@@ -338,6 +404,9 @@ def main() -> None:
     ap.add_argument("--latency-reps", type=int, default=10)
     ap.add_argument("--vit", default="vit_tiny_patch16_224", help="timm ViT of the first table and the PEFT row")
     ap.add_argument("--cnn", default="resnet18", help="timm CNN of the second table; 'none' skips it")
+    ap.add_argument("--yolo", default=str(SHARED / "weights" / "yolov5nu-cocobackbone.pt"),
+                    help="Ultralytics detector of the third table (a .pt or model yaml); 'none' skips it")
+    ap.add_argument("--yolo-size", type=int, default=256, help="the detector's image size in pixels")
     ap.add_argument("--amp", default=None, help="comma-separated autocast twins to add: bf16, fp16 (fp16: GPU)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile (inductor) twin rows")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -348,7 +417,7 @@ def main() -> None:
     ap.add_argument("--update-docs", default=None, help="markdown file whose strategies section is replaced")
     args = ap.parse_args()
     if args.quick:
-        args.batch, args.size, args.rounds, args.latency_reps = 2, 64, 2, 2
+        args.batch, args.size, args.rounds, args.latency_reps, args.yolo_size = 2, 64, 2, 2, 64
     bad = [a for a in (args.amp or "").split(",") if a and a not in AMP_DTYPES]
     if bad:
         ap.error(f"--amp: expected bf16 and/or fp16 (comma-separated), got {','.join(bad)}")
@@ -366,10 +435,12 @@ def main() -> None:
         "amp": args.amp,
         "compile": args.compile,
     }
-    rows = bench_model(args.vit, vit_methods, args, device)
+    rows = [] if args.vit == "none" else bench_model(args.vit, vit_methods, args, device)
     if args.cnn != "none":
         rows += bench_model(args.cnn, cnn_methods, args, device)
-    peft = None if args.skip_peft else bench_peft(args, device)
+    if args.yolo != "none":
+        rows += bench_yolo(args, device)
+    peft = None if args.skip_peft or args.vit == "none" else bench_peft(args, device)
     md = to_markdown(rows, peft, env)
     print(md)
     out = Path(args.out)
