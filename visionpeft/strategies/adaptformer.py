@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..matching import match_modules
+from . import roles
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
 from .targets import filter_targets, nothing_left_message, start_block_roots
@@ -160,13 +161,14 @@ class AdaptFormerStrategy(Strategy):
 
     def _targets(self, model: nn.Module, ctx: ApplyContext) -> dict[str, nn.Module]:
         cfg = self.config
-        if cfg.targets is None and not ctx.spec.mlp_modules:
+        defaults = roles.mlp_modules(model, ctx.spec) if cfg.targets is None else ()
+        if cfg.targets is None and not defaults:
             raise ConfigError(
                 f"adaptformer needs transformer blocks with an MLP; the {ctx.spec.backend} backend lists none for "
                 f"{ctx.spec.name!r} ({type(model).__name__}). Name them in adaptformer.targets "
                 "(e.g. ['blocks.*.mlp']), or use lora/ssf for this model."
             )
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.mlp_modules)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(defaults)
         found = match_modules(model, patterns, what="module", field="adaptformer.targets")
         if ATTR in model._modules or hasattr(model, ATTR) or isinstance(model, nn.Sequential | nn.ModuleList):
             raise ConfigError(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .adapter_layer import WeightAdapterLayer, conv_like
 from .base import ApplyContext, ApplyReport, Strategy
 from .budget import RankBudgetConfig, budget_ranks, budget_summary
+from .roles import adapter_targets
 from .targets import (
     Target,
     check_targets,
@@ -123,7 +124,7 @@ class LycorisStrategy(Strategy):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg: LycorisConfig = self.config  # type: ignore[assignment]
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(adapter_targets(model, ctx.spec))
         candidates, notes = resolve_targets(model, patterns, strict=cfg.targets is not None, method=cfg.method)
         # With a budget, layers are selected at rank 1 (max_param_fraction too) and the budget sets the ranks.
         settings = None if cfg.budget is None else functools.partial(default_settings, rank=1)

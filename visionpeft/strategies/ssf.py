@@ -29,6 +29,7 @@ from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..matching import name_matches, type_matches
+from . import roles
 from .adapter_layer import PlainLayerView, adapter_dtype, delta_dtype
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
@@ -235,7 +236,7 @@ class SSFStrategy(Strategy):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg = self.config
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.ssf_targets)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(roles.ssf_targets(model, ctx.spec))
         candidates, notes = resolve_targets(
             model, patterns, strict=cfg.targets is not None, method="ssf", supported=ssf_supported, kinds=_KINDS
         )

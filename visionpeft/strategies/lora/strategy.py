@@ -12,6 +12,7 @@ from torch import nn
 from ..base import ApplyContext, ApplyReport, Strategy
 from ..budget import RankBudgetConfig, budget_ranks, budget_summary
 from ..registry import register
+from ..roles import adapter_targets
 from ..targets import (
     LayerTargetConfig,
     Target,
@@ -116,7 +117,7 @@ class LoRAStrategy(Strategy):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg = self.config
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(adapter_targets(model, ctx.spec))
         candidates, notes = resolve_targets(model, patterns, strict=cfg.targets is not None, method=cfg.method)
         # With a budget, layers are selected at rank 1 (max_param_fraction too) and the budget sets the ranks.
         settings = _settings if cfg.budget is None else functools.partial(_settings, rank=1)
