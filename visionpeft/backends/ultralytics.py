@@ -314,8 +314,9 @@ def ultralytics_spec(model: Any) -> ModelSpec:
     better than the role derivations (:mod:`visionpeft.strategies.roles`): ``lora_targets`` and
     ``lora_exclude`` (the derivation would leave the whole head out, while the pretrained stacked ``Conv``
     layers of a Detect head are good targets and only its bare prediction convs, re-initialised per dataset,
-    and ``.dfl`` must stay out; RT-DETR adds its decoder's Linear layers) and ``ssf_targets`` (``BatchNorm2d`` only: SSF is the affine of each ``Conv`` block's
-    BatchNorm, which fuses into the conv; the derivation's "every norm layer" would add RT-DETR's LayerNorms).
+    and ``.dfl`` must stay out; RT-DETR adds its decoder's Linear layers) and ``ssf_targets`` (``BatchNorm2d``
+    only: SSF is the affine of each ``Conv`` block's BatchNorm, which fuses into the conv; the derivation's
+    "every norm layer" would add RT-DETR's LayerNorms).
 
     * ``blocks``: ``model.0`` ... ``model.<last>``, the layers of ``model.model``. ``freeze: {n: N}`` freezes
       ``blocks[:N]`` - every parameter whose name starts with ``model.<i>.`` for ``i < N`` - which is exactly
