@@ -38,8 +38,10 @@ _SHARED_ARGS = """
         alpha: strength; the update is scaled by ``alpha / rank``. ``None`` means ``alpha = rank`` (scale 1).
             Raise it to make the adapters learn faster without touching the optimizer.
         targets: modules to adapt (patterns as in :mod:`visionpeft.matching`); ``None`` uses the backend's
-            defaults (the same layers as LoRA: ``spec.lora_targets``). Narrow it to spend fewer parameters.
-        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude``; with default ``targets``
+            defaults (the same layers as LoRA: :func:`~visionpeft.strategies.roles.adapter_targets`). Narrow it
+            to spend fewer parameters.
+        exclude: patterns never adapted, added to the default exclusions
+            (:func:`~visionpeft.strategies.roles.adapter_exclude`); with default ``targets``
             the task head is excluded too.
         rank_pattern / alpha_pattern: per-layer overrides ``{pattern: value}``; the first matching pattern wins.
         max_param_fraction: skip a layer whose adapter would have more parameters than this fraction of its

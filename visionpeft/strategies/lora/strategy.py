@@ -41,9 +41,11 @@ class LoRAConfig(RankBudgetConfig):
         dropout: dropout on the LoRA input only. Use 0.05-0.1 on small data sets that overfit.
         targets: which modules to adapt (patterns as in :mod:`visionpeft.matching`: class names such as
             ``"Linear"``/``"Conv2d"``, dotted suffixes such as ``"qkv"``, globs, ``"re:<regex>"``). ``None``
-            uses the backend's defaults (``spec.lora_targets``). Narrow it (e.g. ``["qkv", "proj"]``) to
-            spend fewer parameters.
-        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude``; with default ``targets``
+            uses the defaults derived from the model's roles (:func:`~visionpeft.strategies.roles.adapter_targets`:
+            a ViT's token-block Linear layers, a CNN's convs; a backend's ``spec.lora_targets`` overrides them).
+            Narrow it (e.g. ``["qkv", "proj"]``) to spend fewer parameters.
+        exclude: patterns never adapted, added to the default exclusions
+            (:func:`~visionpeft.strategies.roles.adapter_exclude`: head, stem conv); with default ``targets``
             the task head is excluded too (the ``head`` strategy trains it in full), explicit ``targets`` may
             reach into it. A module inside an excluded module is excluded.
         rank_pattern: per-layer rank overrides, ``{pattern: rank}``; the first matching pattern wins. Use it
