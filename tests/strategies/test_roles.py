@@ -217,6 +217,25 @@ def test_prompt_is_the_token_role_and_old_pickles_load():
     assert old.tokens == spec.tokens and old.prompt == spec.tokens and old.stem == ()
 
 
+def test_a_spec_pickled_under_the_former_names_loads_through_the_restricted_unpickler():
+    """Ultralytics run checkpoints pickle the spec; one written before the roles names ``PromptSpec`` and
+    stores the token role as ``prompt``. The allow-list (``safe_load.visionpeft_globals``) still accepts it."""
+    import io
+
+    from visionpeft.backends.safe_load import visionpeft_globals
+
+    spec = ModelSpec(name="old", blocks=("blocks.0",), tokens=TokenSpec(("blocks.0",), 8, 1, 4))
+    buf = io.BytesIO()
+    torch.save({"spec": spec}, buf, _use_new_zipfile_serialization=False, pickle_protocol=2)
+    raw = buf.getvalue()
+    old = raw.replace(b"visionpeft.spec\nTokenSpec\n", b"visionpeft.spec\nPromptSpec\n")
+    old = old.replace(b"X\x06\x00\x00\x00tokens", b"X\x06\x00\x00\x00prompt")
+    assert old.count(b"PromptSpec") == 1 and b"X\x06\x00\x00\x00tokens" not in old
+    torch.serialization.add_safe_globals(visionpeft_globals())
+    loaded = torch.load(io.BytesIO(old), weights_only=True)["spec"]
+    assert loaded.tokens == spec.tokens and loaded.prompt == spec.tokens and loaded == spec
+
+
 # ------------------------------------------------------------------- a new method, no backend edit
 class RoleScaleConfig(StrategyConfig):
     """Train the stem and a per-channel output scale on every default adapter target (test-only method)."""
