@@ -186,6 +186,31 @@ def test_regnet_blocks_are_timms_stages():
     assert plan.trainable
 
 
+@pytest.mark.parametrize("name,blocks,stem", [
+    # DenseNet: timm's stem is conv0 + norm0 and each transition joins its dense block; the module tree made
+    # every child of `features` a block (norm0 and each transition alone).
+    ("densenet121", ("features.conv0", *(f"features.denseblock{i}" for i in range(1, 5)), "features.norm5"),
+     ("features.conv0", "features.norm0")),
+    # ResNet-D: the deep stem `conv1` is a Sequential, which the module tree took for a stage apart from bn1.
+    ("resnet50d", ("conv1", "layer1", "layer2", "layer3", "layer4"), ("conv1", "bn1")),
+])
+def test_where_timm_groups_differently_its_grouping_is_used(name, blocks, stem):
+    model = build_model(name, 2)
+    spec = timm_spec(model)
+    assert spec.blocks == blocks and spec.stem == stem
+    assert [g[0] for g in _structural_groups(model, list(spec.extra["head_modules"]))] != list(blocks)
+    _assert_covers_every_parameter_once(model, spec)
+
+
+def test_a_head_nested_in_a_container_stays_out_of_the_blocks():
+    """EfficientViT's classifier layers sit inside `head.classifier` beside the pretrained `head.in_conv`."""
+    model = build_model("efficientvit_b0", 2)
+    spec = timm_spec(model)
+    assert spec.head == ("head.classifier.4", "head.classifier.0", "head.classifier.1")
+    assert spec.blocks == ("stem", "stages.0", "stages.1", "stages.2", "stages.3", "head.in_conv")
+    _assert_covers_every_parameter_once(model, spec)
+
+
 def test_freeze_n_keeps_its_meaning_on_a_vit():
     """N = 1 + k freezes the stem (patch embedding and its tokens) and the first k transformer blocks."""
     model = _vit()

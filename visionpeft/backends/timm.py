@@ -395,16 +395,26 @@ def _head_names(model: nn.Module) -> list[str]:
     return heads
 
 
+def _outside_head(prefix: str, module: nn.Module, head: list[str]) -> Iterator[tuple[str, nn.Module]]:
+    """Parameterised children of a container that holds head modules, minus those, at any depth
+    (EfficientViT's ``head.classifier.{0,1,4}`` leave ``head.in_conv`` in the blocks)."""
+    for sub, child in module.named_children():
+        name = f"{prefix}.{sub}"
+        if name in head or not _has_params(child):
+            continue
+        if any(h.startswith(name + ".") for h in head):
+            yield from _outside_head(name, child, head)
+        else:
+            yield name, child
+
+
 def _top_level_units(model: nn.Module, head: list[str]) -> Iterator[tuple[str, nn.Module]]:
     """Top-level children with parameters, stage containers expanded, head modules left out."""
     for name, child in model.named_children():
         if name in head or not _has_params(child):
             continue
-        inside_head = [h for h in head if h.startswith(name + ".")]
-        if inside_head:
-            for sub, grand in child.named_children():
-                if f"{name}.{sub}" not in head and _has_params(grand):
-                    yield f"{name}.{sub}", grand
+        if any(h.startswith(name + ".") for h in head):
+            yield from _outside_head(name, child, head)
         elif name in _STAGE_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)):
             for sub, grand in child.named_children():
                 if _has_params(grand):
@@ -555,7 +565,8 @@ def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
           so N = 1 + k freezes the stem and the first k transformer blocks;
         - ResNet: ``conv1`` (+ ``bn1``), ``layer1`` ... ``layer4``;
         - EfficientNet: ``conv_stem`` (+ ``bn1``), ``blocks.0`` ... ``blocks.6`` (stages), ``conv_head`` (+ ``bn2``);
-        - RegNet: ``stem``, ``s1`` ... ``s4``.
+        - RegNet: ``stem``, ``s1`` ... ``s4``; DenseNet: ``features.conv0`` (+ ``norm0``), each dense block
+          with its transition, ``features.norm5``.
       Where timm joins a final layer to the last block (ViT ``norm``, EfficientNet ``conv_head``: its
       ``(regex, (99999,))`` entries) it stays a block of its own here, so that the examples above hold.
     * ``stem``: the members of timm's ``stem`` group (ViT ``patch_embed`` + its tokens, ResNet ``conv1`` +
