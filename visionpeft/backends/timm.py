@@ -475,9 +475,9 @@ def _unit_params(model: nn.Module, units: list[str]) -> dict[str, list[str]]:
     return {u: [n for n in names if n == u or n.startswith(u + ".")] for u in units}
 
 
-def _matcher_groups(model: nn.Module, head: list[str]) -> tuple[list[tuple[str, ...]], int] | None:
-    """(groups, number of stem groups) from timm's own ``model.group_matcher(coarse=True)``, or ``None``
-    when the model has no matcher.
+def _matcher_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]] | None:
+    """Ordered groups from timm's own ``model.group_matcher(coarse=True)``, or ``None`` when the model has
+    no matcher (its first group is timm's ``stem``).
 
     Parameters are grouped by timm's ``group_with_matcher``; each top-level unit (a child module, a stage,
     a root parameter) joins the group of its first matched parameter. Units the matcher leaves unmatched
@@ -510,23 +510,16 @@ def _matcher_groups(model: nn.Module, head: list[str]) -> tuple[list[tuple[str, 
             key = (float(gid), 0.0) if gid is not None else (previous, 1.0, float(i))
             keyed.setdefault(key, []).append(u)
             previous = key[0]
-    ordered = [tuple(keyed[k]) for k in sorted(keyed)]
-    first = next(iter(matcher))
-    stem_groups = 1 if first == "stem" and ordered and keyed.get((0.0, 0.0)) else 0
-    return ordered, stem_groups
+    return [tuple(keyed[k]) for k in sorted(keyed)]
 
 
 def _block_groups(model: nn.Module, head: list[str]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
-    """(ordered block groups, stem names): timm's grouping where the model has one, else the structural."""
-    found = _matcher_groups(model, head)
-    if found is not None:
-        groups, stem_groups = found
-        return groups, tuple(u for g in groups[:stem_groups] for u in g)
-    groups = _structural_groups(model, head)
-    first = groups[0] if groups else ()
-    is_stage = bool(first) and ("." in first[0] or isinstance(dict(model.named_children()).get(first[0]),
-                                                             (nn.Sequential, nn.ModuleList)))
-    return groups, (() if is_stage else first)
+    """(ordered block groups, stem names): timm's grouping where the model has one, else the structural one.
+    The stem is the first group, the input end of the model (timm's ``stem`` group where it has one)."""
+    groups = _matcher_groups(model, head)
+    if groups is None:
+        groups = _structural_groups(model, head)
+    return groups, (groups[0] if groups else ())
 
 
 def _unique_pattern(model: nn.Module, name: str) -> str:
@@ -569,8 +562,8 @@ def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
           with its transition, ``features.norm5``.
       Where timm joins a final layer to the last block (ViT ``norm``, EfficientNet ``conv_head``: its
       ``(regex, (99999,))`` entries) it stays a block of its own here, so that the examples above hold.
-    * ``stem``: the members of timm's ``stem`` group (ViT ``patch_embed`` + its tokens, ResNet ``conv1`` +
-      ``bn1``); without a matcher, the first block when it is not a stage.
+    * ``stem``: the members of the first block, timm's ``stem`` group (ViT ``patch_embed`` + its tokens,
+      ResNet ``conv1`` + ``bn1``).
     * ``tokens``: for timm ``VisionTransformer`` and subclasses (DeiT): the transformer blocks, width,
       prefix tokens and patch size (VPT's insertion point).
 

@@ -11,9 +11,9 @@ The derivations (each returns name/type patterns for :mod:`visionpeft.matching`)
   count) outside the head; a spec naming neither (a plain ``nn.Module``): every ``Linear`` and ``Conv2d``.
 * :func:`adapter_exclude`: the head of a described model, plus the stem's first conv when the targets are
   ``Conv2d`` (3 input channels: a rank-r adapter is about as large as the layer, and it sees raw pixels).
-* :func:`ssf_targets`: a transformer's token-block ``Linear`` and norm layers, the stem's projection and the
-  final norm (the SSF paper's placement); a CNN every norm layer (one after each conv); a spec naming neither
-  every ``Linear``, ``Conv2d`` and norm layer.
+* :func:`ssf_targets`: a transformer's token-block ``Linear`` and norm layers, the stem's projection (its last
+  ``Linear``/``Conv2d``) and the final norm (the SSF paper's placement); a CNN every norm layer (one after
+  each conv); a spec naming neither every ``Linear``, ``Conv2d`` and norm layer.
 * :func:`mlp_modules` (AdaptFormer): the ``*.mlp`` modules holding ``Linear`` layers inside the blocks
   (every token block's MLP in a ViT; ConvNeXt blocks' MLPs too); none for a spec naming neither stem nor tokens.
 * :func:`token_role` (VPT): the token blocks, or ``None``.
@@ -158,8 +158,7 @@ def adapter_exclude(model: nn.Module, spec: ModelSpec) -> tuple[str, ...]:
 
 def _final_norms(model: nn.Module, spec: ModelSpec) -> list[str]:
     """Norm layers that are blocks of their own after the last token block (a ViT's ``norm``)."""
-    assert spec.tokens is not None
-    last = spec.tokens.blocks[-1] if spec.tokens.blocks else None
+    last = spec.tokens.blocks[-1] if spec.tokens is not None and spec.tokens.blocks else None
     after = spec.blocks[spec.blocks.index(last) + 1:] if last in spec.blocks else ()
     named = dict(model.named_modules())
     return [b for b in after if isinstance(named.get(b), _NORM_CLASSES)]
@@ -171,7 +170,9 @@ def ssf_targets(model: nn.Module, spec: ModelSpec) -> tuple[str, ...]:
         return spec.ssf_targets
     if spec.tokens is None:
         return NORM_TYPES if described(spec) else ("Linear", "Conv2d", *NORM_TYPES)
-    stem_proj = [n for n, m in model.named_modules() if _under(n, spec.stem) and isinstance(m, _ADAPTABLE)]
+    # The stem's projection: its last Linear/Conv2d, the layer that makes the tokens (a hybrid ViT's
+    # convolutional backbone before it is not part of the placement).
+    stem_proj = [n for n, m in model.named_modules() if _under(n, spec.stem) and isinstance(m, _ADAPTABLE)][-1:]
     return (*token_block_layers(model, spec, (nn.Linear,)), *token_block_layers(model, spec, _NORM_CLASSES),
             *(_pattern(model, n, params_only=True) for n in stem_proj),
             *(_pattern(model, n, params_only=True) for n in _final_norms(model, spec)))
