@@ -476,11 +476,11 @@ def _unit_params(model: nn.Module, units: list[str]) -> dict[str, list[str]]:
 
 
 def _matcher_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]] | None:
-    """Ordered groups from timm's own ``model.group_matcher(coarse=True)``, or ``None`` when the model has
-    no matcher (its first group is timm's ``stem``).
+    """Ordered groups from timm's own ``model.group_matcher(coarse=True)`` (the first is timm's ``stem``), or
+    ``None`` when the model has no matcher.
 
     Parameters are grouped by timm's ``group_with_matcher``; each top-level unit (a child module, a stage,
-    a root parameter) joins the group of its first matched parameter. Units the matcher leaves unmatched
+    a root parameter) joins the earliest group among its matched parameters. Units the matcher leaves unmatched
     (timm would put them last, with the classifier) follow the structural grouping instead: they join the
     matched units of their structural group (ViT ``attn_pool`` joins ``norm``) or, alone, stay a block of
     their own where they sit in the model (MobileNetV3 ``conv_head``). The head never takes part.
