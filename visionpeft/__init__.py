@@ -29,7 +29,7 @@ from .errors import (
 )
 from .params import format_parameter_report, parameter_report
 from .plan import TrainabilityPlan
-from .spec import ModelSpec, PromptSpec
+from .spec import ModelSpec, PromptSpec, TokenSpec
 from .strategies.importance import GradientProbe
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "PlanViolationError",
     "PromptSpec",
     "TargetNotFoundError",
+    "TokenSpec",
     "TrainabilityPlan",
     "VisionPeftError",
     "active_adapter",

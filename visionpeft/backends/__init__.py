@@ -77,10 +77,14 @@ def spec_for(model: nn.Module) -> ModelSpec:
 
 
 def generic_spec(model: nn.Module) -> ModelSpec:
-    """Spec for any ``nn.Module``: blocks are its top-level children; the head is a final Linear.
-
-    Targets are matched by name pattern or module type (``"Conv2d"``, ``"Linear"``).
+    """Spec for any ``nn.Module``: blocks are its top-level children; the head is a ``head``/``fc``/
+    ``classifier`` attribute or a final Linear. No stem or token blocks are known, so the derived defaults
+    stay broad (:mod:`visionpeft.strategies.roles`: every Linear and Conv2d). ``lora_exclude`` is set to the
+    head (an override): a plain module's classifier is sized for the dataset, so adapters stay out of it even
+    when a recipe names it among its targets, as with the timm backend.
     """
+    from ..strategies.roles import with_defaults
+
     children = list(model.named_children())
     head: tuple[str, ...] = ()
     for attr in ("head", "fc", "classifier"):
@@ -90,11 +94,11 @@ def generic_spec(model: nn.Module) -> ModelSpec:
     else:
         if children and isinstance(children[-1][1], nn.Linear):
             head = (children[-1][0],)
-    return ModelSpec(
+    spec = ModelSpec(
         backend="generic",
         name=type(model).__name__,
         head=head,
         blocks=tuple(n for n, _ in children),
-        lora_targets=("Linear", "Conv2d"),
         lora_exclude=head,
     )
+    return with_defaults(model, spec)

@@ -47,8 +47,10 @@ def visionpeft_globals() -> list[Any]:
     configs = [registry.config_class(method) for method in registry.available()]
     modules = [layers.LoRALinear, layers.LoRAConv2d, dora.DoRALinear, dora.DoRAConv2d, loha.LoHaLayer,
                lokr.LoKrLayer, ssf.SSFLayer, adaptformer.AdaptFormerAdapter, adaptformer._AddAdapter]
-    return [api.AdaptedState, plan.TrainabilityPlan, plan.keep_bn_eval, spec.ModelSpec, spec.PromptSpec,
-            *modules, *configs]
+    # A spec saved before the roles existed names its token role by the former class name.
+    old_token_name = (spec.TokenSpec, "visionpeft.spec.PromptSpec")
+    return [api.AdaptedState, plan.TrainabilityPlan, plan.keep_bn_eval, spec.ModelSpec, spec.TokenSpec,
+            old_token_name, *modules, *configs]
 
 
 def _safe_load_class() -> Any:

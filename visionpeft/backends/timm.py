@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, closest
 from ..matching import name_matches
-from ..spec import ModelSpec, PromptSpec
+from ..spec import ModelSpec, TokenSpec
 
 __all__ = [
     "PYPI_WEIGHTS",
@@ -395,16 +395,26 @@ def _head_names(model: nn.Module) -> list[str]:
     return heads
 
 
+def _outside_head(prefix: str, module: nn.Module, head: list[str]) -> Iterator[tuple[str, nn.Module]]:
+    """Parameterised children of a container that holds head modules, minus those, at any depth
+    (EfficientViT's ``head.classifier.{0,1,4}`` leave ``head.in_conv`` in the blocks)."""
+    for sub, child in module.named_children():
+        name = f"{prefix}.{sub}"
+        if name in head or not _has_params(child):
+            continue
+        if any(h.startswith(name + ".") for h in head):
+            yield from _outside_head(name, child, head)
+        else:
+            yield name, child
+
+
 def _top_level_units(model: nn.Module, head: list[str]) -> Iterator[tuple[str, nn.Module]]:
     """Top-level children with parameters, stage containers expanded, head modules left out."""
     for name, child in model.named_children():
         if name in head or not _has_params(child):
             continue
-        inside_head = [h for h in head if h.startswith(name + ".")]
-        if inside_head:
-            for sub, grand in child.named_children():
-                if f"{name}.{sub}" not in head and _has_params(grand):
-                    yield f"{name}.{sub}", grand
+        if any(h.startswith(name + ".") for h in head):
+            yield from _outside_head(name, child, head)
         elif name in _STAGE_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)):
             for sub, grand in child.named_children():
                 if _has_params(grand):
@@ -413,8 +423,8 @@ def _top_level_units(model: nn.Module, head: list[str]) -> Iterator[tuple[str, n
             yield name, child
 
 
-def _block_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]]:
-    """Ordered groups of top-level names; each group is one entry of ``ModelSpec.blocks``.
+def _structural_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]]:
+    """Ordered groups of top-level names found from the module tree alone (models without ``group_matcher``).
 
     A stage (a member of ``blocks``/``stages``/... or a top-level ``nn.Sequential`` such as ResNet's
     ``layer1``) is a group of its own. Consecutive loose layers (``conv_stem`` + ``bn1``; ``norm`` +
@@ -439,19 +449,92 @@ def _block_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]]:
     return [tuple(g) for g in groups]
 
 
+# A parameter name no matcher matches: its group id is the one timm gives every unmatched parameter.
+_UNMATCHED = "\x00visionpeft-unmatched"
+
+
+def _own_final_groups(matcher: dict[str, Any]) -> dict[str, Any]:
+    """timm's matcher with its "join the previous group" entries (``(regex, (99999,))``: ViT ``norm``,
+    EfficientNet ``conv_head``) turned into groups of their own after the blocks.
+
+    timm merges those layers into the last block for layer-wise learning-rate decay; visionpeft keeps them
+    apart so that ``freeze: {n: N}`` keeps its documented meaning (N = 1 + k: the stem and k blocks).
+    """
+    from timm.models._manipulate import MATCH_PREV_GROUP
+
+    out: dict[str, Any] = {}
+    for key, spec in matcher.items():
+        if isinstance(spec, (tuple, list)):
+            spec = [(rx, (MATCH_PREV_GROUP[0] - 1,) if suffix == MATCH_PREV_GROUP else suffix) for rx, suffix in spec]
+        out[key] = spec
+    return out
+
+
+def _unit_params(model: nn.Module, units: list[str]) -> dict[str, list[str]]:
+    names = [n for n, _ in model.named_parameters()]
+    return {u: [n for n in names if n == u or n.startswith(u + ".")] for u in units}
+
+
+def _matcher_groups(model: nn.Module, head: list[str]) -> list[tuple[str, ...]] | None:
+    """Ordered groups from timm's own ``model.group_matcher(coarse=True)`` (the first is timm's ``stem``), or
+    ``None`` when the model has no matcher.
+
+    Parameters are grouped by timm's ``group_with_matcher``; each top-level unit (a child module, a stage,
+    a root parameter) joins the earliest group among its matched parameters. Units the matcher leaves unmatched
+    (timm would put them last, with the classifier) follow the structural grouping instead: they join the
+    matched units of their structural group (ViT ``attn_pool`` joins ``norm``) or, alone, stay a block of
+    their own where they sit in the model (MobileNetV3 ``conv_head``). The head never takes part.
+    """
+    from timm.models._manipulate import group_with_matcher
+
+    get = getattr(model, "group_matcher", None)
+    try:
+        matcher = get(coarse=True) if callable(get) else None
+    except (NotImplementedError, TypeError):
+        return None
+    if not isinstance(matcher, dict) or not matcher:
+        return None
+    structural = _structural_groups(model, head)
+    units = [u for g in structural for u in g]
+    params = _unit_params(model, units)
+    ids = group_with_matcher([(n, None) for u in units for n in params[u]] + [(_UNMATCHED, None)],
+                             _own_final_groups(matcher), reverse=True)
+    unmatched = ids[_UNMATCHED]
+    unit_id = {u: min((ids[n] for n in params[u] if ids[n] != unmatched), default=None) for u in units}
+    keyed: dict[tuple[float, ...], list[str]] = {}
+    previous: float = -1
+    for i, group in enumerate(structural):
+        found = [unit_id[u] for u in group if unit_id[u] is not None]
+        for u in group:
+            gid = unit_id[u] if unit_id[u] is not None else (found[0] if found else None)
+            key = (float(gid), 0.0) if gid is not None else (previous, 1.0, float(i))
+            keyed.setdefault(key, []).append(u)
+            previous = key[0]
+    return [tuple(keyed[k]) for k in sorted(keyed)]
+
+
+def _block_groups(model: nn.Module, head: list[str]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """(ordered block groups, stem names): timm's grouping where the model has one, else the structural one.
+    The stem is the first group, the input end of the model (timm's ``stem`` group where it has one)."""
+    groups = _matcher_groups(model, head)
+    if groups is None:
+        groups = _structural_groups(model, head)
+    return groups, (groups[0] if groups else ())
+
+
 def _unique_pattern(model: nn.Module, name: str) -> str:
     """``name`` itself when it matches only that module as a pattern, else an anchored regex."""
     hits = [n for n, _ in model.named_modules() if n and name_matches(n, name)]
     return name if hits == [name] else "re:" + re.escape(name)
 
 
-def _vit_prompt_spec(model: nn.Module) -> PromptSpec | None:
+def _vit_tokens(model: nn.Module) -> TokenSpec | None:
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
         return None
     patch = tuple(getattr(model.patch_embed, "patch_size", (16, 16)))
-    return PromptSpec(
+    return TokenSpec(
         blocks=tuple(f"blocks.{i}" for i in range(len(model.blocks))),
         embed_dim=int(model.embed_dim),
         num_prefix_tokens=int(model.num_prefix_tokens),
@@ -460,85 +543,54 @@ def _vit_prompt_spec(model: nn.Module) -> PromptSpec | None:
     )
 
 
-def _lora_defaults(
-    model: nn.Module, head: list[str], prompt: PromptSpec | None
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(targets, exclude): attention/MLP linears of ViT blocks; else the dominant layer type, minus the
-    stem conv (3 input channels: an adapter there is as large as the layer) and the head."""
-    exclude = [_unique_pattern(model, h) for h in head]
-    if prompt is not None:
-        targets = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2")
-        return targets, tuple(exclude)
-    in_head = {n for h in head for n, _ in model.named_modules() if n == h or n.startswith(h + ".")}
-    size = {"Linear": 0, "Conv2d": 0}
-    for n, m in model.named_modules():
-        kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear" if isinstance(m, nn.Linear) else None
-        if kind and n not in in_head:
-            size[kind] += m.weight.numel()
-    kind = max(size, key=size.__getitem__)
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
-    if kind == "Conv2d" and isinstance(first_conv, str):
-        stem = first_conv if first_conv in dict(model.named_modules()) else None
-        if stem is not None:
-            exclude.insert(0, _unique_pattern(model, stem))
-    return (kind,), tuple(exclude)
-
-
-_SSF_VIT = (
-    "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "blocks.*.norm1",
-    "blocks.*.norm2", "patch_embed.proj", "norm",
-)
-_SSF_NORMS = ("_NormBase", "LayerNorm", "GroupNorm")
-
-
-def _mlp_modules(model: nn.Module) -> tuple[str, ...]:
-    return tuple(
-        n for n, m in model.named_modules()
-        if n.rpartition(".")[2] == "mlp" and any(isinstance(c, nn.Linear) for c in m.modules())
-    )
-
-
 def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
-    """Describe a timm model to the strategies.
+    """Describe a timm model to the strategies by role.
 
     * ``head``: the classifier(s) located by identity via ``get_classifier()`` plus the parameterised
       layers timm's ``forward_head`` runs after pooling (ViT ``fc_norm``, ConvNeXt ``head.norm``).
-    * ``blocks``: ordered groups covering every other parameter; ``freeze: {n: N}`` freezes the first N.
+    * ``blocks``: ordered groups covering every other parameter, from timm's own
+      ``model.group_matcher(coarse=True)`` (the grouping timm uses for layer-wise learning-rate decay) where
+      the model has one, else from the module tree; ``freeze: {n: N}`` freezes the first N.
       ``spec.extra["block_members"]`` maps each block name to the names it covers: a block named
       ``patch_embed`` covers ``patch_embed``, ``cls_token``, ``pos_embed`` (and ``reg_token``/``dist_token``/
       ``norm_pre`` when present). Examples:
         - ViT/DeiT: ``patch_embed`` (the stem), ``blocks.0`` ... ``blocks.L-1``, ``norm`` (+ ``attn_pool``),
           so N = 1 + k freezes the stem and the first k transformer blocks;
         - ResNet: ``conv1`` (+ ``bn1``), ``layer1`` ... ``layer4``;
-        - EfficientNet: ``conv_stem`` (+ ``bn1``), ``blocks.0`` ... ``blocks.6`` (stages), ``conv_head`` (+ ``bn2``).
-    * ``lora_targets``: ViT block linears (``qkv``, ``proj``, ``fc1``, ``fc2``); CNNs ``Conv2d`` without the
-      stem conv; other models the dominant layer type. The head is always excluded.
-    * ``prompt``: for timm ``VisionTransformer`` and subclasses (DeiT), where VPT inserts prompt tokens.
-    * ``ssf_targets``: ViTs the paper's placement (block qkv/proj/fc1/fc2, norm1/norm2, the patch embedding
-      and the final norm); other models every normalisation layer (one after each conv in a CNN).
-    * ``mlp_modules``: every ``*.mlp`` module holding Linear layers (ViT blocks' MLPs), for AdaptFormer.
+        - EfficientNet: ``conv_stem`` (+ ``bn1``), ``blocks.0`` ... ``blocks.6`` (stages), ``conv_head`` (+ ``bn2``);
+        - RegNet: ``stem``, ``s1`` ... ``s4``; DenseNet: ``features.conv0`` (+ ``norm0``), each dense block
+          with its transition, ``features.norm5``.
+      Where timm joins a final layer to the last block (ViT ``norm``, EfficientNet ``conv_head``: its
+      ``(regex, (99999,))`` entries) it stays a block of its own here, so that the examples above hold.
+    * ``stem``: the members of the first block, timm's ``stem`` group (ViT ``patch_embed`` + its tokens,
+      ResNet ``conv1`` + ``bn1``).
+    * ``tokens``: for timm ``VisionTransformer`` and subclasses (DeiT): the transformer blocks, width,
+      prefix tokens and patch size (VPT's insertion point).
+
+    The method defaults (adapter targets, SSF placement, AdaptFormer's MLPs) are derived from these roles
+    by :mod:`visionpeft.strategies.roles`; this backend sets none of them (the returned spec shows the
+    derived values, :func:`~visionpeft.strategies.roles.with_defaults`). ``model.no_weight_decay()`` is read
+    where the optimizer is built (:func:`visionpeft.optim_settings.no_weight_decay_names`).
 
     Args:
         model: a timm model.
         name: identity recorded in adapter files; defaults to ``timm:<architecture>``.
     """
+    from ..strategies.roles import with_defaults
+
     head = _head_names(model)
-    groups = _block_groups(model, head)
-    prompt = _vit_prompt_spec(model)
-    targets, exclude = _lora_defaults(model, head, prompt)
+    groups, stem = _block_groups(model, head)
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-    return ModelSpec(
+    spec = ModelSpec(
         backend="timm",
         name=name or f"timm:{arch}",
         head=tuple(_unique_pattern(model, h) for h in head),
+        stem=stem,
         blocks=tuple(g[0] for g in groups),
-        lora_targets=targets,
-        lora_exclude=exclude,
-        prompt=prompt,
-        ssf_targets=_SSF_VIT if prompt is not None else _SSF_NORMS,
-        mlp_modules=_mlp_modules(model),
+        tokens=_vit_tokens(model),
         extra={"block_members": {g[0]: g for g in groups}, "head_modules": tuple(head)},
     )
+    return with_defaults(model, spec)
 
 
 class _TimmBackend:

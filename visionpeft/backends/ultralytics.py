@@ -307,7 +307,16 @@ def _model_identity(model: nn.Module) -> str:
 
 
 def ultralytics_spec(model: Any) -> ModelSpec:
-    """Describe an Ultralytics ``DetectionModel`` (or a ``YOLO`` wrapping one) to the strategies.
+    """Describe an Ultralytics model (any task; or a ``YOLO`` wrapping one) to the strategies by role.
+
+    Roles: ``stem`` ``model.0``, ``blocks``, ``head``, ``always_frozen`` below; no ``tokens``. Unlike the timm
+    backend this one also sets three method overrides (:class:`~visionpeft.spec.ModelSpec`), because it knows
+    better than the role derivations (:mod:`visionpeft.strategies.roles`): ``lora_targets`` and
+    ``lora_exclude`` (the derivation would leave the whole head out, while the pretrained stacked ``Conv``
+    layers of a Detect head are good targets and only its bare prediction convs, re-initialised per dataset,
+    and ``.dfl`` must stay out; RT-DETR adds its decoder's Linear layers) and ``ssf_targets`` (``BatchNorm2d``
+    only: SSF is the affine of each ``Conv`` block's BatchNorm, which fuses into the conv; the derivation's
+    "every norm layer" would add RT-DETR's LayerNorms).
 
     * ``blocks``: ``model.0`` ... ``model.<last>``, the layers of ``model.model``. ``freeze: {n: N}`` freezes
       ``blocks[:N]`` - every parameter whose name starts with ``model.<i>.`` for ``i < N`` - which is exactly
@@ -328,6 +337,8 @@ def ultralytics_spec(model: Any) -> ModelSpec:
     * ``ssf_targets``: the BatchNorm of every ``Conv`` block (SSF folds into its affine); ``lora_exclude`` and
       the head apply as for LoRA.
     """
+    from ..strategies.roles import with_defaults
+
     model = unwrap_yolo(model)
     if not is_ultralytics_model(model):
         raise ConfigError(
@@ -345,15 +356,15 @@ def ultralytics_spec(model: Any) -> ModelSpec:
     if is_rtdetr(model):
         head, targets = _rtdetr_roles(model, last)
     has_dfl = any(".dfl" in n for n, _ in model.named_parameters())
-    return ModelSpec(
+    spec = ModelSpec(
         backend="ultralytics",
         name=_model_identity(model),
         head=head,
+        stem=("model.0",),
         blocks=tuple(f"model.{i}" for i in range(n_layers)),
         lora_targets=targets,
         lora_exclude=exclude,
         always_frozen=ALWAYS_FROZEN if has_dfl else (),
-        prompt=None,
         ssf_targets=("BatchNorm2d",),
         extra={
             "nc": int(getattr(model, "nc", model.yaml.get("nc", 0)) or 0),
@@ -362,6 +373,7 @@ def ultralytics_spec(model: Any) -> ModelSpec:
             "task": model_task(model),
         },
     )
+    return with_defaults(model, spec)
 
 
 def _rtdetr_roles(model: nn.Module, last: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -1,6 +1,7 @@
 """AdaptFormer (Chen et al., NeurIPS 2022): a parallel bottleneck adapter beside each transformer MLP.
 
-For every MLP module named by the backend (``spec.mlp_modules``: ``blocks.<i>.mlp`` in a timm ViT) the block
+For every MLP module of the model's blocks (:func:`~visionpeft.strategies.roles.mlp_modules`, derived from the
+spec's roles: ``blocks.<i>.mlp`` in a timm ViT) the block
 computes ``mlp(x) + s * up(dropout(relu(down(x))))`` on the MLP's own input ``x`` (after ``norm2``), with
 ``down: dim -> bottleneck`` and ``up: bottleneck -> dim``. As in the official code, ``down`` starts
 Kaiming-uniform, ``up`` and both biases at zero, so a fresh adapter changes nothing; ``s`` is a fixed 0.1 or,
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..matching import match_modules
+from . import roles
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
 from .targets import filter_targets, nothing_left_message, start_block_roots
@@ -56,7 +58,7 @@ class AdaptFormerConfig(StrategyConfig):
         learnable_scale: train the scale too (one extra parameter per adapter).
         dropout: dropout inside the adapter, after the ReLU (paper: 0.1 on small data; 0 here).
         targets: MLP modules to adapt (patterns as in :mod:`visionpeft.matching`); ``None`` uses the
-            backend's ``spec.mlp_modules`` (every ``blocks.<i>.mlp`` of a timm ViT).
+            MLPs derived from the roles (every ``blocks.<i>.mlp`` of a timm ViT; ``spec.mlp_modules`` overrides).
         start_block: no adapters inside ``spec.blocks[:start_block]``.
     """
 
@@ -160,13 +162,14 @@ class AdaptFormerStrategy(Strategy):
 
     def _targets(self, model: nn.Module, ctx: ApplyContext) -> dict[str, nn.Module]:
         cfg = self.config
-        if cfg.targets is None and not ctx.spec.mlp_modules:
+        defaults = roles.mlp_modules(model, ctx.spec) if cfg.targets is None else ()
+        if cfg.targets is None and not defaults:
             raise ConfigError(
-                f"adaptformer needs transformer blocks with an MLP; the {ctx.spec.backend} backend lists none for "
-                f"{ctx.spec.name!r} ({type(model).__name__}). Name them in adaptformer.targets "
+                f"adaptformer needs transformer blocks with an MLP; the roles of {ctx.spec.name!r} "
+                f"({type(model).__name__}, {ctx.spec.backend} backend) give none. Name them in adaptformer.targets "
                 "(e.g. ['blocks.*.mlp']), or use lora/ssf for this model."
             )
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.mlp_modules)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(defaults)
         found = match_modules(model, patterns, what="module", field="adaptformer.targets")
         if ATTR in model._modules or hasattr(model, ATTR) or isinstance(model, nn.Sequential | nn.ModuleList):
             raise ConfigError(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .adapter_layer import WeightAdapterLayer, conv_like
 from .base import ApplyContext, ApplyReport, Strategy
 from .budget import RankBudgetConfig, budget_ranks, budget_summary
+from .roles import adapter_targets
 from .targets import (
     Target,
     check_targets,
@@ -37,8 +38,10 @@ _SHARED_ARGS = """
         alpha: strength; the update is scaled by ``alpha / rank``. ``None`` means ``alpha = rank`` (scale 1).
             Raise it to make the adapters learn faster without touching the optimizer.
         targets: modules to adapt (patterns as in :mod:`visionpeft.matching`); ``None`` uses the backend's
-            defaults (the same layers as LoRA: ``spec.lora_targets``). Narrow it to spend fewer parameters.
-        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude``; with default ``targets``
+            defaults (the same layers as LoRA: :func:`~visionpeft.strategies.roles.adapter_targets`). Narrow it
+            to spend fewer parameters.
+        exclude: patterns never adapted, added to the default exclusions
+            (:func:`~visionpeft.strategies.roles.adapter_exclude`); with default ``targets``
             the task head is excluded too.
         rank_pattern / alpha_pattern: per-layer overrides ``{pattern: value}``; the first matching pattern wins.
         max_param_fraction: skip a layer whose adapter would have more parameters than this fraction of its
@@ -123,7 +126,7 @@ class LycorisStrategy(Strategy):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg: LycorisConfig = self.config  # type: ignore[assignment]
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(adapter_targets(model, ctx.spec))
         candidates, notes = resolve_targets(model, patterns, strict=cfg.targets is not None, method=cfg.method)
         # With a budget, layers are selected at rank 1 (max_param_fraction too) and the budget sets the ranks.
         settings = None if cfg.budget is None else functools.partial(default_settings, rank=1)

@@ -29,6 +29,7 @@ from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..matching import name_matches, type_matches
+from . import roles
 from .adapter_layer import PlainLayerView, adapter_dtype, delta_dtype
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .registry import register
@@ -52,9 +53,11 @@ class SSFConfig(StrategyConfig):
     Args:
         targets: layers followed by a scale and shift (patterns as in :mod:`visionpeft.matching`: names,
             globs, class names such as ``"LayerNorm"``, ``"BatchNorm2d"``, ``"Linear"``). ``None`` uses the
-            backend's ``spec.ssf_targets``: a ViT's qkv/proj/fc1/fc2 and LayerNorms (the paper's placement), a
-            CNN's or YOLO's BatchNorms (one per conv). Narrow it (e.g. only norms) to halve the parameters.
-        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude`` (stem, head convs).
+            placement derived from the model's roles (:func:`~visionpeft.strategies.roles.ssf_targets`): a ViT's
+            qkv/proj/fc1/fc2 and LayerNorms (the paper's placement), a CNN's or YOLO's BatchNorms (one per
+            conv). Narrow it (e.g. only norms) to halve the parameters.
+        exclude: patterns never adapted, added to the default exclusions
+            (:func:`~visionpeft.strategies.roles.adapter_exclude`: stem, head convs).
         start_block: no SSF inside ``spec.blocks[:start_block]``; early layers then stay exactly pretrained
             and need no backward pass.
         init: ``identity`` (scale 1, shift 0: the adapted model starts as the base) or ``paper`` (the official
@@ -235,7 +238,7 @@ class SSFStrategy(Strategy):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg = self.config
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.ssf_targets)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(roles.ssf_targets(model, ctx.spec))
         candidates, notes = resolve_targets(
             model, patterns, strict=cfg.targets is not None, method="ssf", supported=ssf_supported, kinds=_KINDS
         )

@@ -25,7 +25,9 @@ from torch import nn
 
 from ..errors import ConfigError, TargetNotFoundError, closest
 from ..matching import match_modules, name_matches, type_matches
+from . import roles
 from .base import ApplyContext, ApplyReport
+from .roles import adapter_exclude
 
 __all__ = [
     "wrap_module",
@@ -179,7 +181,7 @@ def excluded_roots(model: nn.Module, exclude: list[str], ctx: ApplyContext, meth
         for name in match_modules(model, [pattern], what="module", field=f"{method}.exclude"):
             roots.setdefault(name, ("exclude", pattern))
     for name, module in model.named_modules():
-        for pattern in ctx.spec.lora_exclude:
+        for pattern in adapter_exclude(model, ctx.spec):
             if name and (name_matches(name, pattern) or type_matches(module, pattern)):
                 roots.setdefault(name, ("backend_exclude", pattern))
     return roots
@@ -205,7 +207,7 @@ def check_targets(model: nn.Module, cfg: LayerTargetConfig, ctx: ApplyContext, *
     at apply time.
     """
     method = cfg.method
-    patterns = list(cfg.targets) if cfg.targets is not None else list(default_patterns(cfg, ctx))
+    patterns = list(cfg.targets) if cfg.targets is not None else list(default_patterns(model, cfg, ctx))
     candidates, _ = resolve_targets(model, patterns, strict=cfg.targets is not None, method=method,
                                     **resolve)  # type: ignore[arg-type]
     for field in ("rank_pattern", "alpha_pattern"):
@@ -214,10 +216,10 @@ def check_targets(model: nn.Module, cfg: LayerTargetConfig, ctx: ApplyContext, *
     start_block_roots(getattr(cfg, "start_block", 0), ctx, method)
 
 
-def default_patterns(cfg: LayerTargetConfig, ctx: ApplyContext) -> tuple[str, ...]:
-    """The backend's default target patterns for ``cfg.method``: ``spec.ssf_targets`` for SSF, else
-    ``spec.lora_targets``."""
-    return ctx.spec.ssf_targets if cfg.method == "ssf" else ctx.spec.lora_targets
+def default_patterns(model: nn.Module, cfg: LayerTargetConfig, ctx: ApplyContext) -> tuple[str, ...]:
+    """The default target patterns for ``cfg.method``, derived from the spec's roles
+    (:mod:`~visionpeft.strategies.roles`): SSF's placement for SSF, else the adapter targets."""
+    return roles.ssf_targets(model, ctx.spec) if cfg.method == "ssf" else roles.adapter_targets(model, ctx.spec)
 
 
 # ---------------------------------------------------------------- filtering and per-layer settings

@@ -2,7 +2,7 @@
 
 The prompts live in a small module added to the root model (``model.vpt``, parameter ``vpt.prompts`` of
 shape ``(1 or prompted blocks, tokens, embed_dim)``), and three kinds of forward hooks splice them into the
-token sequence that flows through the transformer blocks named by ``spec.prompt``:
+token sequence that flows through the token blocks of the spec's ``tokens`` role (``spec.prompt``):
 
 * a pre-hook on the first prompted block inserts the prompt tokens right after the prefix tokens
   (class/distillation/register tokens): ``[prefix, prompts, patches]``;
@@ -29,10 +29,11 @@ from pydantic import Field, SerializerFunctionWrapHandler, field_validator, mode
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..spec import PromptSpec
+from ..spec import TokenSpec
 from .base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 from .budget import budget_limit, budget_summary, check_fraction, model_params
 from .registry import register
+from .roles import token_role
 
 __all__ = ["VPTConfig", "VPTPrompts", "VPTStrategy", "remove", "vpt_init_bound"]
 
@@ -183,7 +184,7 @@ class _StripPrompts:
 _HOOK_TYPES = (_InsertPrompts, _ReplacePrompts, _StripPrompts)
 
 
-def _prompted_blocks(model: nn.Module, prompt: PromptSpec, ctx: ApplyContext) -> tuple[list[str], list[str]]:
+def _prompted_blocks(model: nn.Module, prompt: TokenSpec, ctx: ApplyContext) -> tuple[list[str], list[str]]:
     """The transformer blocks that get prompts: those not lying entirely in the frozen region.
 
     A frozen block receives no prompts of its own (the frozen region gets no adapters): shallow prompts are
@@ -207,7 +208,7 @@ def _prompted_blocks(model: nn.Module, prompt: PromptSpec, ctx: ApplyContext) ->
     return prompted, notes
 
 
-def _init_prompts(prompts: VPTPrompts, prompt: PromptSpec, init: str) -> None:
+def _init_prompts(prompts: VPTPrompts, prompt: TokenSpec, init: str) -> None:
     with torch.no_grad():
         if init == "xavier":
             bound = vpt_init_bound(prompt.patch_size, prompt.embed_dim)
@@ -274,14 +275,14 @@ def _budget_tokens(model: nn.Module, cfg: VPTConfig, ctx: ApplyContext, per_toke
 
 @register
 class VPTStrategy(Strategy):
-    """Visual prompt tuning on a transformer the backend describes with a ``PromptSpec``."""
+    """Visual prompt tuning on a transformer the backend describes with a ``TokenSpec``."""
 
     method = "vpt"
     config_cls = VPTConfig
     mergeable = False  # visionpeft.merge refuses before touching the model
 
     def check(self, model: nn.Module, ctx: ApplyContext) -> None:
-        prompt = ctx.spec.prompt
+        prompt = token_role(ctx.spec)
         if prompt is None or not prompt.blocks:
             raise ConfigError(
                 f"vpt needs a timm VisionTransformer (or subclass such as DeiT); model {ctx.spec.name!r} "
@@ -299,7 +300,7 @@ class VPTStrategy(Strategy):
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg: VPTConfig = self.config  # type: ignore[assignment]
         self.check(model, ctx)
-        prompt: PromptSpec = ctx.spec.prompt  # type: ignore[assignment]
+        prompt: TokenSpec = token_role(ctx.spec)  # type: ignore[assignment]
         prompted, notes = _prompted_blocks(model, prompt, ctx)
         deep = cfg.mode == "deep"
         layers = len(prompted) if deep else 1

@@ -12,6 +12,7 @@ from torch import nn
 from ..base import ApplyContext, ApplyReport, Strategy
 from ..budget import RankBudgetConfig, budget_ranks, budget_summary
 from ..registry import register
+from ..roles import adapter_targets
 from ..targets import (
     LayerTargetConfig,
     Target,
@@ -40,9 +41,11 @@ class LoRAConfig(RankBudgetConfig):
         dropout: dropout on the LoRA input only. Use 0.05-0.1 on small data sets that overfit.
         targets: which modules to adapt (patterns as in :mod:`visionpeft.matching`: class names such as
             ``"Linear"``/``"Conv2d"``, dotted suffixes such as ``"qkv"``, globs, ``"re:<regex>"``). ``None``
-            uses the backend's defaults (``spec.lora_targets``). Narrow it (e.g. ``["qkv", "proj"]``) to
-            spend fewer parameters.
-        exclude: patterns never adapted, added to the backend's ``spec.lora_exclude``; with default ``targets``
+            uses the defaults derived from the model's roles (:func:`~visionpeft.strategies.roles.adapter_targets`:
+            a ViT's token-block Linear layers, a CNN's convs; a backend's ``spec.lora_targets`` overrides them).
+            Narrow it (e.g. ``["qkv", "proj"]``) to spend fewer parameters.
+        exclude: patterns never adapted, added to the default exclusions
+            (:func:`~visionpeft.strategies.roles.adapter_exclude`: head, stem conv); with default ``targets``
             the task head is excluded too (the ``head`` strategy trains it in full), explicit ``targets`` may
             reach into it. A module inside an excluded module is excluded.
         rank_pattern: per-layer rank overrides, ``{pattern: rank}``; the first matching pattern wins. Use it
@@ -116,7 +119,7 @@ class LoRAStrategy(Strategy):
 
     def apply(self, model: nn.Module, ctx: ApplyContext) -> ApplyReport:
         cfg = self.config
-        patterns = list(cfg.targets) if cfg.targets is not None else list(ctx.spec.lora_targets)
+        patterns = list(cfg.targets) if cfg.targets is not None else list(adapter_targets(model, ctx.spec))
         candidates, notes = resolve_targets(model, patterns, strict=cfg.targets is not None, method=cfg.method)
         # With a budget, layers are selected at rank 1 (max_param_fraction too) and the budget sets the ranks.
         settings = _settings if cfg.budget is None else functools.partial(_settings, rank=1)
