@@ -10,6 +10,7 @@ and prints a table: the task's metrics, delta vs full fine-tuning, trainable %.
     python benchmarks/transfer_tasks.py --task segment                 # the documented run (long on CPU)
     python benchmarks/transfer_tasks.py --task pose --smoke            # pipeline check: 1 epoch, 64 px, 3 runs
     python benchmarks/transfer_tasks.py --task segment --update-docs docs/benchmarks.md
+    python benchmarks/transfer_tasks.py --task segment --report-only RUNS/<compare dir>   # table again, no training
 
 The smoke setting checks that every piece runs; its numbers say nothing about the ranking.
 """
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="where the dataset copy, models and runs go (default: temp)")
     p.add_argument("--smoke", action="store_true", help="1 epoch, 64 px, 20%% of the images, full + lora + random")
     p.add_argument("--update-docs", default=None, help="markdown file whose section for this task is replaced")
+    p.add_argument("--report-only", default=None, metavar="COMPARE_DIR",
+                   help="rebuild the table from a finished run's compare directory (no training)")
     return p.parse_args(argv)
 
 
@@ -87,16 +90,68 @@ def rows_for(results: list[dict[str, Any]], primary: str) -> list[dict[str, Any]
     return rows
 
 
+def conclusions(rows: list[dict[str, Any]], primary: str) -> list[str]:
+    """What the table supports: PEFT runs against the random-init model and against full fine-tuning."""
+    value = {r["strategy"]: r[primary] for r in rows if r[primary] is not None}
+    scratch, full = value.get("random_init_full"), value.get("full")
+    peft = [k for k in value if k not in ("full", "random_init_full")]
+    out = []
+    if scratch is not None:
+        above = [k for k in peft if value[k] > scratch]
+        below = [k for k in peft if k not in above]
+        out.append(f"- Above the same model trained in full from random init ({scratch:.4f}): "
+                   f"{', '.join(above) or 'none'}; not above: {', '.join(below) or 'none'}.")
+    if full is not None:
+        best = max(peft, key=value.__getitem__, default=None)
+        if best is not None:
+            out.append(f"- Best PEFT run: {best} ({value[best]:.4f}, {value[best] - full:+.4f} vs full fine-tuning "
+                       f"{full:.4f}).")
+    return out
+
+
+def write_section(args: argparse.Namespace, compare_dir: Path, random_init: dict[str, Any] | None) -> None:
+    """The task's Markdown section from the compare directory's runs (+ the random-init run)."""
+    from visionpeft.report.compare import markdown_table
+    from visionpeft.tasks import get_task
+
+    saved = compare_dir / "benchmark_args.json"
+    setting = json.loads(saved.read_text()) if saved.is_file() else vars(args)
+    results = [json.loads(p.read_text()) for p in sorted(compare_dir.glob("[0-9][0-9]-*/metrics.json"))]
+    if random_init is not None and not any(r["strategy"] == "random_init_full" for r in results):
+        results.append(random_init)
+    primary = get_task(setting["task"]).primary_metric
+    rows = rows_for(results, primary)
+    marker = f"transfer-{setting['task']}"
+    smoke = " --smoke" if setting.get("smoke") else ""
+    section = "\n".join([
+        f"<!-- {marker}:start -->",
+        f"## {setting['task']}: {DATA[setting['task']]}, YOLOv5n (COCO backbone + neck, new head)", "",
+        f"`python benchmarks/transfer_tasks.py --task {setting['task']} --epochs {setting['epochs']} "
+        f"--imgsz {setting['imgsz']}{smoke}`: batch {setting['batch']}, seed 0 (one seed), {primary} on the val "
+        "split (the data has no test split; each run keeps its best val epoch, so every number is optimistic by "
+        "the same selection), Ultralytics' validator with adapters merged. random_init_full: the same "
+        "architecture from random init, trained in full with the same settings.", "",
+        markdown_table(rows, list(rows[0])), "", *conclusions(rows, primary), "", f"<!-- {marker}:end -->"])
+    (compare_dir / "benchmark.md").write_text(section + "\n")
+    print(section)
+    if args.update_docs:
+        from visionpeft.report.sections import replace_marked_section
+
+        replace_marked_section(Path(args.update_docs), f"<!-- {marker}:start -->", f"<!-- {marker}:end -->", section)
+    print(f"compare directory: {compare_dir}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="visionpeft-yolo-cfg-"))
     from visionpeft.backends.ultralytics_transfer import write_transfer_checkpoint
     from visionpeft.recipe import load_recipe
-    from visionpeft.report.compare import markdown_table
-    from visionpeft.tasks import get_task
     from visionpeft.tasks.compare import run_compare
 
+    if args.report_only:
+        write_section(args, Path(args.report_only).resolve(), None)
+        return 0
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"visionpeft-bench-{args.task}-")).resolve()
     data_dir = work / DATA[args.task]
     if not data_dir.exists():
@@ -106,24 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(REPO / "recipes" / args.task / "compare.yaml",
                          overrides(args, data_dir / "data.yaml", model, work / "runs"))
     compare_dir = run_compare(recipe)
-    results = [json.loads(p.read_text()) for p in sorted(compare_dir.glob("[0-9][0-9]-*/metrics.json"))]
-    results.append(random_init_run(recipe, work, args, compare_dir))
-    primary = get_task(args.task).primary_metric
-    rows = rows_for(results, primary)
-    marker = f"transfer-{args.task}"
-    section = "\n".join([
-        f"<!-- {marker}:start -->", f"## {args.task}: {DATA[args.task]}, YOLOv5n (COCO backbone + neck, new head)", "",
-        f"`python benchmarks/transfer_tasks.py --task {args.task}{' --smoke' if args.smoke else ''}`; "
-        f"{primary} on the val split (Ultralytics' validator, adapters merged). random_init_full: the same "
-        "architecture from random init, trained in full.", "", markdown_table(rows, list(rows[0])), "",
-        f"<!-- {marker}:end -->"])
-    (compare_dir / "benchmark.md").write_text(section + "\n")
-    print(section)
-    if args.update_docs:
-        from visionpeft.report.sections import replace_marked_section
-
-        replace_marked_section(Path(args.update_docs), f"<!-- {marker}:start -->", f"<!-- {marker}:end -->", section)
-    print(f"compare directory: {compare_dir}", file=sys.stderr)
+    (compare_dir / "benchmark_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    write_section(args, compare_dir, random_init_run(recipe, work, args, compare_dir))
     return 0
 
 
