@@ -60,3 +60,15 @@ def killed_at_epoch(monkeypatch, epoch: int):
             yield
     finally:
         monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
+def load_benchmark(name: str, alias: str | None = None):
+    """The script ``benchmarks/<name>.py`` as a fresh module (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(alias or name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

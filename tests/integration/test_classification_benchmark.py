@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from ..fixtures import load_benchmark
+
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_tiny(shared, tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONPEFT_SHARED", str(shared))
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "transfer_classification.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("transfer_classification", "bench")
     n = torch.get_num_threads()
     try:
         docs = tmp_path / "benchmarks.md"
@@ -44,9 +40,7 @@ def test_benchmark_tiny(shared, tmp_path, monkeypatch):
 
 
 def test_benchmark_only_rejects_unknown_rows(capsys):
-    spec = importlib.util.spec_from_file_location("bench_only", REPO / "benchmarks" / "transfer_classification.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("transfer_classification", "bench_only")
     with pytest.raises(SystemExit) as exc:
         bench.main(["--only", "lora_r8,dora_r9"])
     assert exc.value.code == 2

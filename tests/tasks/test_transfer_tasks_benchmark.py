@@ -3,21 +3,17 @@ the runs' metrics.json files are written by hand)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from ..fixtures import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("transfer_tasks", REPO / "benchmarks" / "transfer_tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("transfer_tasks")
 
 
 RUNS = {  # folder: (strategy, mask mAP50-95, box mAP50-95, trainable params)
