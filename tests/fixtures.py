@@ -63,12 +63,17 @@ def killed_at_epoch(monkeypatch, epoch: int):
 
 
 def load_benchmark(name: str, alias: str | None = None):
-    """The script ``benchmarks/<name>.py`` as a fresh module (benchmarks are scripts, not a package)."""
+    """The script ``benchmarks/<name>.py`` as a fresh module (benchmarks are scripts, not a package).
+
+    Registered in ``sys.modules`` under ``alias or name`` while it runs, as an import would: dataclasses look their
+    module up there."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(alias or name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module

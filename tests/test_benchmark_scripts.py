@@ -1,0 +1,45 @@
+"""Pieces of benchmarks/strategies.py and benchmarks/precision.py that decide what their tables say (no long runs:
+tiny models and hand-made run records)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from .fixtures import load_benchmark
+
+
+def test_precision_summary_from_hand_made_runs():
+    precision = load_benchmark("precision")
+    rows = []
+    for seed, (fp32, bf16, t32, t16) in enumerate([(0.80, 0.81, 10.0, 30.0), (0.70, 0.70, 11.0, 22.0),
+                                                   (0.75, 0.73, 12.0, 48.0)]):
+        rows += [{"strategy": "lora_r8", "amp": "off", "seed": seed, "top1_test": fp32, "train_seconds": t32},
+                 {"strategy": "lora_r8", "amp": "bf16", "seed": seed, "top1_test": bf16, "train_seconds": t16}]
+    (row,) = precision.summarise(rows)
+    assert row["fp32_top1_test"] == "0.7500 +- 0.0500" and row["bf16_top1_test"] == "0.7467 +- 0.0569"
+    # Paired differences +0.01, 0, -0.02: mean -0.00333, sd 0.01528, t(0.975, 2) = 4.3027 -> half-width 0.03795.
+    assert row["delta_bf16_minus_fp32"] == "-0.0033 [-0.0413, +0.0346]"
+    assert row["within_fp32_seed_spread"] is True  # |0.7467 - 0.75| <= 0.05
+    assert row["time_ratio_bf16_over_fp32"] == 3.0  # median of 3.0, 2.0, 4.0
+
+
+def test_strategies_yolo_rows_count_what_the_detection_runs_train(shared):
+    pytest.importorskip("ultralytics")
+    strategies = load_benchmark("strategies")
+    args = argparse.Namespace(yolo=str(shared / "weights" / "yolov5nu-cocobackbone.pt"), yolo_size=64, batch=2,
+                              rounds=1, latency_reps=1, amp=None, compile=False, only="lora r8+head,bitfit+head")
+    threads = torch.get_num_threads()
+    try:
+        rows = {r["strategy"]: r for r in strategies.bench_yolo(args, torch.device("cpu"))}
+    finally:
+        torch.set_num_threads(threads)
+    assert list(rows) == ["full", "bitfit+head", "lora r8+head"]
+    # The same counts as the BCCD detection runs (3 classes on the COCO YOLOv5n layers, docs/benchmarks.md).
+    assert rows["full"]["trainable_params"] == 2_636_089
+    assert rows["lora r8+head"]["trainable_params"] == 1_040_601
+    assert rows["bitfit+head"]["trainable_params"] == 883_689
+    assert rows["full"]["step_ratio_vs_full"] == 1.0 and all(r["step_s"] > 0 for r in rows.values())
+    assert rows["lora r8+head"]["latency_form"] == "merged"
