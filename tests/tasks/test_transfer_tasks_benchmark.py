@@ -30,7 +30,7 @@ def _compare_dir(root: Path) -> Path:
         (root / folder).mkdir(parents=True)
         (root / folder / "metrics.json").write_text(json.dumps({
             "strategy": name, "trainable_params": params, "trainable_pct": 100 * params / 2_761_427,
-            "metrics": {"mask_map50_95": mask, "map50_95": box}}))
+            "metrics": {"mask_map50_95": mask, "mask_map50": mask + 0.2, "map50_95": box}}))
     return root
 
 
@@ -44,8 +44,8 @@ def test_report_only_rebuilds_the_section_with_its_conclusions(bench, tmp_path, 
     assert text.startswith("# kept\n") and text.count("<!-- transfer-segment:start -->") == 1
     assert "--task segment --epochs 20 --imgsz 160`" in text and "mask_map50_95 on the val split" in text
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert lines["lora"] == "| lora | 0.28 | -0.02 | 0.38 | 42.22 | 1,165,923 |"
-    assert lines["random_init_full"] == "| random_init_full | 0.15 | -0.15 | 0.22 | 100 | 2,761,411 |"
+    assert lines["lora"] == "| lora | 0.28 | -0.02 | 0.48 | 0.38 | 42.22 | 1,165,923 |"
+    assert lines["random_init_full"] == "| random_init_full | 0.15 | -0.15 | 0.35 | 0.22 | 100 | 2,761,411 |"
     # freeze10 (0.26), lora (0.28) beat the random-init model (0.15); head (0.12) does not.
     assert ("- Above the same model trained in full from random init (0.1500): freeze10, lora; not above: head."
             in text)
