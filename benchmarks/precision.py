@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", default=None, help="where runs go (default: a temporary folder)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "precision.json"))
     p.add_argument("--update-docs", default=None, help="markdown file whose precision section is replaced")
+    p.add_argument("--reuse", default=None, metavar="JSON",
+                   help="a previous run's JSON: its runs with the same settings are kept, not trained again")
     p.add_argument("--smoke", action="store_true", help="1 epoch, 2 seeds, 10 images per class, 48 px")
     args = p.parse_args(argv)
     if args.smoke:
@@ -86,6 +88,20 @@ def run_one(args: argparse.Namespace, runs: Path, data: str, name: str, strategi
     test = task.evaluate(Path(result.run_dir), "test")
     return {"strategy": name, "amp": amp, "seed": seed, "top1_test": float(test["top1"]),
             "top1_val": float(result.metrics["top1"]), "train_seconds": float(result.train_seconds)}
+
+
+SETTINGS = ("epochs", "max_per_class", "size", "threads")
+
+
+def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Runs of ``--reuse`` keyed by (strategy, seed, amp), when that file was made with the same settings."""
+    if not args.reuse:
+        return {}
+    old = json.loads(Path(args.reuse).read_text())
+    differ = [k for k in SETTINGS if old["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--reuse {args.reuse}: made with other settings ({', '.join(differ)}); rerun without it")
+    return {(r["strategy"], r["seed"], r["amp"]): r for r in old["runs"]}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"--strategies: unknown {unknown}; expected some of {sorted(table)}", file=sys.stderr)
         return 2
-    rows = [run_one(args, runs, data, name, table[name], seed, amp)
+    done = reusable_runs(args)
+    rows = [done.get((name, seed, amp)) or run_one(args, runs, data, name, table[name], seed, amp)
             for name in names for seed in range(args.seeds) for amp in ("off", "bf16")]
     summary, flags = summarise(rows), cpu_bf16_flags()
     section = markdown(args, summary, flags)
