@@ -133,9 +133,11 @@ def markdown(args: argparse.Namespace, summary: list[dict[str, Any]], flags: lis
     lines = [f"| {' | '.join(cols)} |", f"|{'---|' * len(cols)}"]
     lines += [f"| {' | '.join(str(s[c]) for c in cols)} |" for s in summary]
     cpu = f"{platform.processor() or platform.machine()}, bf16 flags: {', '.join(flags) or 'none (emulated)'}"
+    threads = f" --threads {args.threads}" if args.threads else ""
     return "\n".join([
         START, "## bf16 autocast vs float32 (flowers5_128, EfficientNet-Lite0)", "",
-        f"`python benchmarks/precision.py{' --smoke' if args.smoke else ''}`: {args.epochs} epochs, "
+        f"`python benchmarks/precision.py --strategies {args.strategies} --seeds {args.seeds}{threads}"
+        f"{' --smoke' if args.smoke else ''}`: {args.epochs} epochs, "
         f"{args.max_per_class} images per class before the test carve, {args.size} px, {args.seeds} seeds "
         "(0..), each seed trained in both precisions back to back; best validation epoch evaluated on the carved "
         f"test split. CPU: {cpu}.", "", *lines, "",
