@@ -73,6 +73,8 @@ def _randomize(layer: LoRALayer) -> None:
     dict(base=lambda: nn.Conv2d(8, 4, 3, stride=2, padding=2, dilation=2, groups=2), x=(2, 8, 9, 9), kw={}),
     dict(base=lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect", bias=False),
          x=(2, 4, 6, 6), kw={}),
+    dict(base=lambda: nn.Conv2d(6, 5, 3, stride=2, padding=1), x=(2, 6, 9, 9), kw={}),  # thin ordinary conv
+    dict(base=lambda: nn.Conv2d(4, 6, 1, bias=False), x=(2, 4, 5, 5), kw={}),  # thin 1x1
 ])
 def test_fast_path_equals_plain_path_float64(case: dict) -> None:
     torch.manual_seed(2)
@@ -101,10 +103,26 @@ def test_fast_path_is_used_only_where_exact() -> None:
         assert not lin._can_fuse(x)  # autocast changes the products' dtypes: plain path
     drop = LoRALinear(nn.Linear(4, 4), rank=2, alpha=2.0, dropout=0.5).train()
     assert not drop._can_fuse(x) and drop.eval()._can_fuse(x)  # active dropout: the LoRA input differs
-    assert not LoRAConv2d(nn.Conv2d(3, 4, 3), rank=2, alpha=2.0)._can_fuse(torch.randn(1, 3, 5, 5))
+    wide = LoRAConv2d(nn.Conv2d(64, 64, 3), rank=2, alpha=2.0)  # a wide ordinary conv: activation path
+    assert not wide.weight_space and not wide._can_fuse(torch.randn(1, 64, 5, 5))
 
     class Standardized(nn.Linear):  # a subclass with its own forward must keep it
         def forward(self, x):
             return F.linear(x, self.weight / self.weight.norm(), self.bias)
 
     assert not LoRALinear(Standardized(4, 4), rank=2, alpha=2.0)._can_fuse(x)
+
+
+@pytest.mark.parametrize(("conv", "rank", "weight_space"), [
+    (nn.Conv2d(16, 32, 3), 8, True),  # YOLOv5n-sized: 4,608 <= 5 * 8 * (144 + 32) = 7,040
+    (nn.Conv2d(32, 32, 1), 8, True),  # 1,024 <= 5 * 8 * 64
+    (nn.Conv2d(64, 64, 3), 8, False),  # ResNet-18 layer1: 36,864 > 5 * 8 * (576 + 64) = 25,600
+    (nn.Conv2d(256, 256, 1), 8, False),  # 65,536 > 5 * 8 * 512
+    (nn.Conv2d(256, 256, 1), 64, True),  # a high rank makes the activation path the dearer one
+    (nn.Conv2d(256, 256, 3, groups=256), 8, True),  # depthwise: always
+])
+def test_weight_space_rule_for_ordinary_convs(conv: nn.Conv2d, rank: int, weight_space: bool) -> None:
+    """``C_out * C_in * kh * kw <= WEIGHT_SPACE_RATIO * r * (C_in * kh * kw + C_out)`` (grouped: always)."""
+    layer = LoRAConv2d(conv, rank=rank, alpha=float(rank))
+    assert layer.weight_space is weight_space
+    assert layer._can_fuse(torch.randn(1, conv.in_channels, 4, 4)) is weight_space

@@ -368,5 +368,9 @@ def test_matches_hf_peft(kind, use_rslora):
     peft_model, ours = _peft_pair(base, rank=4, alpha=6.0, use_rslora=use_rslora)
     ref = peft_model(x)
     assert _max_diff(ours(x), base(x)) > 1e-3
-    assert _max_diff(ours(x), ref) <= 1e-6
+    # float32: within rounding (thin convs run in weight space, PEFT in activation space: another summation
+    # order); float64: the same function to 1e-12.
+    assert _max_diff(ours(x), ref) <= 1e-6 * max(1.0, float(ref.abs().max()))
+    assert _max_diff(ours.double()(x.double()), peft_model.double()(x.double())) <= 1e-12
+    ours.float(), peft_model.float()
     assert _max_diff(ours.get_delta_weight(), peft_model.base_model.model[0].get_delta_weight("default")) <= 1e-6
