@@ -347,6 +347,7 @@ def to_markdown(rows: list[dict], peft: dict | None, env: dict) -> str:
 
 
 START, END = "<!-- strategies-benchmark:start -->", "<!-- strategies-benchmark:end -->"
+YOLO_START, YOLO_END = "<!-- strategies-yolo-benchmark:start -->", "<!-- strategies-yolo-benchmark:end -->"
 
 TARGETS = (
     ("head", "step_ratio_vs_full", 0.35, "head-only step <= 0.35x full fine-tuning"),
@@ -376,11 +377,14 @@ def target_lines(rows: list[dict], peft: dict | None) -> list[str]:
     return out
 
 
-def update_docs(path: Path, md: str, rows: list[dict], peft: dict | None) -> None:
-    """Replace the strategies section of ``path`` (between the markers), keeping the rest."""
+def update_docs(path: Path, md: str, rows: list[dict], peft: dict | None, detector_only: bool = False) -> None:
+    """Replace the strategies section of ``path`` (between the markers), keeping the rest. A detector-only run
+    (``--vit none --cnn none``) has a section of its own, so it does not replace the timm tables."""
+    start, end = (YOLO_START, YOLO_END) if detector_only else (START, END)
+    title = "Detector strategy costs side by side" if detector_only else "Strategy costs side by side"
     section = "\n".join([
-        START,
-        "## Strategy costs side by side (`benchmarks/strategies.py`)",
+        start,
+        f"## {title} (`benchmarks/strategies.py`)",
         "",
         md,
         "",
@@ -390,9 +394,9 @@ def update_docs(path: Path, md: str, rows: list[dict], peft: dict | None) -> Non
         "Step and memory are ratios to full fine-tuning measured round-robin in one process; memory on CPU is",
         "parameters + gradients + optimizer state + activations saved for backward (`visionpeft.profiling`).",
         "Latency is the shipped form (merged where the method allows) against the plain base model.",
-        END,
+        end,
     ])
-    replace_marked_section(path, START, END, section)
+    replace_marked_section(path, start, end, section)
 
 
 def main() -> None:
@@ -429,7 +433,7 @@ def main() -> None:
         "torch": torch.__version__,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "batch": args.batch,
-        "size": args.size,
+        "size": args.yolo_size if args.vit == args.cnn == "none" else args.size,
         "rounds": args.rounds,
         "vit": args.vit,
         "amp": args.amp,
@@ -448,7 +452,7 @@ def main() -> None:
     out.write_text(json.dumps({"env": env, "rows": rows, "peft": peft}, indent=2))
     out.with_suffix(".md").write_text(md + "\n")
     if args.update_docs:
-        update_docs(Path(args.update_docs), md, rows, peft)
+        update_docs(Path(args.update_docs), md, rows, peft, detector_only=args.vit == args.cnn == "none")
 
 
 if __name__ == "__main__":
