@@ -100,7 +100,9 @@ def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int, str], dict[s
     old = json.loads(Path(args.reuse).read_text())
     differ = [k for k in SETTINGS if old["args"].get(k) != getattr(args, k)]
     if differ:
-        raise SystemExit(f"--reuse {args.reuse}: made with other settings ({', '.join(differ)}); rerun without it")
+        print(f"--reuse {args.reuse}: made with other settings ({', '.join(differ)}); drop --reuse or pass the same "
+              "settings", file=sys.stderr)
+        raise SystemExit(2)
     return {(r["strategy"], r["seed"], r["amp"]): r for r in old["runs"]}
 
 

@@ -43,3 +43,17 @@ def test_strategies_yolo_rows_count_what_the_detection_runs_train(shared):
     assert rows["bitfit+head"]["trainable_params"] == 883_689
     assert rows["full"]["step_ratio_vs_full"] == 1.0 and all(r["step_s"] > 0 for r in rows.values())
     assert rows["lora r8+head"]["latency_form"] == "merged"
+
+
+def test_precision_reuse_with_other_settings_is_one_line_exit_2(tmp_path, capsys):
+    precision = load_benchmark("precision")
+    old = tmp_path / "old.json"
+    old.write_text('{"args": {"epochs": 3, "max_per_class": 60, "size": 80, "threads": 1}, "runs": []}')
+    args = precision.parse_args(["--reuse", str(old), "--epochs", "5", "--threads", "1"])
+    with pytest.raises(SystemExit) as exc:
+        precision.reusable_runs(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "made with other settings (epochs)" in err
+    same = precision.parse_args(["--reuse", str(old), "--threads", "1"])
+    assert precision.reusable_runs(same) == {}  # same settings: its (here no) runs are reused
