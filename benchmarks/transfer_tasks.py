@@ -152,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     from visionpeft.tasks.compare import run_compare
 
     if args.report_only:
-        write_section(args, Path(args.report_only).resolve(), None)
+        compare_dir = Path(args.report_only).resolve()
+        if not any(compare_dir.glob("[0-9][0-9]-*/metrics.json")):
+            print(f"--report-only {compare_dir}: no finished runs (NN-*/metrics.json) there; give a compare directory "
+                  "of this benchmark", file=sys.stderr)
+            return 2
+        write_section(args, compare_dir, None)
         return 0
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"visionpeft-bench-{args.task}-")).resolve()
     data_dir = work / DATA[args.task]

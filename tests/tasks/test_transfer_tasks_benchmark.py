@@ -58,3 +58,9 @@ def test_rows_give_deltas_to_full_fine_tuning(bench):
                for s, v in (("full", 0.5), ("lora", 0.45), ("random_init_full", 0.1))]
     rows = bench.rows_for(results, "pose_map50_95")
     assert [r["delta_pose_map50_95_vs_full"] for r in rows] == pytest.approx([0.0, -0.05, -0.4])
+
+
+def test_report_only_without_runs_is_one_line_exit_2(bench, tmp_path, capsys):
+    assert bench.main(["--task", "pose", "--report-only", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no finished runs" in err
