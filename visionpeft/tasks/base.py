@@ -131,8 +131,9 @@ class TaskRunner(Protocol):
         """Continue a killed run in ``run_dir`` from its last checkpoint (never a silent restart)."""
         ...
 
-    def evaluate(self, run_dir: Path, split: str) -> dict[str, float]:
-        """Rebuild the run's model from its adapter and evaluate it on ``split`` as training validated it."""
+    def evaluate(self, run_dir: Path, split: str, save_examples: bool = False) -> dict[str, float]:
+        """Rebuild the run's model from its adapter and evaluate it on ``split`` as training validated it;
+        ``save_examples``: also write per-example results (:mod:`visionpeft.tasks.examples`) where the task can."""
         ...
 
     def merge(self, run_dir: Path, out: Path) -> Path:

@@ -8,7 +8,8 @@ For every compare run (``full`` first):
 2. **Seeds**: the run trains with seeds ``seed, seed + 1, ..., seed + seeds - 1`` at that rate; the first seed's
    run *is* the chosen grid run (same settings, same seed), not trained twice.
 3. **Test split**: when the data has one, each seed's kept checkpoint (its best validation epoch) is evaluated
-   on ``test`` with the run's own evaluation settings; nothing is ever chosen on test.
+   on ``test`` with the run's own evaluation settings; nothing is ever chosen on test. Tasks that can save
+   per-example results (classification: ``test_examples.json``) do, for the report's paired bootstrap.
 4. **Validation curve**: each seed run's per-epoch ``[elapsed seconds, validation metric]`` for time-to-accuracy.
 
 Run directories: ``NN-<run>/`` as before when ``seeds: 1`` and the run has no grid; otherwise
@@ -69,7 +70,7 @@ def _finish(task: TaskRunner, result: RunResult, test: bool) -> RunResult:
     """Attach the validation curve and (when the data has one) the test metrics of the kept checkpoint."""
     result.extra["val_curve"] = task.val_curve(Path(result.run_dir))
     if test:
-        metrics = task.evaluate(Path(result.run_dir), "test")
+        metrics = task.evaluate(Path(result.run_dir), "test", save_examples=True)
         result.extra["test_metrics"] = {k: float(metrics[k]) for k in task.metric_names if k in metrics}
     return result
 

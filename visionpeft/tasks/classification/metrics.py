@@ -15,11 +15,17 @@ class Accumulator:
     Args:
         num_classes: number of classes (per-class accuracy and the top-k cap).
         k: the second accuracy reported (``top5``; capped at ``num_classes``).
+        keep_examples: also keep every example's label and top-1 prediction, in loader order (:attr:`labels`,
+            :attr:`predictions`): the per-example test results the compare report's bootstrap pairs. This
+            process's examples only (a DDP rank sees its shard).
     """
 
-    def __init__(self, num_classes: int, k: int = 5) -> None:
+    def __init__(self, num_classes: int, k: int = 5, keep_examples: bool = False) -> None:
         self.num_classes = num_classes
         self.k = min(k, num_classes)
+        self.keep_examples = keep_examples
+        self.labels: list[int] = []
+        self.predictions: list[int] = []
         # [n, correct@1, correct@k, loss_sum] in float64 so large datasets sum exactly.
         self.totals = torch.zeros(4, dtype=torch.float64)
         self.class_correct = torch.zeros(num_classes, dtype=torch.float64)
@@ -31,6 +37,9 @@ class Accumulator:
         topk = logits.topk(self.k, dim=1).indices
         hit1 = topk[:, 0] == target
         hitk = (topk == target[:, None]).any(dim=1)
+        if self.keep_examples:
+            self.labels += target.tolist()
+            self.predictions += topk[:, 0].tolist()
         self.totals += torch.tensor([len(target), hit1.sum().item(), hitk.sum().item(), loss_sum],
                                     dtype=torch.float64)
         self.class_total += torch.bincount(target, minlength=self.num_classes).double()

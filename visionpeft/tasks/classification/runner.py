@@ -19,10 +19,12 @@ from ...logging.tensorboard import RunLogger
 from ...recipe import save_resolved
 from ..base import RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
+from ..examples import write_examples
 from . import features as feat
 from .compiled import compile_failure, compile_in_place
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
 from .importance import importance_probe
+from .metrics import Accumulator
 from .model import build_adapted, resolve_device, torch_threads
 from .optim import build_optimizer, build_scheduler, param_groups
 from .trainer import Trainer, autocast_dtype, evaluate_model
@@ -408,11 +410,13 @@ class ClassificationTask:
         plan = load_adapter(model, run_dir / "adapter", spec)
         return recipe, model, plan, {**meta, "data_config": cfg, "preprocess": resolve_data_config(cfg, recipe.augment)}
 
-    def evaluate(self, run_dir: Path, split: str = "val") -> dict[str, float]:
+    def evaluate(self, run_dir: Path, split: str = "val", save_examples: bool = False) -> dict[str, float]:
         """Top-1/top-5 (and per-class accuracy) of the run's saved adapter on ``split``.
 
         ``split`` is a role or a split name: ``val``, ``test`` and ``train`` mean the recipe's
         ``dataset.val_split`` / ``test_split`` / ``train_split``; any other name is used as it is.
+        ``save_examples``: also write every image's label and top-1 prediction to ``<split>_examples.json`` in
+        the run directory (:mod:`visionpeft.tasks.examples`; one process only: under DDP nothing is written).
 
         Validated as training validated: the same eval transform and batch size, the same autocast precision
         (``train.amp``) and, for a ``cache_features`` run, the backbone's features computed in float32 and the
@@ -430,12 +434,17 @@ class ClassificationTask:
                               f"{list(classes)[:10]}")
         model.to(device)
         amp = autocast_dtype(recipe.train.amp, device)
+        acc = Accumulator(len(classes), keep_examples=save_examples and world_size() == 1)
         if not recipe.train.cache_features:
-            return evaluate_model(model, data.val_loader, device, classes, amp)
-        feats, labels = feat.extract_features(model, data.val_loader, device)
-        t = recipe.train
-        loader = feat.cached_loader(feats, labels, t.eval_batch_size or 2 * t.batch_size, False, recipe.seed)
-        return evaluate_model(model.get_classifier(), loader, device, classes, amp)
+            metrics = evaluate_model(model, data.val_loader, device, classes, amp, acc=acc)
+        else:  # the cached loader keeps the images' order (no shuffling), so examples line up with the files
+            feats, labels = feat.extract_features(model, data.val_loader, device)
+            t = recipe.train
+            loader = feat.cached_loader(feats, labels, t.eval_batch_size or 2 * t.batch_size, False, recipe.seed)
+            metrics = evaluate_model(model.get_classifier(), loader, device, classes, amp, acc=acc)
+        if acc.keep_examples and is_main():
+            write_examples(Path(run_dir), split, [str(p) for p, _ in data.val.samples], acc.labels, acc.predictions)
+        return metrics
 
     def has_split(self, recipe: Any, split: str) -> bool:
         """Whether the dataset has ``split`` (a role ``val``/``test``/``train`` or a split name)."""

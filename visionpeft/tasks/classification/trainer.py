@@ -168,11 +168,14 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device, class_names: tuple[str, ...],
-                   amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Evaluate ``model`` in eval mode on ``loader`` (metrics summed over DDP ranks)."""
+                   amp_dtype: torch.dtype | None = None, acc: Accumulator | None = None) -> dict[str, float]:
+    """Evaluate ``model`` in eval mode on ``loader`` (metrics summed over DDP ranks).
+
+    ``acc``: the accumulator to fill (one with ``keep_examples`` keeps per-example results); default a new one.
+    """
     was_training = model.training
     model.eval()
-    acc = Accumulator(len(class_names))
+    acc = acc if acc is not None else Accumulator(len(class_names))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # validation loss without label smoothing
     ctx = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())

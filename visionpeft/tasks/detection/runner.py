@@ -270,8 +270,11 @@ class UltralyticsTask:
             raise ConfigError(f"{run_dir}: training ended without writing metrics.json; see the log above")
         return RunResult.from_dict(json.loads(path.read_text()))
 
-    def evaluate(self, run_dir: Path, split: str) -> dict[str, float]:
+    def evaluate(self, run_dir: Path, split: str, save_examples: bool = False) -> dict[str, float]:
         """Validate the run's best model (adapters merged) on ``split`` exactly as training validated it.
+
+        ``save_examples`` is accepted and ignored: mAP is not a mean over images, so no per-image results are
+        saved and a compare's detection verdict rests on the seed t-interval (``docs/detection.md``).
 
         The validator gets the settings the trainer's final validation used (rect batches of the same size,
         ``imgsz``, thresholds, precision; see :mod:`.validation`), so ``split="val"`` reproduces the metrics in
