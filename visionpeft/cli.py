@@ -1,4 +1,4 @@
-"""``visionpeft`` command line: train, compare, resume, eval, merge, predict, params.
+"""``visionpeft`` command line: train, compare, report, resume, eval, merge, predict, params.
 
 Every command dispatches on the recipe's (or run directory's) ``task``. A ``VisionPeftError`` (bad input)
 prints one line and exits with status 2; no traceback.
@@ -69,6 +69,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = run_compare(recipe)
     if is_main():
         print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .tasks.compare import report_compare
+
+    print(f"report: {report_compare(Path(args.compare_dir))}")
     return 0
 
 
@@ -168,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("recipe")
     c.add_argument("overrides", **over)
     c.set_defaults(func=cmd_compare)
+    rp = sub.add_parser("report", help="rebuild a compare's report.{md,json,csv,png} from its saved runs "
+                        "(no training)")
+    rp.add_argument("compare_dir")
+    rp.set_defaults(func=cmd_report)
     r = sub.add_parser("resume", help="continue a killed 'train' run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("overrides", **over)

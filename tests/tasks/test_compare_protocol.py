@@ -131,11 +131,11 @@ def test_seed_changes_head_and_adapter_init_data_order_and_augmentation(tmp_path
 
 @pytest.mark.parametrize(("override", "message"), [
     ("seeds=0", "seeds: expected how many seeds every compare run trains (seed, seed+1, ...), an integer >= 1"),
-    ("lr_grid={lora: [1e-3, -1]}", "lr_grid.lora: expected a non-empty list of positive learning rates"),
-    ("lr_grid={lora: 1e-3}", "lr_grid.lora: expected a non-empty list of positive learning rates"),
+    ("lr_grid={lora: [1e-3, -1]}", "lr_grid.lora: expected auto or a non-empty list of positive learning rates"),
+    ("lr_grid={lora: 1e-3}", "lr_grid.lora: expected auto or a non-empty list of positive learning rates"),
     ("lr_grid={lorra: [1e-3]}", "lr_grid.lorra: not a compare run; the runs are ['full', 'lora'] (did you mean"),
     ("lr_grid={lora: [1e-3, 0.001]}", "lr_grid.lora: a rate is listed twice"),
-    ("lr_grid={lora: [true]}", "lr_grid.lora: expected a non-empty list of positive learning rates"),
+    ("lr_grid={lora: [true]}", "lr_grid.lora: expected auto or a non-empty list of positive learning rates"),
     ("compare.lora=[{method: head}]", "lr_grid.lora: the run trains only the head"),
 ])
 def test_bad_protocol_input_is_one_line_exit_2(tmp_path, capsys, override, message):
@@ -158,3 +158,74 @@ def test_with_lr_sets_every_entry_but_the_head_and_seeds_follow_the_seed():
     assert with_lr(entries, None) == entries and with_lr(entries, None)[0] is not entries[0]
     recipe = parse_recipe({"model": "m", "data": "d", "seed": 5, "seeds": 3})
     assert seeds_of(recipe) == [5, 6, 7]
+
+
+def test_per_example_results_and_the_bootstrap_verdict(compared):
+    report = json.loads((compared / "report.json").read_text())
+    files = None
+    for run in report["seed_runs"]:
+        ex = json.loads((Path(run["run_dir"]) / "test_examples.json").read_text())
+        assert ex["split"] == "test" and len(ex["files"]) == 12  # 3 classes x 4 test images
+        correct = [p == y for p, y in zip(ex["predictions"], ex["labels"])]
+        assert sum(correct) / 12 == pytest.approx(run["top1_test"], abs=1e-9)  # the same evaluation
+        files = files or ex["files"]
+        assert ex["files"] == files  # every run saw the same images in the same order: pairable
+    lora = next(r for r in report["runs"] if r["strategy"] == "lora")
+    assert lora["verdict_basis"] == "bootstrap over 2 seeds x 12 test images"
+    lo, hi = lora["delta_top1_test_boot_low"], lora["delta_top1_test_boot_high"]
+    assert lo <= lora["delta_top1_test_vs_full"] <= hi
+    assert lora["verdict"] == ("better" if lo > 0 else "worse" if hi < 0 else "tied")
+    assert lora["verdict_t"] in ("better", "worse", "tied") and lora["bootstrap_ms"] >= 0
+    rows = {r["strategy"]: r for r in report["runs"]}
+    assert (rows["lora"]["lr_source"], rows["full"]["lr_source"]) == ("lr_grid", "default")
+    assert rows["full"]["lr"] == pytest.approx(1e-4)  # full fine-tuning's default rate, recorded by the run
+    md = (compared / "report.md").read_text()
+    assert "t-interval" in md and "0.0001 (default)" in md and "(lr_grid)" in md
+
+
+def test_report_command_rebuilds_the_same_report_without_training(compared, tmp_path, capsys):
+    import shutil
+
+    before = json.loads((compared / "report.json").read_text())
+    moved = tmp_path / "moved"
+    shutil.copytree(compared, moved)  # a copied compare directory reports from its own runs
+    for name in ("report.json", "report.md", "report.csv", "pareto.png"):
+        (moved / name).unlink() if name != "report.json" else None
+    assert main(["report", str(moved)]) == 0
+    assert "report:" in capsys.readouterr().out
+    after = json.loads((moved / "report.json").read_text())
+    keys = ["strategy", "top1_test", "delta_top1_test_vs_full", "delta_top1_test_boot_low",
+            "delta_top1_test_boot_high", "delta_top1_test_ci_low", "verdict", "verdict_t", "lr", "lr_source"]
+    assert [[r[k] for k in keys] for r in after["runs"]] == [[r[k] for k in keys] for r in before["runs"]]
+    assert after["environment"] == before["environment"]
+    assert all(str(moved) in r["run_dir"] for r in after["seed_runs"])
+    assert (moved / "report.md").is_file() and (moved / "pareto.png").is_file() and (moved / "report.csv").is_file()
+
+
+def test_report_of_an_old_compare_dir_falls_back_to_the_t_interval(compared, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(compared, old)
+    (old / "runs.json").unlink()  # written before runs.json and per-example results existed
+    for f in old.rglob("test_examples.json"):
+        f.unlink()
+    assert main(["report", str(old)]) == 0
+    report = json.loads((old / "report.json").read_text())
+    lora = next(r for r in report["runs"] if r["strategy"] == "lora")
+    assert lora["verdict"] == lora["verdict_t"] and lora["delta_top1_test_boot_low"] is None
+    assert lora["verdict_basis"].startswith("seed t-interval (no per-example test results saved")
+    assert lora["lr_source"] == "lr_grid" and len(report["lr_sweeps"]) == 2
+    assert "Verdicts rest on the seed-only t-interval" in (old / "report.md").read_text()
+
+
+@pytest.mark.parametrize("target", ["missing", "file", "empty"])
+def test_report_bad_input_is_one_line_exit_2(tmp_path, capsys, target):
+    path = tmp_path / "x"
+    if target == "file":
+        path.write_text("not a compare")
+    elif target == "empty":
+        path.mkdir()
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "visionpeft report" in err and "Traceback" not in err

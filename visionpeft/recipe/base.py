@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..safe_yaml import brief
 from ..strategies.registry import parse_config
 
-__all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "FULL_BASELINE"]
+__all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "FULL_BASELINE", "AUTO"]
 
 #: The baseline every ``compare`` run trains first.
 FULL_BASELINE: list[dict[str, Any]] = [{"method": "full"}]
@@ -56,21 +56,31 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
-def parse_lr_grid(value: Any) -> dict[str, list[float]]:
-    """Check ``lr_grid``: a mapping of compare run name -> non-empty list of positive learning rates.
+#: ``lr_grid`` value (for one run, or for the whole compare) that asks for the rate to be chosen automatically.
+AUTO = "auto"
+
+
+def parse_lr_grid(value: Any) -> dict[str, list[float] | str] | str:
+    """Check ``lr_grid``: ``auto`` (every run), or a mapping of compare run name -> non-empty list of positive
+    learning rates or ``auto`` (see :func:`visionpeft.tasks.protocol.lr_grids`).
 
     Raises:
         ValueError: one line naming ``lr_grid.<run>`` and what was expected.
     """
-    example = "lr_grid: {lora_r8: [3e-4, 1e-3, 3e-3]}"
+    example = "lr_grid: {lora_r8: [3e-4, 1e-3, 3e-3], lokr_r8: auto} or lr_grid: auto"
+    if value == AUTO:
+        return AUTO
     if not isinstance(value, dict) or not value:
-        raise ValueError(f"expected a mapping of compare run name -> list of learning rates, e.g. {example}; "
-                         f"got {brief(value)}")
-    out: dict[str, list[float]] = {}
+        raise ValueError(f"expected 'auto' or a mapping of compare run name -> list of learning rates (or auto), "
+                         f"e.g. {example}; got {brief(value)}")
+    out: dict[str, list[float] | str] = {}
     for key, rates in value.items():
+        if rates == AUTO:
+            out[str(key)] = AUTO
+            continue
         rates = [_as_rate(r) for r in rates] if isinstance(rates, list) else None
         if not rates or any(r is None for r in rates):
-            raise ValueError(f"lr_grid.{key}: expected a non-empty list of positive learning rates such as "
+            raise ValueError(f"lr_grid.{key}: expected auto or a non-empty list of positive learning rates such as "
                              f"[3e-4, 1e-3]; got {brief(value[key])}")
         if len(set(rates)) != len(rates):
             raise ValueError(f"lr_grid.{key}: a rate is listed twice in {brief(value[key])}; list each once")
@@ -113,6 +123,9 @@ class BaseRecipe(Section):
             trains once (first seed), the one with the best validation metric is kept and the seeds train at it;
             the rate is set on every strategy entry of the run except ``head`` (whose rate is
             ``optim.head_lr``). The sweep's training time is counted in the report's ``sweep_seconds``.
+            ``{run name: auto}`` (or ``lr_grid: auto`` for every run that trains more than the head) uses the
+            grid ``rate x {0.3, 1, 3, 10}`` around the run's own rate (its entries' ``lr``, else ``optim.lr``,
+            else the method's default; classification only): :data:`visionpeft.tasks.protocol.AUTO_FACTORS`.
         output: root folder of run directories.
         tensorboard: write TensorBoard event files into the run directory (see ``visionpeft.logging``).
     """
@@ -125,7 +138,7 @@ class BaseRecipe(Section):
     compare: dict[str, list[dict[str, Any]]] | None = None
     seed: int = 0
     seeds: int = 1
-    lr_grid: dict[str, list[float]] | None = None
+    lr_grid: dict[str, list[float] | str] | str | None = None
     output: str = "runs/visionpeft"
     tensorboard: bool = True
 
@@ -166,12 +179,12 @@ class BaseRecipe(Section):
 
     @field_validator("lr_grid", mode="before")
     @classmethod
-    def _check_lr_grid(cls, value: Any) -> dict[str, list[float]] | None:
+    def _check_lr_grid(cls, value: Any) -> dict[str, list[float] | str] | str | None:
         return None if value is None else parse_lr_grid(value)
 
     @model_validator(mode="after")
     def _grid_names_runs(self) -> BaseRecipe:
-        if self.lr_grid:
+        if isinstance(self.lr_grid, dict):
             runs = self.compare_runs()
             unknown = [k for k in self.lr_grid if k not in runs]
             if unknown:

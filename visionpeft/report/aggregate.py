@@ -3,8 +3,12 @@
 Column names say the split: ``top1_val`` is the kept (best-validation) epoch's validation value, ``top1_test``
 the same checkpoint on the test split (only when the data has one). The **headline** column is
 ``<primary>_test`` when there is a test split, else ``<primary>_val``; it gets ``_std`` and a 95% t-interval
-(``_ci_low``/``_ci_high``), and its paired difference to full fine-tuning gets an interval and a ``verdict``
-(see :mod:`.stats`). Every value is the mean over seeds.
+(``_ci_low``/``_ci_high``), and its paired difference to full fine-tuning gets two intervals: the seed-only
+t-interval (``delta_<head>_ci_low/high``, verdict ``verdict_t``, :mod:`.stats`) and the paired bootstrap over
+seeds and test images (``delta_<head>_boot_low/high``, :mod:`.bootstrap`). ``verdict`` is the bootstrap's where
+every run saved per-example test results, else the t-interval's; ``verdict_basis`` says which. Every value is
+the mean over seeds. ``lr`` / ``lr_source``: the run's rate and where it came from (``auto``, ``lr_grid``,
+``given``, ``default``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from ..tasks.base import RunResult, StrategyRuns
 from .stats import mean_interval, paired_interval, verdict
+from .verdict import bootstrap_row
 
 __all__ = ["as_groups", "metric_names", "has_test", "headline", "strategy_rows", "seed_rows", "time_to_target"]
 
@@ -122,8 +127,32 @@ def _metric_columns(group: StrategyRuns, full: StrategyRuns, columns: Sequence[s
         row[f"{col}_ci_high"] = _round(spread.high) if spread else None
         row[f"delta_{col}_ci_low"] = _round(delta.low) if delta else None
         row[f"delta_{col}_ci_high"] = _round(delta.high) if delta else None
-        row["verdict"] = "baseline" if group is full else (verdict(delta) if delta else "n/a")
+        row["verdict_t"] = "baseline" if group is full else (verdict(delta) if delta else "n/a")
+        row.update(_bootstrap_columns(group, full, col, row["verdict_t"]))
     return row
+
+
+def _bootstrap_columns(group: StrategyRuns, full: StrategyRuns, col: str, t_verdict: str) -> dict[str, Any]:
+    """The verdict: the paired bootstrap on per-example test results where every run saved them, else the seed
+    t-interval's (``verdict_basis`` says which; see :mod:`.verdict`)."""
+    out: dict[str, Any] = {f"delta_{col}_boot_low": None, f"delta_{col}_boot_high": None, "bootstrap_ms": None}
+    if group is full:
+        return {**out, "verdict": "baseline", "verdict_basis": None}
+    boot, basis = bootstrap_row(group, full) if col.endswith("_test") else (None, "seed t-interval (no test split)")
+    if boot is None:
+        return {**out, "verdict": t_verdict, "verdict_basis": basis}
+    return {f"delta_{col}_boot_low": _round(boot.low), f"delta_{col}_boot_high": _round(boot.high),
+            "bootstrap_ms": round(boot.seconds * 1e3, 1), "verdict": boot.verdict, "verdict_basis": basis}
+
+
+def _rate(group: StrategyRuns) -> float | None:
+    """The run's rate: the one chosen from its grid, else the highest peak rate outside the head that its first
+    run recorded (``extra["lrs"]``, classification), else ``None`` (Ultralytics' ``lr0``)."""
+    if group.lr is not None:
+        return group.lr
+    lrs = group.runs[0].extra.get("lrs") or {} if group.runs else {}
+    body = [float(v) for owner, v in lrs.items() if owner != "head"]
+    return max(body) if body else None
 
 
 def strategy_rows(groups: Sequence[StrategyRuns], primary: str) -> list[dict[str, Any]]:
@@ -140,7 +169,8 @@ def strategy_rows(groups: Sequence[StrategyRuns], primary: str) -> list[dict[str
         first = g.runs[0]
         row: dict[str, Any] = {"strategy": g.name, "seeds": len(g.runs), "trainable_params": first.trainable_params,
                                "total_params": first.total_params, "trainable_pct": round(first.trainable_pct, 4),
-                               "lr": g.lr, "lr_grid": " ".join(f"{p.lr:g}" for p in g.grid) or None}
+                               "lr": _rate(g), "lr_source": g.lr_source,
+                               "lr_grid": " ".join(f"{p.lr:g}" for p in g.grid) or None}
         row.update(_metric_columns(g, full, columns, head))
         row["time_to_full_val_s"], row["time_to_full_reached"] = _time_to_full(g, full)
         row.update(_perf(g, full))

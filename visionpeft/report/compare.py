@@ -22,6 +22,9 @@ from .aggregate import as_groups, grid_rows, has_test, headline, metric_names, s
 __all__ = ["write_report", "report_rows", "environment", "markdown_table"]
 
 _BASE_COLS = ("strategy", "trainable_params", "total_params", "trainable_pct")
+_INTERVAL = ("95% Student t-interval over seeds (paired by seed for deltas: verdict_t); deltas also get a paired "
+             "two-level bootstrap over seeds and test images (verdict, where every run saved per-example test "
+             "results; verdict_basis says which)")
 
 
 def environment() -> dict[str, Any]:
@@ -147,8 +150,9 @@ def write_report(compare_dir: str | Path, results: Sequence[RunResult | Strategy
     head = headline(primary_metric, has_test(groups))
     recipe_dict = recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else dict(recipe)
     protocol = {"headline": head, "test_split": has_test(groups), "seeds": [r.extra.get("seed") for r in groups[0].runs]
-                if groups else [], "interval": "95% Student t-interval over seeds (paired by seed for deltas)",
+                if groups else [], "interval": _INTERVAL,
                 "selection": f"best epoch by validation {primary_metric}; lr_grid rates by validation {primary_metric}"}
+    # A rebuilt report (visionpeft report) passes the original environment in ``extra``: it wins.
     doc = {"primary_metric": primary_metric, "protocol": protocol, "runs": rows, "seed_runs": seed_rows(groups),
            "lr_sweeps": grid_rows(groups), "recipe": recipe_dict, "environment": environment(), **(extra or {})}
     paths = {"json": compare_dir / "report.json", "md": compare_dir / "report.md",

@@ -91,6 +91,9 @@ class StrategyRuns:
         grid: the sweep, empty without an ``lr_grid`` entry; the first seed's run is the chosen grid point.
         lr: the chosen rate (``None``: the entries' own rates or the method defaults).
         grid_runs: the grid points' runs that are not also a seed run (rates not chosen).
+        lr_source: where the rate came from: ``auto`` (chosen from the grid around the run's own rate),
+            ``lr_grid`` (chosen from the listed rates), ``given`` (an entry's ``lr`` or ``optim.lr``) or
+            ``default`` (each method's default; Ultralytics' ``lr0`` for its engines).
     """
 
     name: str
@@ -98,6 +101,7 @@ class StrategyRuns:
     grid: list[GridPoint] = field(default_factory=list)
     lr: float | None = None
     grid_runs: list[RunResult] = field(default_factory=list)
+    lr_source: str = "default"
 
     @property
     def sweep_seconds(self) -> float:

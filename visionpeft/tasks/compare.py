@@ -12,7 +12,10 @@ from . import get_task
 from .base import RunResult
 from .distributed import barrier, broadcast_object, is_main
 
-__all__ = ["run_compare", "new_run_dir", "slug", "write_experiment_for", "remove_empty_tree"]
+__all__ = ["run_compare", "report_compare", "new_run_dir", "slug", "write_experiment_for", "remove_empty_tree"]
+
+#: report.json keys that ``write_report`` computes; any other key came from the caller (``extra``) and is kept.
+_COMPUTED = ("primary_metric", "protocol", "runs", "seed_runs", "lr_sweeps", "recipe")
 
 
 def slug(name: str) -> str:
@@ -75,16 +78,17 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
     and, when the data has a ``test`` split, is evaluated on it (see :mod:`visionpeft.tasks.protocol`).
     If a run fails before anything was written, the (empty) compare directory is removed again.
     """
-    from .protocol import run_protocol, with_lr
+    from .protocol import lr_grids, run_protocol, with_lr
 
     runs = recipe.compare_runs()
+    grids = lr_grids(recipe, runs)  # checked before anything trains (auto needs per-method defaults)
     optim = getattr(recipe, "optim", None)  # classification; detection runs on Ultralytics' lr0
     if optim is not None:
         from ..errors import ConfigError
         from ..optim_settings import shared_lr_problem
 
-        grids = recipe.lr_grid or {}  # a grid run sets its own rate on its entries
-        problem = shared_lr_problem({k: with_lr(v, grids[k][0]) if k in grids else v for k, v in runs.items()},
+        # a grid run sets its own rate on its entries
+        problem = shared_lr_problem({k: with_lr(v, grids[k][0][0]) if k in grids else v for k, v in runs.items()},
                                     optim.lr)
         if problem:
             raise ConfigError(problem)
@@ -104,10 +108,39 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
         raise
     if is_main():
         from ..report.compare import write_report
+        from ..report.saved import save_runs
 
         every = [r for g in groups for r in (*g.runs, *g.grid_runs)]
         write_experiment_for(compare_dir, recipe, every)
+        save_runs(compare_dir, groups)  # what 'visionpeft report' rebuilds the report from
         write_report(compare_dir, groups, recipe, task.primary_metric)
     barrier()
     return compare_dir
+
+
+def report_compare(compare_dir: Path) -> Path:
+    """Rebuild ``report.{md,json,csv}``, ``report_seeds.csv`` and ``pareto.png`` of a finished compare from its
+    saved runs (``visionpeft report COMPARE_DIR``); nothing is trained or evaluated. Return ``report.md``.
+
+    Runs that saved per-example test results get the paired bootstrap verdict; older compare directories keep
+    the seed t-interval's (``verdict_basis`` says so). The original ``environment`` (where the numbers were
+    measured) and any extra facts of ``report.json`` are kept.
+
+    Raises:
+        ConfigError: not a compare directory, unreadable files, or a recipe that no longer validates.
+    """
+    from ..recipe import parse_recipe
+    from ..report.compare import write_report
+    from ..report.saved import load_runs
+
+    compare_dir = Path(compare_dir)
+    groups, report = load_runs(compare_dir)
+    recipe = parse_recipe(report.get("recipe") or {}, source=f"{compare_dir / 'report.json'}: recipe")
+    task = get_task(recipe.task)
+    for run in (r for g in groups for r in g.runs):
+        if "val_curve" not in run.extra and (Path(run.run_dir)).is_dir():
+            run.extra["val_curve"] = task.val_curve(Path(run.run_dir))
+    extra = {k: v for k, v in report.items() if k not in _COMPUTED}
+    write_report(compare_dir, groups, recipe, report.get("primary_metric") or task.primary_metric, extra)
+    return compare_dir / "report.md"
 

@@ -4,7 +4,9 @@ For every compare run (``full`` first):
 
 1. **Learning rate** (only for runs listed in ``lr_grid``): each rate trains once with the first seed; the rate
    whose best epoch has the highest *validation* primary metric is kept (ties: the first listed). The rate is set
-   on every strategy entry of the run except ``head`` (the classifier keeps ``optim.head_lr``).
+   on every strategy entry of the run except ``head`` (the classifier keeps ``optim.head_lr``). ``auto``
+   (:func:`lr_grids`) makes the grid the run's own rate times :data:`AUTO_FACTORS`. Every run records where its
+   rate came from (``StrategyRuns.lr_source``: ``auto``, ``lr_grid``, ``given`` or ``default``).
 2. **Seeds**: the run trains with seeds ``seed, seed + 1, ..., seed + seeds - 1`` at that rate; the first seed's
    run *is* the chosen grid run (same settings, same seed), not trained twice.
 3. **Test split**: when the data has one, each seed's kept checkpoint (its best validation epoch) is evaluated
@@ -24,7 +26,16 @@ from typing import Any
 
 from .base import GridPoint, RunResult, StrategyRuns, TaskRunner
 
-__all__ = ["with_lr", "run_protocol", "seeds_of"]
+__all__ = ["with_lr", "run_protocol", "seeds_of", "lr_grids", "lr_source", "AUTO_FACTORS"]
+
+#: ``lr_grid: auto``: the run's own rate times these. Why this grid: in the project's measured grids every
+#: default that was off was too low (ViT-Tiny flowers, ``docs/benchmarks.md``: LoRA and DoRA 3x, the head 4x,
+#: LoKr and AdaptFormer 10x, both at the grid's top edge; on held-out flowers LoKr at 1e-3 was worse than full
+#: fine-tuning and tied it at 1e-2, issue 22) and none was better below its default (full, VPT, BitFit, SSF picked
+#: 1x), so the grid reaches a decade up and keeps one step down as a guard. Half-decade steps: accuracy changed by
+#: up to 0.13 between neighbouring points of those grids, so a decade grid would be too coarse. Four trainings of
+#: the first seed per run (``sweep_seconds`` in the report).
+AUTO_FACTORS: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
 
 
 def seeds_of(recipe: Any) -> list[int]:
@@ -35,6 +46,52 @@ def seeds_of(recipe: Any) -> list[int]:
 def with_lr(strategies: Sequence[Mapping[str, Any]], lr: float | None) -> list[dict[str, Any]]:
     """A copy of ``strategies`` with ``lr`` set on every entry but ``head`` (``None``: unchanged)."""
     return [dict(e) if lr is None or e["method"] == "head" else {**e, "lr": float(lr)} for e in strategies]
+
+
+def _own_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]]) -> float:
+    """The rate a run trains its non-head entries at without a grid: entry ``lr`` > ``optim.lr`` > default."""
+    from ..optim_settings import default_lr
+
+    optim = recipe.optim
+    return max(float(e.get("lr") or optim.lr or default_lr(e["method"], optim.name))
+               for e in strategies if e["method"] != "head")
+
+
+def lr_grids(recipe: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, tuple[list[float], str]]:
+    """Every run's learning-rate grid and its source: ``{run: (rates, "lr_grid" | "auto")}``.
+
+    ``lr_grid: auto`` covers every run that trains more than the head; ``{run: auto}`` one run. An ``auto`` grid
+    is the run's own rate (entry ``lr``, else ``optim.lr``, else the method's default) times :data:`AUTO_FACTORS`,
+    rounded to 3 significant digits.
+
+    Raises:
+        ConfigError: ``auto`` on a recipe without ``optim`` (Ultralytics engines: their default is Ultralytics'
+            ``lr0``, which ``optimizer=auto`` may choose itself; list the rates instead).
+    """
+    spec = getattr(recipe, "lr_grid", None) or {}
+    if spec == "auto":
+        spec = {k: "auto" for k, v in runs.items() if any(e["method"] != "head" for e in v)}
+    out: dict[str, tuple[list[float], str]] = {}
+    for name, rates in spec.items():
+        if rates != "auto":
+            out[name] = (list(rates), "lr_grid")
+            continue
+        if getattr(recipe, "optim", None) is None:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"lr_grid.{name}: auto needs per-method default rates (classification); this "
+                              f"{recipe.task} recipe trains at Ultralytics' lr0, so list the rates to try, "
+                              "e.g. lr_grid: {" + name + ": [0.003, 0.01, 0.03]}")
+        own = _own_rate(recipe, runs[name])
+        out[name] = ([float(f"{own * f:.3g}") for f in AUTO_FACTORS], "auto")
+    return out
+
+
+def lr_source(recipe: Any, strategies: Sequence[Mapping[str, Any]]) -> str:
+    """``given`` when a non-head entry (or the recipe's ``optim.lr``) sets the rate, else ``default``."""
+    optim = getattr(recipe, "optim", None)
+    given = any(e.get("lr") is not None for e in strategies if e["method"] != "head")
+    return "given" if given or (optim is not None and optim.lr is not None) else "default"
 
 
 def _lr_dir(lr: float) -> str:
@@ -81,21 +138,22 @@ def run_protocol(task: TaskRunner, recipe: Any, runs: Mapping[str, list[dict[str
 
     Args:
         task: the task runner (``train``, ``evaluate``, ``has_split``, ``val_curve``).
-        recipe: the compare recipe (``seed``, ``seeds``, ``lr_grid``).
+        recipe: the compare recipe (``seed``, ``seeds``, ``lr_grid``; ``optim`` for ``auto``).
         runs: run name -> strategy list, ``full`` first (``recipe.compare_runs()``).
         compare_dir: the compare directory (run folders go inside).
     """
     seeds = seeds_of(recipe)
-    grids = getattr(recipe, "lr_grid", None) or {}
+    grids = lr_grids(recipe, runs)
     test = task.has_split(recipe, "test")
     out: list[StrategyRuns] = []
     for i, (name, strategies) in enumerate(runs.items()):
         base = Path(compare_dir) / f"{i:02d}-{_slug(name)}"
         flat = len(seeds) == 1 and name not in grids
-        entry = StrategyRuns(name=name, runs=[])
+        entry = StrategyRuns(name=name, runs=[], lr_source=grids[name][1] if name in grids else
+                             lr_source(recipe, strategies))
         first: RunResult | None = None
         if name in grids:
-            entry.lr, swept, entry.grid = _sweep(task, recipe, name, strategies, grids[name], base, seeds[0])
+            entry.lr, swept, entry.grid = _sweep(task, recipe, name, strategies, grids[name][0], base, seeds[0])
             first, entry.grid_runs = swept[0], swept[1:]
         for k, seed in enumerate(seeds):
             if k == 0 and first is not None:
