@@ -208,7 +208,8 @@ def results_table(report: dict[str, Any]) -> str:
 
     head = report["protocol"]["headline"]
     other = "top1_val" if report["protocol"]["test_split"] else None
-    cols = ["strategy", "trainable_pct", "lr", head, *([other] if other else []), "delta", "verdict", "time_to_full",
+    cols = ["strategy", "trainable_pct", "lr", head, *([other] if other else []), "delta", "verdict", "t-interval",
+            "time_to_full",
             "train_seconds", *(["sweep_seconds"] if report["lr_sweeps"] else []), "step_time_ratio_vs_full",
             "peak_mem_mb", "adapter_bytes"]
     return markdown_table(display_rows(report["runs"], head, other), cols)
@@ -226,7 +227,8 @@ def write_markdown(path: Path, args: argparse.Namespace, reports: dict[str, dict
           f"Protocol: each run keeps its best epoch by validation top-1 and is reported on a test split carved out "
           f"of `train` ({TEST_FRACTION:.0%} per class, `random.Random({SPLIT_SEED})`; see the script). `+-` is the "
           "95% Student t-interval over seeds; `delta` is the mean per-seed difference to full fine-tuning (same "
-          "seed) with its own 95% t-interval, and the verdict is better / worse only when that interval excludes 0.",
+          "seed) with its 95% interval from the paired bootstrap over seeds and test images (`t-interval`: the "
+          "seed-only paired t-interval), and the verdict is better / worse only when that interval excludes 0.",
           ""]
     for report in reports.values():
         md += [f"### {report['title']}", "", f"Compare directory: `{report['compare_dir']}`", "",
