@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+from ..optim_settings import default_lr
 from .base import GridPoint, RunResult, StrategyRuns, TaskRunner
 
 __all__ = ["with_lr", "run_protocol", "seeds_of", "lr_grids", "lr_source", "AUTO_FACTORS"]
@@ -50,8 +52,6 @@ def with_lr(strategies: Sequence[Mapping[str, Any]], lr: float | None) -> list[d
 
 def _own_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]]) -> float:
     """The rate a run trains its non-head entries at without a grid: entry ``lr`` > ``optim.lr`` > default."""
-    from ..optim_settings import default_lr
-
     optim = recipe.optim
     return max(float(e.get("lr") or optim.lr or default_lr(e["method"], optim.name))
                for e in strategies if e["method"] != "head")
@@ -77,8 +77,6 @@ def lr_grids(recipe: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> di
             out[name] = (list(rates), "lr_grid")
             continue
         if getattr(recipe, "optim", None) is None:
-            from ..errors import ConfigError
-
             raise ConfigError(f"lr_grid.{name}: auto needs per-method default rates (classification); this "
                               f"{recipe.task} recipe trains at Ultralytics' lr0, so list the rates to try, "
                               "e.g. lr_grid: {" + name + ": [0.003, 0.01, 0.03]}")
