@@ -69,3 +69,19 @@ def test_seeds_change_the_detection_runs(compared):
     assert lora_a and any(not a[k].equal(b[k]) for k in lora_a)  # adapter initialisation follows the seed
     curve = json.loads((cdir / "report.json").read_text())["runs"][1]["time_to_full_reached"]
     assert curve.endswith("/2")  # the validation curve (results.csv time column) was read for both seeds
+
+
+def test_detection_verdict_rests_on_the_t_interval_and_report_rebuilds_it(compared, capsys):
+    cdir = compared["dir"]
+    before = json.loads((cdir / "report.json").read_text())
+    lora = next(r for r in before["runs"] if r["strategy"] == "lora")
+    # mAP is not a mean over images: no per-image results, so the seed t-interval decides (and says so).
+    assert not list(cdir.rglob("test_examples.json"))
+    assert lora["verdict"] == lora["verdict_t"] and lora["delta_map50_95_test_boot_low"] is None
+    assert lora["verdict_basis"].startswith("seed t-interval (no per-example test results saved")
+    assert lora["lr_source"] == "default" and lora["lr"] is None  # Ultralytics' lr0
+    assert main(["report", str(cdir)]) == 0
+    after = json.loads((cdir / "report.json").read_text())
+    keys = ["strategy", "map50_95_test", "delta_map50_95_test_ci_low", "verdict", "verdict_basis", "lr_source"]
+    assert [[r[k] for k in keys] for r in after["runs"]] == [[r[k] for k in keys] for r in before["runs"]]
+    assert "Verdicts rest on the seed-only t-interval" in (cdir / "report.md").read_text()
