@@ -1,0 +1,68 @@
+"""Which interval decides a compare row: pairing saved per-example results by seed and image, or saying why not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visionpeft.report.verdict import bootstrap_row, paired_scores
+from visionpeft.tasks.base import RunResult, StrategyRuns
+from visionpeft.tasks.examples import read_examples, write_examples
+
+FILES = [f"/data/test/{c}/{i}.png" for c in ("a", "b") for i in range(5)]
+LABELS = [0] * 5 + [1] * 5
+
+
+def _group(root: Path, name: str, predictions: list[list[int]], seeds=(0, 1), files=FILES) -> StrategyRuns:
+    runs = []
+    for seed, pred in zip(seeds, predictions):
+        run_dir = root / name / f"seed-{seed}"
+        run_dir.mkdir(parents=True)
+        if pred is not None:
+            write_examples(run_dir, "test", files, LABELS, pred)
+        runs.append(RunResult(strategy=name, trainable_params=1, total_params=1, trainable_pct=100.0, metrics={},
+                              peak_mem_mb=0, train_img_per_s=0, train_seconds=0, adapter_bytes=0, step_time_s=0,
+                              run_dir=run_dir, extra={"seed": seed}))
+    return StrategyRuns(name=name, runs=runs)
+
+
+def test_pairs_seed_by_seed_and_image_by_image(tmp_path):
+    full = _group(tmp_path, "full", [LABELS, [1 - y for y in LABELS[:5]] + LABELS[5:]])
+    lora = _group(tmp_path, "lora", [[0] * 10, LABELS])
+    s, f = paired_scores(lora, full)
+    assert s.shape == f.shape == (2, 10)
+    assert s[0].tolist() == [1.0] * 5 + [0.0] * 5 and f[1].tolist() == [0.0] * 5 + [1.0] * 5
+    boot, basis = bootstrap_row(lora, full)
+    assert basis == "bootstrap over 2 seeds x 10 test images"
+    assert boot.delta == pytest.approx(np.mean(s - f)) and boot.low <= boot.delta <= boot.high
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("missing", "no per-example test results saved"),
+    ("seeds", "seeds [0, 2] differ from full fine-tuning's [0, 1]"),
+    ("files", "the runs' test images differ"),
+])
+def test_unpairable_runs_fall_back_to_the_t_interval_saying_why(tmp_path, case, reason):
+    full = _group(tmp_path, "full", [LABELS, LABELS])
+    if case == "missing":
+        other = _group(tmp_path, "lora", [LABELS, None])
+    elif case == "seeds":
+        other = _group(tmp_path, "lora", [LABELS, LABELS], seeds=(0, 2))
+    else:
+        other = _group(tmp_path, "lora", [LABELS, LABELS], files=list(reversed(FILES)))
+    boot, basis = bootstrap_row(other, full)
+    assert boot is None and basis.startswith("seed t-interval (") and reason in basis
+
+
+def test_examples_file_round_trip_and_refusals(tmp_path):
+    path = write_examples(tmp_path, "test", FILES, LABELS, LABELS)
+    assert path.name == "test_examples.json"
+    ex = read_examples(tmp_path, "test")
+    assert ex.files == tuple(FILES) and ex.scores.tolist() == [1.0] * 10
+    assert read_examples(tmp_path, "val") is None
+    path.write_text("{not json")
+    assert read_examples(tmp_path, "test") is None
+    with pytest.raises(ValueError, match="each image needs one of each"):
+        write_examples(tmp_path, "test", FILES, LABELS[:3], LABELS)
