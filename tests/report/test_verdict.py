@@ -56,6 +56,11 @@ def test_unpairable_runs_fall_back_to_the_t_interval_saying_why(tmp_path, case, 
     assert boot is None and basis.startswith("seed t-interval (") and reason in basis
 
 
+def test_one_seed_gets_no_bootstrap_interval(tmp_path):
+    full, lora = _group(tmp_path, "full", [LABELS], seeds=(0,)), _group(tmp_path, "lora", [[0] * 10], seeds=(0,))
+    assert bootstrap_row(lora, full) == (None, "seed t-interval (one seed: no interval, no verdict)")
+
+
 def test_examples_file_round_trip_and_refusals(tmp_path):
     path = write_examples(tmp_path, "test", FILES, LABELS, LABELS)
     assert path.name == "test_examples.json"

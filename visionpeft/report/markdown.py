@@ -47,7 +47,7 @@ def protocol_lines(doc: dict[str, Any], primary: str) -> list[str]:
                      f"(first seed) and kept the best validation `{primary}`; `sweep_seconds` is that sweep's "
                      "training time, `compute_seconds` all training.")
     bases = sorted({r["verdict_basis"] for r in doc["runs"] if r.get("verdict_basis")})
-    if bases and not any(b.startswith("bootstrap") for b in bases):
+    if len(seeds) > 1 and bases and not any(b.startswith("bootstrap") for b in bases):
         lines.append(f"- **Verdicts rest on the seed-only t-interval**: {bases[0]}.")
     lines.append(f"- time_to_full: wall time (training + validation) at which a run's validation `{primary}` first "
                  "reached full fine-tuning's final validation value of the same seed (mean over seeds that did), "

@@ -46,6 +46,8 @@ def paired_scores(group: StrategyRuns, full: StrategyRuns) -> tuple[np.ndarray, 
 def bootstrap_row(group: StrategyRuns, full: StrategyRuns) -> tuple[BootstrapResult | None, str]:
     """The paired bootstrap of ``group`` against ``full`` and the verdict's basis in words; ``(None, reason)``
     when the per-example results cannot be paired (the row then keeps the seed t-interval's verdict)."""
+    if len(group.runs) < 2:  # one seed: the image level alone would ignore seed variance entirely
+        return None, "seed t-interval (one seed: no interval, no verdict)"
     paired = paired_scores(group, full)
     if isinstance(paired, str):
         return None, f"seed t-interval ({paired})"

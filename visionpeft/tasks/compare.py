@@ -138,7 +138,7 @@ def report_compare(compare_dir: Path) -> Path:
     recipe = parse_recipe(report.get("recipe") or {}, source=f"{compare_dir / 'report.json'}: recipe")
     task = get_task(recipe.task)
     for run in (r for g in groups for r in g.runs):
-        if "val_curve" not in run.extra and (Path(run.run_dir)).is_dir():
+        if "val_curve" not in run.extra and Path(run.run_dir).is_dir():
             run.extra["val_curve"] = task.val_curve(Path(run.run_dir))
     extra = {k: v for k, v in report.items() if k not in _COMPUTED}
     write_report(compare_dir, groups, recipe, report.get("primary_metric") or task.primary_metric, extra)
