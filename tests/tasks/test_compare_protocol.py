@@ -170,6 +170,9 @@ def test_per_example_results_and_the_bootstrap_verdict(compared):
         assert sum(correct) / 12 == pytest.approx(run["top1_test"], abs=1e-9)  # the same evaluation
         files = files or ex["files"]
         assert ex["files"] == files  # every run saw the same images in the same order: pairable
+        # The labels came through the loader, the files from the split's list: equal order, so they agree.
+        classes = sorted({Path(f).parent.name for f in files})
+        assert ex["labels"] == [classes.index(Path(f).parent.name) for f in files]
     lora = next(r for r in report["runs"] if r["strategy"] == "lora")
     assert lora["verdict_basis"] == "bootstrap over 2 seeds x 12 test images"
     lo, hi = lora["delta_top1_test_boot_low"], lora["delta_top1_test_boot_high"]
