@@ -57,3 +57,17 @@ def test_precision_reuse_with_other_settings_is_one_line_exit_2(tmp_path, capsys
     assert err.count("\n") == 1 and "made with other settings (epochs)" in err
     same = precision.parse_args(["--reuse", str(old), "--threads", "1"])
     assert precision.reusable_runs(same) == {}  # same settings: its (here no) runs are reused
+
+
+def test_verdict_calibration_runs_and_prints_every_setting(capsys):
+    calibration = load_benchmark("verdict_calibration")
+    calibration.main(["--reps", "2", "--resamples", "50"])
+    out = capsys.readouterr().out
+    assert out.count("A/A sigma=") == 8 and out.count("probe sigma_probe=") == 4 and "cost, 3 seeds" in out
+    # The simulated runs: a fixed test set, seed-wide shifts and flips (an A/A pair differs, yet both are ~0.77).
+    import numpy as np
+
+    logit = np.random.default_rng(1).normal(2.5, 3.0, 500)
+    a, b = calibration.runs(np.random.default_rng(0), logit, 2, 0.15), calibration.runs(np.random.default_rng(9),
+                                                                                         logit, 2, 0.15)
+    assert a.shape == (2, 500) and 0.72 < a.mean() < 0.82 and 0.72 < b.mean() < 0.82 and (a != b).any()
