@@ -34,8 +34,8 @@ all 3-seed draws. One seed has no seed level: its interval is the
 image level only and the report gives no verdict.
 
 Cost: drawing ``resamples x (K + N)`` indices, counting them, and one ``(B, N) x (N, K)`` matrix product; 10,000
-replicates of 3 seeds x 500 images take about 0.1-0.25 s on 2 shared CPU cores (``docs/classification.md``),
-negligible next to training. The generator is seeded (``rng_seed``)
+replicates of 3 seeds x 500 images take 0.07-0.7 s (medians 0.07-0.2 s) on 2 shared CPU cores
+(``benchmarks/verdict_calibration.py``), negligible next to training. The generator is seeded (``rng_seed``)
 so a report is reproducible.
 """
 
