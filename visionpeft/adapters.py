@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, closest
+from .foreign import refuse_foreign
 from .snapshot import ModelSnapshot
 from .spec import ModelSpec
 
@@ -45,6 +46,7 @@ class _Entry:
     strategies: list[dict[str, Any]]
     tensors: dict[str, torch.Tensor]
     source: str
+    spec: ModelSpec | None = None  # applied with instead of the bank's (a PEFT adapter: no default exclusions)
 
 
 @dataclass
@@ -67,6 +69,7 @@ def _bank(root: nn.Module) -> _Bank | None:
 def _new_bank(root: nn.Module, spec: ModelSpec | None) -> _Bank:
     from .api import get_state
 
+    refuse_foreign(root, "load_adapter")
     if get_state(root) is not None:
         raise ConfigError("load_adapter(name=...): this model is already adapted (visionpeft.apply or load_adapter "
                           "without a name); named adapters go onto the plain base model: build a fresh one")
@@ -120,7 +123,7 @@ def _activate(root: nn.Module, bank: _Bank, name: str, entry: _Entry) -> None:
     """Apply ``entry``'s strategies to the plain base and copy in its tensors (recording base values it replaces)."""
     from .api import apply, get_state
 
-    apply(root, entry.strategies, bank.spec)
+    apply(root, entry.strategies, entry.spec or bank.spec)
     sd = root.state_dict(keep_vars=True)
     with torch.no_grad():
         for key, value in entry.tensors.items():
@@ -143,7 +146,13 @@ def _read_checked(root: nn.Module, bank: _Bank, directory: Path, ignore_fingerpr
     """Read an adapter directory and check it against the plain base as ``load_adapter`` does (model is plain)."""
     from . import adapter_io as io
     from .api import apply
+    from .peft_format import check_tensors, looks_like_peft, read_peft_source
 
+    if looks_like_peft(directory) and not (directory / io.CONFIG_NAME).is_file():
+        peft = read_peft_source(root, directory, bank.spec)
+        plan = apply(root, peft.strategies, peft.spec)
+        check_tensors(root, plan.trainable, peft.tensors, peft.source)
+        return _Entry(strategies=peft.strategies, tensors=peft.tensors, source=peft.source, spec=peft.spec)
     meta = io.read_adapter_config(directory)
     tensors, header = io._read_tensors(directory)
     io._check_recorded_strategies(meta, header, directory)
