@@ -223,7 +223,7 @@ def _saved_modules(root: nn.Module, plan: TrainabilityPlan, layers: dict[str, nn
     for s in saved:
         # PEFT wraps every module whose name ends with a modules_to_save entry; a stateless one (an Identity)
         # computes the same wrapped, a module with tensors would become a second trained module.
-        clash = [n for n, m in named.items() if n != s and n.endswith(s) and _has_state(m)]
+        clash = [n for n, m in named.items() if n not in saved and n.endswith(s) and _has_state(m)]
         if clash:
             raise _refuse(f"saved module {s!r}: PEFT's modules_to_save matches every module whose name ends with it, "
                           f"which would also train {clash[:3]}")

@@ -1,0 +1,227 @@
+"""HF PEFT's adapter files, checked against HF PEFT itself: export (``save_adapter(format="peft")`` then
+``PeftModel.from_pretrained``), import (``save_pretrained`` then ``load_adapter``), refusals, no stacking.
+
+Adapters are initialised non-trivially (random B, magnitudes, LoHa/LoKr zero factors, trained head) so that a
+no-op or a wrong scale fails; outputs are compared in eval mode (float32, 1e-5 relative to the output scale).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import visionpeft
+from visionpeft.errors import ConfigError
+
+peft = pytest.importorskip("peft")
+timm = pytest.importorskip("timm")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def vit(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                             num_classes=5).eval()
+
+
+def resnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("resnet18", pretrained=False, num_classes=5).eval()
+
+
+def vit_input() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def cnn_input() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def perturb(model: nn.Module, seed: int = 3) -> None:
+    """Every trainable tensor gets a random nonzero value (B, magnitude, zero-initialised factors, the head)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = 0.2 if "magnitude" in name else 0.05
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@torch.no_grad()
+def out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.eval()(x)
+
+
+def exported(model_fn, strategies, tmp_path: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """Adapt + perturb a model, export it in PEFT's format, load it with PEFT onto a fresh base: both outputs."""
+    model = model_fn()
+    visionpeft.apply(model, strategies)
+    perturb(model)
+    directory = visionpeft.save_adapter(model, tmp_path / "peft", format="peft")
+    loaded = peft.PeftModel.from_pretrained(model_fn(), directory)
+    return out(model, x), out(loaded, x), directory
+
+
+def check_changed(model_fn, adapted: torch.Tensor, x: torch.Tensor) -> None:
+    assert rel_diff(adapted, out(model_fn(), x)) > 1e-3  # the adapter does something: a no-op would fail
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+@pytest.mark.parametrize("strategies", [
+    [{"method": "lora", "rank": 4, "alpha": 8, "targets": ["qkv", "fc1", "attn.proj"]}, {"method": "head"}],
+    [{"method": "lora", "rank": 2, "alpha": 3, "targets": ["qkv"], "qkv": "qv"}, {"method": "head"}],
+    [{"method": "lora", "rank": 2, "targets": ["qkv"], "qkv": "qv", "use_rslora": True}],
+    [{"method": "dora", "rank": 4, "targets": ["qkv", "fc2"]}, {"method": "head"}],
+    [{"method": "dora", "rank": 2, "targets": ["qkv"], "qkv": "qv"}],
+    [{"method": "loha", "rank": 2, "alpha": 4, "targets": ["qkv", "fc1"]}, {"method": "head"}],
+    [{"method": "lokr", "rank": 2, "alpha": 4, "targets": ["qkv", "fc1"]}, {"method": "head"}],
+    [{"method": "lora", "rank": 4, "targets": ["Linear"], "rank_pattern": {"blocks.1.mlp.fc1": 2},
+      "alpha_pattern": {"qkv": 3}}, {"method": "norm"}],
+], ids=["lora", "lora-qv", "lora-qv-rslora", "dora", "dora-qv", "loha", "lokr", "patterns-norm"])
+def test_export_vit_loads_in_peft_with_equal_outputs(strategies, tmp_path):
+    x = vit_input()
+    ours, theirs, directory = exported(vit, strategies, tmp_path, x)
+    check_changed(vit, ours, x)
+    assert rel_diff(theirs, ours) < 1e-5
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["peft_type"] == {"dora": "LORA"}.get(strategies[0]["method"], strategies[0]["method"].upper())
+    if strategies[0].get("qkv") == "qv":  # q and v of rank r: one LoRA of rank 2r on the whole qkv
+        assert config["r"] == 2 * strategies[0]["rank"]
+
+
+def test_export_resnet_conv_lora_and_head(tmp_path):
+    x = cnn_input()
+    strategies = [{"method": "lora", "rank": 4, "alpha": 8, "targets": ["Conv2d"], "exclude": ["conv1"],
+                   "rank_pattern": {"layer4.1.conv2": 2}}, {"method": "head"}]
+    ours, theirs, directory = exported(resnet, strategies, tmp_path, x)
+    check_changed(resnet, ours, x)
+    assert rel_diff(theirs, ours) < 1e-5
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["fc"] and config["rank_pattern"] == {r"^layer4\.1\.conv2": 2}
+
+
+@pytest.mark.parametrize("method", ["dora", "loha", "lokr"])
+def test_export_resnet_other_methods(method, tmp_path):
+    x = cnn_input()
+    strategies = [{"method": method, "rank": 2, "targets": ["layer1.0.conv1", "layer2.0.downsample.0"]},
+                  {"method": "head"}]
+    ours, theirs, _ = exported(resnet, strategies, tmp_path, x)
+    check_changed(resnet, ours, x)
+    assert rel_diff(theirs, ours) < 1e-5
+
+
+def test_export_budget_writes_per_layer_ranks(tmp_path):
+    x = vit_input()
+    strategies = [{"method": "lora", "budget": 0.02, "allocation": "uniform", "targets": ["qkv", "fc1", "fc2"]},
+                  {"method": "head"}]
+    ours, theirs, directory = exported(vit, strategies, tmp_path, x)
+    assert rel_diff(theirs, ours) < 1e-5
+    config = json.loads((directory / "adapter_config.json").read_text())
+    ranks = {config["r"], *config["rank_pattern"].values()}
+    assert len(ranks) > 1  # the budget gave the layers different ranks, and PEFT got each one
+
+
+def test_exact_names_where_peft_suffix_matching_would_catch_more(tmp_path):
+    """With patch_embed excluded, visionpeft's 'proj' is the attention projections; PEFT's target_modules
+    ["proj"] would also catch patch_embed.proj. The export names the layers exactly."""
+    x = vit_input()
+    strategies = [{"method": "lora", "rank": 2, "targets": ["proj"], "exclude": ["patch_embed"]}]
+    ours, theirs, directory = exported(vit, strategies, tmp_path, x)
+    assert rel_diff(theirs, ours) < 1e-5
+    loaded = peft.PeftModel.from_pretrained(vit(), directory)
+    adapted = {n for n, m in loaded.named_modules() if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict)}
+    assert adapted == {"base_model.model.blocks.0.attn.proj", "base_model.model.blocks.1.attn.proj"}
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize(("model_fn", "strategies", "message"), [
+    (vit, [{"method": "vpt", "tokens": 2}], r"strategies\.0 \(vpt\) has no exact HF PEFT form"),
+    (vit, [{"method": "ssf"}], r"strategies\.0 \(ssf\) has no exact HF PEFT form"),
+    (vit, [{"method": "adaptformer"}], r"strategies\.0 \(adaptformer\) has no exact HF PEFT form"),
+    (vit, [{"method": "lora", "rank": 2}, {"method": "bitfit"}], r"strategies\.1 \(bitfit\) .*bias option"),
+    (vit, [{"method": "full"}], r"strategies\.0 \(full\) .*visionpeft merge"),
+    (vit, [{"method": "head"}], "no LoRA, DoRA, LoHa or LoKr among the strategies"),
+    (vit, [{"method": "lora", "rank": 2, "targets": ["qkv"]}, {"method": "loha", "rank": 2, "targets": ["fc1"]}],
+     r"combine \['loha', 'lora'\]; a PEFT adapter has one type"),
+    (vit, [{"method": "lora", "rank": 2, "targets": ["qkv"]},
+           {"method": "lora", "rank": 2, "targets": ["fc1"], "dropout": 0.1}], "differ in"),
+])
+def test_export_refusals_write_nothing(model_fn, strategies, message, tmp_path):
+    model = model_fn()
+    visionpeft.apply(model, strategies)
+    target = tmp_path / "peft"
+    with pytest.raises(ConfigError, match=message) as info:
+        visionpeft.save_adapter(model, target, format="peft")
+    assert "\n" not in str(info.value) and "nothing was written" in str(info.value)
+    assert not target.exists()
+
+
+class _Convs(nn.Module):
+    def __init__(self, **conv) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=2, **conv)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("conv", "method", "message"), [
+    ({"groups": 8}, "lora", r"conv: Conv2d with groups=8; .*rank per group"),
+    ({"groups": 2}, "dora", r"conv: Conv2d with groups=2"),
+    ({"dilation": 2}, "lora", r"conv: Conv2d with dilation=\(2, 2\); PEFT's lora_A conv drops the dilation"),
+    ({"padding_mode": "reflect"}, "loha", r"conv: Conv2d with padding_mode='reflect'"),
+])
+def test_export_refuses_convs_peft_computes_differently(conv, method, message, tmp_path):
+    model = _Convs(**conv)
+    visionpeft.apply(model, [{"method": method, "rank": 2, "targets": ["conv"], "max_param_fraction": None}])
+    with pytest.raises(ConfigError, match=message):
+        visionpeft.save_adapter(model, tmp_path / "peft", format="peft")
+    assert not (tmp_path / "peft").exists()
+
+
+def test_export_grouped_conv_loha_is_exact(tmp_path):
+    """LoHa on a grouped conv: PEFT's flattened form with groups is visionpeft's (only LoRA's differs)."""
+    torch.manual_seed(0)
+    model, x = _Convs(groups=4).eval(), torch.randn(2, 8, 6, 6)
+    fresh = _Convs(groups=4)
+    fresh.load_state_dict(model.state_dict())
+    visionpeft.apply(model, [{"method": "loha", "rank": 2, "targets": ["conv"]}])
+    perturb(model)
+    loaded = peft.PeftModel.from_pretrained(fresh, visionpeft.save_adapter(model, tmp_path / "p", format="peft"))
+    assert rel_diff(out(loaded, x), out(model, x)) < 1e-5
+
+
+def test_export_refuses_bn_statistics_outside_saved_modules(tmp_path):
+    model = resnet()
+    visionpeft.apply(model, [{"method": "lora", "rank": 2, "targets": ["layer1.0.conv1"]},
+                             {"method": "norm", "bn": "train"}])
+    # norm trains BN affines (whole modules: saved with their statistics): exportable
+    visionpeft.save_adapter(model, tmp_path / "ok", format="peft")
+    model = resnet()
+    visionpeft.apply(model, [{"method": "freeze", "n": 1, "bn": "train"},
+                             {"method": "lora", "rank": 2, "targets": ["layer4.0.conv1"]}])
+    with pytest.raises(ConfigError, match=r"updates BatchNorm statistics \['bn1\.running_mean'.*no place for them"):
+        visionpeft.save_adapter(model, tmp_path / "bad", format="peft")
+
+
+def test_save_adapter_format_is_checked(tmp_path):
+    model = vit()
+    visionpeft.apply(model, [{"method": "lora", "rank": 2}])
+    with pytest.raises(ConfigError, match="format='onnx'"):
+        visionpeft.save_adapter(model, tmp_path / "x", format="onnx")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'extra' has no place"):
+        visionpeft.save_adapter(model, tmp_path / "x", extra={"a": 1}, format="peft")
