@@ -225,3 +225,183 @@ def test_save_adapter_format_is_checked(tmp_path):
         visionpeft.save_adapter(model, tmp_path / "x", format="onnx")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="'extra' has no place"):
         visionpeft.save_adapter(model, tmp_path / "x", extra={"a": 1}, format="peft")
+
+
+# ------------------------------------------------------------------------------------------------ import
+
+
+def peft_saved(model_fn, config, tmp_path: Path, name: str = "peft_in") -> tuple[nn.Module, Path]:
+    """A PEFT model of ``config`` on ``model_fn()`` with perturbed trainables, saved with ``save_pretrained``."""
+    model = peft.get_peft_model(model_fn(), config)
+    perturb(model)
+    model.save_pretrained(tmp_path / name)
+    return model, tmp_path / name
+
+
+@pytest.mark.parametrize("config", [
+    lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc1"], modules_to_save=["head"]),
+    lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "proj"], use_rslora=True,
+                            rank_pattern={"blocks.0.attn.qkv": 2}, alpha_pattern={"fc1": 3}),
+    lambda: peft.LoraConfig(r=4, lora_alpha=4, target_modules=["qkv", "fc2"], use_dora=True,
+                            modules_to_save=["head"]),
+    lambda: peft.LoHaConfig(r=2, alpha=4, target_modules=["qkv", "fc1"], modules_to_save=["head"]),
+    lambda: peft.LoKrConfig(r=2, alpha=4, target_modules=["qkv", "fc1"], modules_to_save=["head"]),
+], ids=["lora", "rslora-rank-pattern", "dora", "loha", "lokr"])
+def test_import_vit_equals_peft(config, tmp_path):
+    x = vit_input()
+    theirs, directory = peft_saved(vit, config(), tmp_path)
+    model = vit()
+    plan = visionpeft.load_adapter(model, directory)
+    assert plan.trainable_count == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    check_changed(vit, out(model, x), x)
+    assert rel_diff(out(model, x), out(theirs, x)) < 1e-5
+
+
+def test_import_rank_pattern_gives_each_layer_its_rank(tmp_path):
+    # PEFT's "proj" catches patch_embed.proj too (a Conv2d): the import adapts exactly what PEFT adapted.
+    cfg = peft.LoraConfig(r=4, target_modules=["proj"], rank_pattern={"blocks.1.attn.proj": 2, "patch_embed.proj": 3})
+    theirs, directory = peft_saved(vit, cfg, tmp_path)
+    model = vit()
+    visionpeft.load_adapter(model, directory)
+    ranks = {n: m.rank for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "rank")}
+    assert ranks == {"patch_embed.proj": 3, "blocks.0.attn.proj": 4, "blocks.1.attn.proj": 2}
+    assert rel_diff(out(model, vit_input()), out(theirs, vit_input())) < 1e-5
+
+
+@pytest.mark.parametrize("config", [
+    lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["conv1", "conv2"], modules_to_save=["fc"]),
+    lambda: peft.LoraConfig(r=2, target_modules=["layer1.0.conv1", "downsample.0"], use_dora=True,
+                            modules_to_save=["fc"]),
+    lambda: peft.LoHaConfig(r=2, alpha=2, target_modules=["layer1.0.conv1", "fc"]),
+    lambda: peft.LoKrConfig(r=2, alpha=2, target_modules=["layer1.0.conv1", "layer3.0.conv2"],
+                            modules_to_save=["fc"]),
+], ids=["lora", "dora", "loha", "lokr"])
+def test_import_resnet_equals_peft(config, tmp_path):
+    x = cnn_input()
+    theirs, directory = peft_saved(resnet, config(), tmp_path)
+    model = resnet()
+    visionpeft.load_adapter(model, directory)
+    check_changed(resnet, out(model, x), x)
+    assert rel_diff(out(model, x), out(theirs, x)) < 1e-5
+
+
+def test_import_then_export_round_trip(tmp_path):
+    """PEFT -> visionpeft -> PEFT: the re-exported adapter loads in PEFT with the same outputs."""
+    x = vit_input()
+    cfg = peft.LoraConfig(r=4, target_modules=["qkv"], modules_to_save=["head"], rank_pattern={"blocks.1.attn.qkv": 2})
+    theirs, directory = peft_saved(vit, cfg, tmp_path)
+    model = vit()
+    visionpeft.load_adapter(model, directory)
+    again = peft.PeftModel.from_pretrained(vit(), visionpeft.save_adapter(model, tmp_path / "again", format="peft"))
+    assert rel_diff(out(again, x), out(theirs, x)) < 1e-5
+
+
+def test_named_peft_adapters_switch_and_merge_like_peft(tmp_path):
+    x = vit_input()
+    a, dir_a = peft_saved(vit, peft.LoraConfig(r=4, target_modules=["qkv"], modules_to_save=["head"]), tmp_path, "a")
+    b, dir_b = peft_saved(vit, peft.LoHaConfig(r=2, target_modules=["fc1", "fc2"]), tmp_path, "b")
+    model = vit()
+    base = out(model, x)
+    visionpeft.load_adapter(model, dir_a, name="a")
+    visionpeft.load_adapter(model, dir_b, name="b")
+    assert rel_diff(out(model, x), out(a, x)) < 1e-5
+    visionpeft.set_adapter(model, "b")
+    assert rel_diff(out(model, x), out(b, x)) < 1e-5
+    visionpeft.set_adapter(model, None)
+    assert torch.equal(out(model, x), base)
+    visionpeft.set_adapter(model, "a")
+    visionpeft.merge(model)
+    merged_peft = a.merge_and_unload()
+    assert rel_diff(out(model, x), out(merged_peft, x)) < 1e-5
+    assert set(model.state_dict()) == set(vit().state_dict())  # the plain architecture again
+
+
+def test_hub_repo_id_goes_through_huggingface_hub(tmp_path, monkeypatch):
+    """A repo id (no such local folder) is fetched with huggingface_hub.snapshot_download; offline, one line."""
+    import huggingface_hub
+
+    theirs, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"]), tmp_path)
+    calls = []
+
+    def fake_download(repo_id, allow_patterns=None, **kw):
+        calls.append((repo_id, tuple(allow_patterns)))
+        return str(directory)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    model = vit()
+    visionpeft.load_adapter(model, "someone/vit-lora")
+    assert calls == [("someone/vit-lora", ("adapter_config.json", "adapter_model.safetensors"))]
+    assert rel_diff(out(model, vit_input()), out(theirs, vit_input())) < 1e-5
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="could not be fetched from the Hugging Face Hub") as info:
+        visionpeft.load_adapter(vit(), "someone/not-here")
+    assert "\n" not in str(info.value)
+
+
+def _edit_config(directory: Path, **changes) -> Path:
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"peft_type": "IA3"}, "peft_type 'IA3' has no visionpeft equivalent"),
+    ({"bias": "all"}, "bias='all'"),
+    ({"fan_in_fan_out": True}, "fan_in_fan_out=True is a PEFT option visionpeft has no form for"),
+    ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa' rewrites the base weights"),
+    ({"modules_to_save": None}, r"tensor 'head\.(weight|bias)' is neither a lora factor"),
+])
+def test_import_refusals(changes, message, tmp_path):
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["head"]), tmp_path)
+    model = vit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=message) as info:
+        visionpeft.load_adapter(model, _edit_config(directory, **changes))
+    assert "\n" not in str(info.value)
+    assert visionpeft.get_plan(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_import_refuses_layers_visionpeft_cannot_represent(tmp_path):
+    # PEFT's LoRA on a grouped conv (one input conv over all channels) is not visionpeft's conv LoRA.
+    torch.manual_seed(0)
+    _, directory = peft_saved(lambda: _Convs(groups=2), peft.LoraConfig(r=2, target_modules=["conv"]), tmp_path)
+    with pytest.raises(ConfigError, match=r"conv: PEFT's LoRA on a Conv2d with groups=2"):
+        visionpeft.load_adapter(_Convs(groups=2), directory)
+    # LoHa's rank_dropout (training behaviour) has no visionpeft form
+    _, directory = peft_saved(vit, peft.LoHaConfig(r=2, target_modules=["qkv"], rank_dropout=0.1), tmp_path, "d")
+    with pytest.raises(ConfigError, match="rank_dropout=0.1"):
+        visionpeft.load_adapter(vit(), directory)
+    # the adapter does not fit this model (another number of classes): shapes named
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["head"]), tmp_path,
+                              "e")
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=7)
+    with pytest.raises(ConfigError, match=r"shape mismatches .*head\.weight: file \(5, 192\) vs model \(7, 192\)"):
+        visionpeft.load_adapter(other, directory)
+    # a pickled adapter_model.bin is never loaded
+    (directory / "adapter_model.safetensors").rename(directory / "adapter_model.bin")
+    with pytest.raises(ConfigError, match="a pickle, which visionpeft never loads"):
+        visionpeft.load_adapter(vit(), directory)
+
+
+# ------------------------------------------------------------------------------------------------ no stacking
+
+
+def test_apply_and_load_refuse_models_carrying_peft_adapters(tmp_path):
+    wrapped = peft.get_peft_model(vit(), peft.LoraConfig(r=2, target_modules=["qkv"]))
+    with pytest.raises(ConfigError, match=r"apply: this model carries HF PEFT adapters \(PeftModel at <root>\).*"
+                                          r"merge_and_unload\(\).*visionpeft\.load_adapter") as info:
+        visionpeft.apply(wrapped, [{"method": "lora", "rank": 2}])
+    assert "\n" not in str(info.value)
+    assert not any(type(m).__module__.startswith("visionpeft") for m in wrapped.modules())
+    # the unwrapped model still holds PEFT's layers: refused too, naming the layer
+    inner = wrapped.base_model.model
+    with pytest.raises(ConfigError, match=r"\(Linear at blocks\.0\.attn\.qkv\)"):
+        visionpeft.apply(inner, [{"method": "lora", "rank": 2}])
+    visionpeft.apply(vit(), [{"method": "lora", "rank": 2}])  # a plain model is fine
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"]), tmp_path)
+    for name in (None, "a"):
+        with pytest.raises(ConfigError, match="load_adapter: this model carries HF PEFT adapters"):
+            visionpeft.load_adapter(inner, directory, name=name)
