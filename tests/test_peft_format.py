@@ -405,3 +405,47 @@ def test_apply_and_load_refuse_models_carrying_peft_adapters(tmp_path):
     for name in (None, "a"):
         with pytest.raises(ConfigError, match="load_adapter: this model carries HF PEFT adapters"):
             visionpeft.load_adapter(inner, directory, name=name)
+
+
+# ------------------------------------------------------------------------------------------------ Ultralytics
+
+
+def _yolo(cfg: str = "yolov8n.yaml") -> nn.Module:
+    pytest.importorskip("ultralytics")
+    from visionpeft.backends.ultralytics import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg, nc=3).eval()
+    with torch.no_grad():  # a freshly built YOLO's activations fade to ~1e-10: give it He-scaled conv weights
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.normal_(0, (2.0 / m.weight[0].numel()) ** 0.5)
+    return model
+
+
+def _raw(y) -> torch.Tensor:
+    """The head's input maps P3-P5 (the head's prediction convs of a freshly built model give near-constant
+    outputs, and visionpeft's default LoRA leaves them to the head strategy)."""
+    raw = y[1]  # Ultralytics 8.4: {"boxes": (B, 4 * reg_max, N), "scores": (B, nc, N), "feats": [P3, P4, P5]}
+    return torch.cat([f.flatten() for f in raw["feats"]])
+
+
+def test_yolo_conv_lora_exports_for_peft_on_the_plain_detection_model(tmp_path):
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model = _yolo()
+    visionpeft.apply(model, [{"method": "lora", "rank": 4}])
+    perturb(model)
+    directory = visionpeft.save_adapter(model, tmp_path / "yolo_peft", format="peft")
+    loaded = peft.PeftModel.from_pretrained(_yolo(), directory).eval()
+    with torch.no_grad():
+        ours, theirs, plain = _raw(model(x)), _raw(loaded(x)), _raw(_yolo()(x))
+    assert rel_diff(ours, plain) > 1e-3
+    assert rel_diff(theirs, ours) < 1e-5
+
+
+def test_yolo_grouped_convs_are_refused(tmp_path):
+    model = _yolo("yolo11n.yaml")  # DWConv in its head: depthwise, groups = channels
+    visionpeft.apply(model, [{"method": "lora", "rank": 4, "max_param_fraction": None}])
+    with pytest.raises(ConfigError, match=r"model\.\d+\.\S+: Conv2d with groups=\d+; .*rank per group"):
+        visionpeft.save_adapter(model, tmp_path / "yolo11", format="peft")
+    assert not (tmp_path / "yolo11").exists()
