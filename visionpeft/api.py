@@ -87,7 +87,8 @@ def apply(
 
     Raises:
         ConfigError / TargetNotFoundError: a bad entry (naming ``strategies.<i>`` or the field), a model that
-            is already adapted (by visionpeft, or by HF PEFT: :mod:`visionpeft.foreign`), or a plan in which nothing would train (naming what froze it).
+            is already adapted (by visionpeft, or by HF PEFT: :mod:`visionpeft.foreign`), or a plan in which
+            nothing would train (naming what froze it).
     """
     root = unwrap(model)
     if get_state(root) is not None:

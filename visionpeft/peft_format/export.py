@@ -238,7 +238,8 @@ def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
-def _outermost_full(named: dict[str, nn.Module], module: str, trainable: Any, layers: dict[str, nn.Module]) -> str | None:
+def _outermost_full(named: dict[str, nn.Module], module: str, trainable: Any,
+                    layers: dict[str, nn.Module]) -> str | None:
     """The outermost ancestor of ``module`` (itself included) whose parameters all train and hold no adapter."""
     def full(name: str) -> bool:
         mod = named[name]
