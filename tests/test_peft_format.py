@@ -86,9 +86,11 @@ def check_changed(model_fn, adapted: torch.Tensor, x: torch.Tensor) -> None:
     [{"method": "dora", "rank": 2, "targets": ["qkv"], "qkv": "qv"}],
     [{"method": "loha", "rank": 2, "alpha": 4, "targets": ["qkv", "fc1"]}, {"method": "head"}],
     [{"method": "lokr", "rank": 2, "alpha": 4, "targets": ["qkv", "fc1"]}, {"method": "head"}],
+    [{"method": "lokr", "rank": 2, "targets": ["qkv", "fc2"], "decompose_both": True, "rank_pattern": {"fc2": 16}}],
     [{"method": "lora", "rank": 4, "targets": ["Linear"], "rank_pattern": {"blocks.1.mlp.fc1": 2},
-      "alpha_pattern": {"qkv": 3}}, {"method": "norm"}],
-], ids=["lora", "lora-qv", "lora-qv-rslora", "dora", "dora-qv", "loha", "lokr", "patterns-norm"])
+      "alpha_pattern": {"qkv": 3}, "dropout": 0.1}, {"method": "norm"}],
+], ids=["lora", "lora-qv", "lora-qv-rslora", "dora", "dora-qv", "loha", "lokr", "lokr-both-full-w2",
+        "patterns-norm"])
 def test_export_vit_loads_in_peft_with_equal_outputs(strategies, tmp_path):
     x = vit_input()
     ours, theirs, directory = exported(vit, strategies, tmp_path, x)
