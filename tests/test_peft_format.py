@@ -451,3 +451,25 @@ def test_yolo_grouped_convs_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.\d+\.\S+: Conv2d with groups=\d+; .*rank per group"):
         visionpeft.save_adapter(model, tmp_path / "yolo11", format="peft")
     assert not (tmp_path / "yolo11").exists()
+
+
+def test_peft_is_never_imported_by_visionpeft(tmp_path):
+    """The format is JSON + safetensors: writing, reading and the stacking check work without importing peft."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys, torch, visionpeft
+        from torch import nn
+        def net():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        m = net()
+        visionpeft.apply(m, [{{"method": "lora", "rank": 2, "targets": ["0"]}}])
+        visionpeft.save_adapter(m, {str(tmp_path / 'seq')!r}, format="peft")
+        visionpeft.load_adapter(net(), {str(tmp_path / 'seq')!r})
+        print(sorted({{k.split('.')[0] for k in sys.modules}} & {{"peft", "transformers", "huggingface_hub"}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
