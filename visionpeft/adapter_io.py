@@ -195,13 +195,8 @@ def load_adapter(
 ) -> TrainabilityPlan | None:
     """Apply the recorded strategies to a fresh base ``model`` and load the adapter tensors. All or nothing.
 
-    ``directory`` is a folder written by :func:`save_adapter`, or an HF PEFT adapter: a folder written by
-    ``PeftModel.save_pretrained`` (``adapter_config.json``; LoRA, DoRA, LoHa, LoKr, ``modules_to_save``) or a
-    Hugging Face Hub repo id of one (fetched through ``huggingface_hub``). A PEFT adapter becomes visionpeft
-    strategies naming its layers exactly (:mod:`visionpeft.peft_format.reader`); the model then computes what
-    ``PeftModel.from_pretrained`` computes, and what visionpeft cannot represent raises one line. PEFT files carry
-    no base identity, so only the tensor names and shapes are checked against the model (the ``ignore_*``
-    arguments do not apply).
+    ``directory`` may also be an HF PEFT adapter (a ``save_pretrained`` folder or a Hub repo id): it loads as exact
+    visionpeft strategies, names and shapes checked (:func:`visionpeft.peft_format.load_peft_adapter`).
 
     With ``name``, the adapter joins the model's named adapters instead (:mod:`visionpeft.adapters`): several
     adapters on one base, switched with :func:`visionpeft.set_adapter` without reloading the base; the first one
