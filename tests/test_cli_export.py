@@ -67,3 +67,43 @@ def test_export_bad_input_is_one_line_exit_2(tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("visionpeft: error: ")
         assert re.search(message, err), err
     assert not (tmp_path / "p").exists()
+
+
+def test_export_detection_run_for_peft(shared, tmp_path, capsys):
+    """A 1-epoch conv-LoRA + head run of the COCO-backbone YOLOv5nu on coco8: PEFT on the plain base the run
+    started from computes what the run's model computes."""
+    from tests.tasks.detection_support import copy_dataset
+    from visionpeft.safe_yaml import load_yaml_file
+    from visionpeft.tasks.detection.data import check_data
+    from visionpeft.tasks.detection.merge import build_training_model, load_run_model
+
+    data = copy_dataset(shared, "coco8", tmp_path)
+    recipe = tmp_path / "det.yaml"
+    recipe.write_text(
+        f"task: detection\nname: tiny\nmodel: {shared / 'weights' / 'yolov5nu-cocobackbone.pt'}\ndata: {data}\n"
+        f"output: {tmp_path / 'runs'}\nstrategies: [{{method: lora, rank: 4}}, {{method: head}}]\n"
+        "ultralytics: {epochs: 1, imgsz: 64, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, "
+        "amp: false}\n")
+    assert main(["train", str(recipe)]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert main(["export", str(run), "--format", "peft", "-o", str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["modules_to_save"]
+    doc = load_yaml_file(run / "recipe.yaml", "test")
+    info = check_data(doc["data"], check_labels=False, task="detect")
+    base = build_training_model(str(doc["model"]), info.nc, info.names)
+    loaded = peft.PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    model = load_run_model(run)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = build_training_model(str(doc["model"]), info.nc, info.names).eval()
+    with torch.no_grad():
+        ours, theirs, before = (_raw(m(x)) for m in (model, loaded, plain))
+    for a, b in zip(ours, theirs):
+        assert float((a - b).abs().max() / a.abs().max()) < 1e-5
+    assert any(not torch.allclose(a, b, rtol=0, atol=1e-4 * float(a.abs().max())) for a, b in zip(ours, before))
+
+
+def _raw(y) -> list[torch.Tensor]:
+    """Raw class scores, box distributions and head inputs (decoded boxes are dominated by anchor offsets)."""
+    raw = y[1]
+    return [raw["scores"], raw["boxes"], *raw["feats"]]

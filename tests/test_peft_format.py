@@ -243,7 +243,7 @@ def peft_saved(model_fn, config, tmp_path: Path, name: str = "peft_in") -> tuple
 @pytest.mark.parametrize("config", [
     lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc1"], modules_to_save=["head"]),
     lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "proj"], use_rslora=True,
-                            rank_pattern={"blocks.0.attn.qkv": 2}, alpha_pattern={"fc1": 3}),
+                            rank_pattern={"blocks.0.attn.qkv": 2}, alpha_pattern={"blocks.1.attn.proj": 3}),
     lambda: peft.LoraConfig(r=4, lora_alpha=4, target_modules=["qkv", "fc2"], use_dora=True,
                             modules_to_save=["head"]),
     lambda: peft.LoHaConfig(r=2, alpha=4, target_modules=["qkv", "fc1"], modules_to_save=["head"]),
@@ -443,6 +443,10 @@ def test_yolo_conv_lora_exports_for_peft_on_the_plain_detection_model(tmp_path):
         ours, theirs, plain = _raw(model(x)), _raw(loaded(x)), _raw(_yolo()(x))
     assert rel_diff(ours, plain) > 1e-3
     assert rel_diff(theirs, ours) < 1e-5
+    back = _yolo()  # and back: visionpeft reads the PEFT folder onto the plain detector
+    visionpeft.load_adapter(back, directory)
+    with torch.no_grad():
+        assert rel_diff(_raw(back(x)), ours) < 1e-5
 
 
 def test_yolo_grouped_convs_are_refused(tmp_path):

@@ -234,15 +234,22 @@ def _saved_modules(root: nn.Module, plan: TrainabilityPlan, layers: dict[str, nn
     return sorted(saved, key=list(named).index)
 
 
+#: Module classes PEFT's ``modules_to_save`` cannot wrap (``AuxiliaryTrainingWrapper.check_module``).
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
 def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def _outermost_full(named: dict[str, nn.Module], module: str, trainable: Any,
                     layers: dict[str, nn.Module]) -> str | None:
-    """The outermost ancestor of ``module`` (itself included) whose parameters all train and hold no adapter."""
+    """The outermost ancestor of ``module`` (itself included) whose parameters all train and hold no adapter, and
+    that PEFT can wrap (its ``ModulesToSaveWrapper`` refuses containers: ``ModuleList`` / ``ModuleDict`` ...)."""
     def full(name: str) -> bool:
         mod = named[name]
+        if isinstance(mod, _CONTAINERS):
+            return False
         params = [f"{name}.{p}" if name else p for p, _ in mod.named_parameters()]
         inside = any(n == name or n.startswith(name + ".") for n in layers) if name else bool(layers)
         return bool(params) and not inside and all(p in trainable for p in params)
