@@ -382,6 +382,7 @@ def test_import_refuses_layers_visionpeft_cannot_represent(tmp_path):
                               num_classes=7)
     with pytest.raises(ConfigError, match=r"shape mismatches .*head\.weight: file \(5, 192\) vs model \(7, 192\)"):
         visionpeft.load_adapter(other, directory)
+    assert visionpeft.get_plan(other) is None and not any("lora" in k for k in other.state_dict())  # rolled back
     # a pickled adapter_model.bin is never loaded
     (directory / "adapter_model.safetensors").rename(directory / "adapter_model.bin")
     with pytest.raises(ConfigError, match="a pickle, which visionpeft never loads"):
@@ -477,3 +478,23 @@ def test_peft_is_never_imported_by_visionpeft(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_imported_adapter_on_stem_and_head_saves_and_reloads_in_visionpeft_format(tmp_path):
+    """PEFT may adapt layers the backend excludes by default (patch_embed.proj, the head): the import says
+    ``default_exclude: false``, so the adapter also survives a save / load in visionpeft's own format."""
+    x = vit_input()
+    theirs, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv", "head", "patch_embed.proj"]),
+                                   tmp_path)
+    model = vit()
+    visionpeft.load_adapter(model, directory)
+    from visionpeft.api import get_state
+
+    assert get_state(model).configs[0].default_exclude is False
+    again = vit()
+    visionpeft.load_adapter(again, visionpeft.save_adapter(model, tmp_path / "vp"))
+    assert {"head", "patch_embed.proj"} <= {n for n, m in again.named_modules() if hasattr(m, "lora_A")}
+    assert rel_diff(out(again, x), out(theirs, x)) < 1e-5
+    # the same exclusions still apply to visionpeft's own configs by default
+    with pytest.raises(ConfigError, match="head"):
+        visionpeft.apply(vit(), [{"method": "lora", "rank": 2, "targets": ["head"]}])

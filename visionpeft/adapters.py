@@ -46,7 +46,6 @@ class _Entry:
     strategies: list[dict[str, Any]]
     tensors: dict[str, torch.Tensor]
     source: str
-    spec: ModelSpec | None = None  # applied with instead of the bank's (a PEFT adapter: no default exclusions)
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _activate(root: nn.Module, bank: _Bank, name: str, entry: _Entry) -> None:
     """Apply ``entry``'s strategies to the plain base and copy in its tensors (recording base values it replaces)."""
     from .api import apply, get_state
 
-    apply(root, entry.strategies, entry.spec or bank.spec)
+    apply(root, entry.strategies, bank.spec)
     sd = root.state_dict(keep_vars=True)
     with torch.no_grad():
         for key, value in entry.tensors.items():
@@ -149,10 +148,10 @@ def _read_checked(root: nn.Module, bank: _Bank, directory: Path, ignore_fingerpr
     from .peft_format import check_tensors, looks_like_peft, read_peft_source
 
     if looks_like_peft(directory) and not (directory / io.CONFIG_NAME).is_file():
-        peft = read_peft_source(root, directory, bank.spec)
-        plan = apply(root, peft.strategies, peft.spec)
+        peft = read_peft_source(root, directory)
+        plan = apply(root, peft.strategies, bank.spec)
         check_tensors(root, plan.trainable, peft.tensors, peft.source)
-        return _Entry(strategies=peft.strategies, tensors=peft.tensors, source=peft.source, spec=peft.spec)
+        return _Entry(strategies=peft.strategies, tensors=peft.tensors, source=peft.source)
     meta = io.read_adapter_config(directory)
     tensors, header = io._read_tensors(directory)
     io._check_recorded_strategies(meta, header, directory)

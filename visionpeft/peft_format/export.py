@@ -41,7 +41,6 @@ from ..errors import ConfigError
 from ..plan import TrainabilityPlan
 from ..strategies.adapter_layer import WeightAdapterLayer
 from ..strategies.dora import _DoRAMixin
-from ..strategies.lokr import LoKrLayer
 from ..strategies.lora.layers import LoRALayer, LoRALinear
 from .names import FACTORS, PEFT_TYPES, exact_key, exact_targets, to_peft_key
 
@@ -148,8 +147,6 @@ def _export_layer(name: str, layer: WeightAdapterLayer, method: str) -> _Layer:
     unknown = sorted(set(params) - set(factors))
     if unknown:
         raise _refuse(f"{name}: {type(layer).__name__} has tensors {unknown} that PEFT's {method} has no place for")
-    if isinstance(layer, LoKrLayer) and "lokr_w2" in params and params["lokr_w2"].dim() == 2 and base.weight.dim() == 4:
-        raise _refuse(f"{name}: LoKr's full W2 of a conv must have the kernel dimensions")
     return _Layer(rank=int(layer.rank), alpha=float(layer.alpha),  # type: ignore[arg-type]
                   tensors={factors[n]: p for n, p in params.items()})
 

@@ -85,9 +85,9 @@ def resolve_source(source: str | Path) -> Path:
                           f"Face Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
 
 
-def read_peft_source(root: Any, source: str | Path, spec: ModelSpec) -> PeftAdapter:
+def read_peft_source(root: Any, source: str | Path) -> PeftAdapter:
     """:func:`~visionpeft.peft_format.reader.read_peft_adapter` of a local folder or Hub repo id."""
-    return read_peft_adapter(root, resolve_source(source), spec)
+    return read_peft_adapter(root, resolve_source(source))
 
 
 def load_peft_adapter(model: Any, source: str | Path, spec: ModelSpec | None = None) -> TrainabilityPlan:
@@ -104,13 +104,9 @@ def load_peft_adapter(model: Any, source: str | Path, spec: ModelSpec | None = N
     refuse_foreign(root, "load_adapter")
     if get_state(root) is not None:
         raise ConfigError("load_adapter: this model is already adapted; load the PEFT adapter onto a fresh base model")
-    if spec is None:
-        from ..backends import spec_for
-
-        spec = spec_for(root)
-    adapter = read_peft_source(root, source, spec)
+    adapter = read_peft_source(root, source)
     with atomic(root):
-        plan = apply(root, adapter.strategies, adapter.spec)
+        plan = apply(root, adapter.strategies, spec)
         check_tensors(root, plan.trainable, adapter.tensors, adapter.source)
         copy_tensors(root, adapter.tensors)
     return plan

@@ -6,7 +6,7 @@ The layers to adapt are read from the tensors (every ``<module>.lora_A.weight`` 
 (``rank_pattern`` / ``alpha_pattern`` keys matched by ``get_pattern_key``, else ``r`` / ``lora_alpha``), and the
 strategies name each layer exactly (``re:<escaped name>``), so visionpeft adapts those layers and no others.
 ``modules_to_save`` become one ``head`` entry naming the saved modules. The backend's default exclusions (stem
-conv, head) do not apply: a PEFT adapter may adapt them (:attr:`PeftAdapter.spec` has ``lora_exclude=()``).
+conv, head) do not apply (``default_exclude: false``): a PEFT adapter may adapt them.
 
 Refused with one line each (``ConfigError``): a PEFT type visionpeft lacks (IA3, AdaLoRA, prompt tuning ...);
 options that change what the adapter computes and that visionpeft has no form for (``bias`` other than
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..safe_yaml import read_text_file
-from ..spec import ModelSpec
 from ..strategies.targets import plain_linear_or_conv
 from .names import CONFIG_NAME, FACTORS, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, from_peft_key, pattern_value
 
@@ -54,13 +53,11 @@ class PeftAdapter:
     Attributes:
         strategies: the strategy list to :func:`visionpeft.apply` (exact layer names).
         tensors: visionpeft state-dict key -> tensor (``blocks.0.attn.qkv.lora_A``, ``head.weight``).
-        spec: the model's spec without default exclusions, to apply ``strategies`` with.
         source: the folder read.
     """
 
     strategies: list[dict[str, Any]]
     tensors: dict[str, Tensor]
-    spec: ModelSpec
     source: str
 
 
@@ -123,7 +120,7 @@ def _read_tensors(directory: Path) -> dict[str, Tensor]:
         raise _refuse(directory, f"{WEIGHTS_NAME} is not a readable safetensors file ({exc})") from None
 
 
-def read_peft_adapter(model: nn.Module, directory: str | Path, spec: ModelSpec) -> PeftAdapter:
+def read_peft_adapter(model: nn.Module, directory: str | Path) -> PeftAdapter:
     """Read the PEFT folder ``directory`` for ``model`` (the plain base; unchanged).
 
     Raises:
@@ -147,8 +144,7 @@ def read_peft_adapter(model: nn.Module, directory: str | Path, spec: ModelSpec) 
     strategies = [_adapter_entry(method, config, list(layers))]
     if saved:
         strategies.append({"method": "head", "modules": [_exact(n) for n in saved]})
-    return PeftAdapter(strategies=strategies, tensors=tensors, spec=replace(spec, lora_exclude=()),
-                       source=str(directory))
+    return PeftAdapter(strategies=strategies, tensors=tensors, source=str(directory))
 
 
 def _split_keys(directory: Path, raw: dict[str, Tensor], method: str, named: dict[str, nn.Module],
@@ -218,7 +214,7 @@ def _adapter_entry(method: str, config: dict[str, Any], layers: list[str]) -> di
         "method": method, "targets": [_exact(n) for n in layers], "rank": rank, "alpha": alpha,
         "rank_pattern": {_exact(n): r for n, r in ranks.items() if r != rank},
         "alpha_pattern": {_exact(n): a for n, a in alphas.items() if a != alpha},
-        "max_param_fraction": None,
+        "max_param_fraction": None, "default_exclude": False,
     }
     if method in ("lora", "dora"):
         entry |= {"dropout": float(config.get("lora_dropout") or 0.0), "use_rslora": bool(config.get("use_rslora"))}
