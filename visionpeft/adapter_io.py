@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -21,6 +21,7 @@ from torch import nn
 from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
+from .peft_format import load_peft_adapter, looks_like_peft, save_peft_adapter
 from .plan import TrainabilityPlan
 from .safe_yaml import read_text_file
 from .snapshot import atomic
@@ -113,13 +114,27 @@ def _is_setting(module: nn.Module, key: str, value: Any) -> bool:
     return isinstance(value, _PLAIN) or (type(value) is tuple and all(isinstance(v, _PLAIN) for v in value))
 
 
-def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``adapter.safetensors`` and ``adapter.json`` into ``directory`` (created); returns it.
+def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None = None,
+                 format: Literal["visionpeft", "peft"] = "visionpeft") -> Path:  # noqa: A002 (the user's word)
+    """Write the adapter of ``model`` into ``directory`` (created); returns it.
 
-    ``adapter.json`` records the strategies, the base identity (``spec.name``, the module structure, a
-    fingerprint of every frozen tensor) and versions; the safetensors header repeats the strategies, so a
-    config that no longer matches its tensors is refused on load.
+    ``format="visionpeft"`` (default): ``adapter.safetensors`` and ``adapter.json``. ``adapter.json`` records the
+    strategies, the base identity (``spec.name``, the module structure, a fingerprint of every frozen tensor) and
+    versions; the safetensors header repeats the strategies, so a config that no longer matches its tensors is
+    refused on load.
+
+    ``format="peft"``: HF PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``, which
+    ``peft.PeftModel.from_pretrained(base, directory)`` loads onto the plain base model with the same outputs.
+    What PEFT cannot represent exactly (VPT, SSF, AdaptFormer, BitFit, grouped-conv LoRA ...) raises
+    ``ConfigError`` naming the method or layer, and nothing is written (:mod:`visionpeft.peft_format.export`).
+    ``extra`` has no place in PEFT's files and must be ``None`` then.
     """
+    if format == "peft":
+        if extra:
+            raise ConfigError("save_adapter(format='peft'): 'extra' has no place in PEFT's files; drop it")
+        return save_peft_adapter(model, directory)
+    if format != "visionpeft":
+        raise ConfigError(f"save_adapter: format={format!r}; use 'visionpeft' (default) or 'peft' (HF PEFT's files)")
     root = unwrap(model)
     state = get_state(root)
     if state is None:
@@ -153,7 +168,8 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``adapter.json`` in ``directory``."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter")
+        raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter (or by "
+                          "HF PEFT's save_pretrained: adapter_config.json)")
     try:
         meta = json.loads(read_text_file(path))
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -179,6 +195,9 @@ def load_adapter(
 ) -> TrainabilityPlan | None:
     """Apply the recorded strategies to a fresh base ``model`` and load the adapter tensors. All or nothing.
 
+    ``directory`` may also be an HF PEFT adapter (a ``save_pretrained`` folder or a Hub repo id): it loads as exact
+    visionpeft strategies, names and shapes checked (:func:`visionpeft.peft_format.load_peft_adapter`).
+
     With ``name``, the adapter joins the model's named adapters instead (:mod:`visionpeft.adapters`): several
     adapters on one base, switched with :func:`visionpeft.set_adapter` without reloading the base; the first one
     loaded becomes active. Returns the active adapter's plan then (``None`` when none is active).
@@ -203,6 +222,8 @@ def load_adapter(
 
         load_named_adapter(model, directory, name, spec, ignore_fingerprint, ignore_identity)
         return get_plan(model)
+    if looks_like_peft(directory) and not (Path(directory) / CONFIG_NAME).is_file():
+        return load_peft_adapter(model, directory, spec)
     directory = Path(directory)
     meta = read_adapter_config(directory)
     tensors, header = _read_tensors(directory)

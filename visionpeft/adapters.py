@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, closest
+from .foreign import refuse_foreign
 from .snapshot import ModelSnapshot
 from .spec import ModelSpec
 
@@ -67,6 +68,7 @@ def _bank(root: nn.Module) -> _Bank | None:
 def _new_bank(root: nn.Module, spec: ModelSpec | None) -> _Bank:
     from .api import get_state
 
+    refuse_foreign(root, "load_adapter")
     if get_state(root) is not None:
         raise ConfigError("load_adapter(name=...): this model is already adapted (visionpeft.apply or load_adapter "
                           "without a name); named adapters go onto the plain base model: build a fresh one")
@@ -143,7 +145,13 @@ def _read_checked(root: nn.Module, bank: _Bank, directory: Path, ignore_fingerpr
     """Read an adapter directory and check it against the plain base as ``load_adapter`` does (model is plain)."""
     from . import adapter_io as io
     from .api import apply
+    from .peft_format import check_tensors, looks_like_peft, read_peft_source
 
+    if looks_like_peft(directory) and not (directory / io.CONFIG_NAME).is_file():
+        peft = read_peft_source(root, directory)
+        plan = apply(root, peft.strategies, bank.spec)
+        check_tensors(root, plan.trainable, peft.tensors, peft.source)
+        return _Entry(strategies=peft.strategies, tensors=peft.tensors, source=peft.source)
     meta = io.read_adapter_config(directory)
     tensors, header = io._read_tensors(directory)
     io._check_recorded_strategies(meta, header, directory)

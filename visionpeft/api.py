@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from .errors import ConfigError, VisionPeftError
+from .foreign import refuse_foreign
 from .plan import TrainabilityPlan, remove_bn_hooks
 from .snapshot import atomic
 from .spec import ModelSpec
@@ -86,13 +87,15 @@ def apply(
 
     Raises:
         ConfigError / TargetNotFoundError: a bad entry (naming ``strategies.<i>`` or the field), a model that
-            is already adapted, or a plan in which nothing would train (naming what froze it).
+            is already adapted (by visionpeft, or by HF PEFT: :mod:`visionpeft.foreign`), or a plan in which
+            nothing would train (naming what froze it).
     """
     root = unwrap(model)
     if get_state(root) is not None:
         raise ConfigError(
             "this model is already adapted; build a fresh model, or call visionpeft.merge(model) first"
         )
+    refuse_foreign(root, "apply")
     configs = parse_strategies(strategies)
     if spec is None:
         from .backends import spec_for

@@ -1,4 +1,4 @@
-"""``visionpeft`` command line: train, compare, resume, eval, merge, predict, params.
+"""``visionpeft`` command line: train, compare, resume, eval, merge, export, predict, params.
 
 Every command dispatches on the recipe's (or run directory's) ``task``. A ``VisionPeftError`` (bad input)
 prints one line and exits with status 2; no traceback.
@@ -92,6 +92,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .tasks.export import export_run
+
+    out = export_run(Path(args.run_dir), args.format, Path(args.output))
+    hint = " (peft.PeftModel.from_pretrained(base, DIR) loads it)" if args.format == "peft" else ""
+    print(f"{args.format} adapter written to {out}{hint}")
+    return 0
+
+
 _BARE_METHODS = re.compile(r"^\s*[A-Za-z_][\w-]*(\s*,\s*[A-Za-z_][\w-]*)*\s*$")
 
 
@@ -180,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run_dir")
     m.add_argument("-o", "--output", required=True)
     m.set_defaults(func=cmd_merge)
+    x = sub.add_parser("export", help="write a run's adapter as visionpeft files or HF PEFT files")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="visionpeft", help="visionpeft (default) or peft (adapter_config.json + "
+                   "adapter_model.safetensors for peft.PeftModel.from_pretrained)")
+    x.add_argument("-o", "--output", required=True, help="a new or empty folder")
+    x.set_defaults(func=cmd_export)
     pr = sub.add_parser("predict", help="run a run's adapted model on images; write predictions.json (+ images)")
     pr.add_argument("run_dir")
     pr.add_argument("options", nargs="*", default=[], help="source=PATH (an image, a folder, a glob; required) "
