@@ -7,6 +7,7 @@ prints one line and exits with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -128,12 +129,17 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .api import apply
     from .params import format_parameter_report, parameter_report
 
-    strategies = parse_strategy_arg(args.strategy) if args.strategy else None
-    model = _build_for_params(args)
-    if strategies:
-        apply(model, strategies)
-    report = parameter_report(model)
-    print(json.dumps(report, indent=2, default=str) if args.json else format_parameter_report(report, args.model))
+    out = sys.stdout
+    # --json output is for programs: libraries' chatter (Ultralytics announces a new settings file on its first
+    # import) goes to stderr so stdout holds the JSON document alone.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        strategies = parse_strategy_arg(args.strategy) if args.strategy else None
+        model = _build_for_params(args)
+        if strategies:
+            apply(model, strategies)
+        report = parameter_report(model)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_parameter_report(report, args.model),
+          file=out)
     return 0
 
 
