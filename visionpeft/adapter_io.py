@@ -127,6 +127,7 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(root, state.plan)
+    _check_complete(tensors, state.plan)
     strategies = [c.model_dump(mode="json") for c in state.configs]
     meta = {
         "format": FORMAT,
@@ -147,6 +148,17 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata=header))
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return directory
+
+
+def _check_complete(tensors: dict[str, torch.Tensor], plan: TrainabilityPlan) -> None:
+    """An adapter must hold every tensor the plan trains: one that lacks any would load as something else."""
+    missing = sorted(k for k in plan.trainable if k not in tensors)
+    if missing:
+        raise ConfigError(
+            f"save_adapter: the model's state dict lacks {len(missing)} of the {len(plan.trainable)} tensors the plan "
+            f"trains ({missing[:3]}); its parameters were renamed or replaced after visionpeft.apply (a wrapper "
+            "visionpeft does not know, or a module swapped by hand): save the adapted module itself"
+        )
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:

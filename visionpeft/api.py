@@ -15,6 +15,7 @@ from .spec import ModelSpec
 from .strategies.base import ApplyContext, Strategy, StrategyConfig
 from .strategies.importance import GradientProbe
 from .strategies.registry import build, parse_config
+from .wrappers import unwrap
 
 STATE_ATTR = "_visionpeft_state"
 StrategyEntry = Mapping[str, Any] | StrategyConfig
@@ -27,17 +28,6 @@ class AdaptedState:
     configs: list[StrategyConfig]
     spec: ModelSpec
     plan: TrainabilityPlan
-
-
-def unwrap(model: Any) -> nn.Module:
-    """The ``nn.Module`` to adapt: an Ultralytics ``YOLO`` object's ``.model``, else the model itself."""
-    if isinstance(model, nn.Module):
-        inner = getattr(model, "model", None)
-        # ultralytics.YOLO is an nn.Module whose .model is the real network (DetectionModel).
-        if type(model).__name__ in {"YOLO", "Model"} and isinstance(inner, nn.Module):
-            return inner
-        return model
-    raise TypeError(f"expected a torch nn.Module (or an Ultralytics YOLO object), got {type(model).__name__}")
 
 
 def get_state(model: Any) -> AdaptedState | None:
