@@ -23,7 +23,7 @@ FULL_BASELINE: list[dict[str, Any]] = [{"method": "full"}]
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -89,6 +90,8 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
             )
         else:
             out[key] = _coerce(value)
+            if (msg := _non_finite(out[key])) is not None:  # before check_cfg, which takes inf for a float
+                problems.append(f"{where}.{key}: {msg} (got {brief(out[key])})")
     if problems:
         raise ValueError("; ".join(problems))
     try:
@@ -113,6 +116,14 @@ IMGSZ_RANGE = (32, 8192)
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _non_finite(value: Any) -> str | None:
+    """Ultralytics' ``check_cfg`` takes ``inf`` / ``nan`` as floats (``lr0: .inf`` turns every rate into NaN)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return "expected a finite number"
+    return None
 
 
 def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:

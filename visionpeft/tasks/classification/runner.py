@@ -19,6 +19,7 @@ from ...logging.tensorboard import RunLogger
 from ...recipe import save_resolved
 from ..base import RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
+from ..divergence import kept_checkpoint
 from . import features as feat
 from .compiled import compile_failure, compile_in_place
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
@@ -232,6 +233,7 @@ class ClassificationTask:
             eval_model=target, after_step=(lambda t: ema.update(live, step=t.state.updates)) if ema else None,
             set_epoch=set_epoch)
         start = 0 if resume_state is None else self._restore(s, resume_state, trainer, live, ema, head_prefix, ckpt)
+        trainer.kept = lambda: kept_checkpoint(s.run_dir / "checkpoints" / "last.pt", trainer.state.epoch)
         if is_main():
             self._write_run_files(s)
         logger = RunLogger(s.run_dir, enabled=recipe.tensorboard and is_main())

@@ -62,7 +62,7 @@ from ... import api
 from ...errors import ConfigError
 from ...plan import TrainabilityPlan
 from . import resume
-from .callbacks import PerfMeter, make_callbacks, write_json
+from .callbacks import PerfMeter, check_train_loss, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
 
 __all__ = ["PeftTrainerMixin", "PeftDetectionTrainer", "PeftSegmentationTrainer", "PeftPoseTrainer", "PeftOBBTrainer",
@@ -305,6 +305,11 @@ class PeftTrainerMixin:
             run_dir = overrides.get("save_dir") or resume.run_dir_of(self.args.resume)
             if run_dir:
                 self.args.save_dir = str(run_dir)
+
+    def optimizer_step(self) -> None:
+        """Ultralytics' update, refused for a non-finite loss: the NaN never reaches the weights or the EMA."""
+        check_train_loss(self)
+        super().optimizer_step()  # type: ignore[misc]
 
     def save_model(self) -> Any:
         """Ultralytics' checkpoints, each written to a temporary file and renamed over the old one.
