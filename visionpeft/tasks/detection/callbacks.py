@@ -192,6 +192,8 @@ def lr_tags(optimizer: Any, model: torch.nn.Module, plan: Any) -> list[str | Non
             continue
         shared = labels.count(label) > 1
         kind = str(group.get("param_group", f"group{i}"))
+        if kind in {"weight", "muon"} and not group.get("weight_decay"):
+            kind += "_no_decay"  # 1-D tensors (SSF scale/shift ...) split from Ultralytics' decayed group
         tags.append(f"optim/lr_{label}_{kind}" if shared else f"optim/lr_{label}")
     return tags
 

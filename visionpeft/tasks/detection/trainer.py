@@ -495,13 +495,16 @@ def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str
 
 def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: TrainabilityPlan,
                           configs: list[Any], base_lr: float, wd_scale: float) -> list[dict[str, Any]]:
-    """Ultralytics' parameter groups, frozen tensors dropped and each group split per strategy owner.
+    """Ultralytics' parameter groups, frozen tensors dropped and each group split per strategy owner and setting.
 
-    Every new group keeps its source group's keys (``param_group`` decides Ultralytics' bias warmup) and
-    carries ``owner``. Its rate is the source group's rate times ``entry.lr / base_lr`` when the owning
-    strategy entry sets ``lr`` (so Ultralytics' own boosts survive), times the LoRA+ ratio for ``lora_B``;
-    a decayed group takes the entry's ``weight_decay`` (times ``wd_scale``, Ultralytics' batch scaling).
-    Empty groups are dropped.
+    Every tensor's rate and decay follow :func:`visionpeft.optim_settings.resolve`, the rule classification uses:
+    the recipe-wide values are Ultralytics' (``lr0``; ``weight_decay`` as Ultralytics scaled it for the batch), so a
+    group's rate is its source group's rate times ``entry.lr / base_lr`` when the owning entry sets ``lr`` (so
+    Ultralytics' own warmup boosts survive), times the LoRA+ ratio for ``lora_B``; biases, 1-D tensors (norm
+    affines, SSF scale and shift) and ``no_weight_decay()`` tensors are not decayed, nor anything Ultralytics puts
+    in its no-decay groups (``bn``, ``bias``); an entry's ``weight_decay`` is scaled like Ultralytics' own.
+    Every new group keeps its source group's keys (``param_group`` decides Ultralytics' bias warmup) and carries
+    ``owner``. Empty groups are dropped.
 
     Args:
         groups: ``optimizer.param_groups`` as Ultralytics built them.
@@ -510,23 +513,23 @@ def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: 
         base_lr: the rate Ultralytics used (``args.lr0``, after ``optimizer=auto`` chose it).
         wd_scale: Ultralytics' ``batch * accumulate / nbs`` weight-decay factor.
     """
-    from ...optim_settings import owner_settings
+    from ...optim_settings import owner_settings, resolve
 
     settings = owner_settings(model, plan, configs)
     names = {id(p): n for n, p in model.named_parameters()}
     out: list[dict[str, Any]] = []
     for group in groups:
-        split: dict[str, list[Any]] = {}
+        split: dict[tuple[str, float, float], list[Any]] = {}
+        decayed = group.get("param_group") in {"weight", "muon"}
+        recipe_wd = group.get("weight_decay", 0.0) / wd_scale if decayed else 0.0
         for p in group["params"]:
             name = names.get(id(p))
-            if p.requires_grad and name in settings:
-                split.setdefault(settings[name].owner, []).append(p)
-        for owner, params in split.items():
-            s = settings[names[id(params[0])]]
-            lr = group["lr"] * (s.lr / base_lr if s.lr else 1.0) * s.lr_scale
-            wd = group.get("weight_decay", 0.0)
-            if group.get("param_group") in {"weight", "muon"} and s.weight_decay is not None:
-                wd = s.weight_decay * wd_scale
+            if not (p.requires_grad and name in settings):
+                continue
+            s = settings[name]
+            rate, wd = resolve(s, lr=base_lr, weight_decay=recipe_wd, no_decay=not decayed)
+            split.setdefault((s.owner, group["lr"] * rate / base_lr, wd * wd_scale), []).append(p)
+        for (owner, lr, wd), params in split.items():
             out.append({**group, "params": params, "owner": owner, "lr": lr, "weight_decay": wd})
     return out
 
