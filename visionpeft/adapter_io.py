@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adapter_fields import check_adapter_fields
 from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
@@ -170,14 +171,14 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(read_text_file(path))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        check_adapter_fields(meta, path)  # one line naming a field of the wrong type, before any is used
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         got = (f"{meta.get('format')!r} v{meta.get('format_version')}" if isinstance(meta, dict)
                else type(meta).__name__)
         raise ConfigError(
             f"{path}: format {got} is not a visionpeft adapter this version reads (v<={FORMAT_VERSION})"
         )
-    if not isinstance(meta.get("strategies"), list) or not isinstance(meta.get("base"), dict):
-        raise ConfigError(f"{path}: 'strategies' (a list) or 'base' (a mapping) is missing; re-save the adapter")
     return meta
 
 
