@@ -59,6 +59,7 @@ from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ... import api
+from ...checkpoint import STAGING_DIR, atomic_write, remove_stale_temporaries
 from ...errors import ConfigError
 from ...plan import TrainabilityPlan
 from . import resume
@@ -318,7 +319,7 @@ class PeftTrainerMixin:
         resume from. Here the previous good file stays until the new one is complete.
         """
         wdir, last, best = self.wdir, self.last, self.best
-        staging = wdir / ".saving"
+        staging = wdir / STAGING_DIR
         shutil.rmtree(staging, ignore_errors=True)
         self.wdir, self.last, self.best = staging, staging / last.name, staging / best.name
         try:
@@ -340,6 +341,23 @@ class PeftTrainerMixin:
                     "completed run's last.pt has no optimizer state): nothing to resume. Start a new run"
                 )
         super().resume_training(ckpt)
+        if ckpt is not None and self.resume and RANK in {-1, 0}:
+            remove_stale_temporaries(self.wdir)  # what a kill during the last checkpoint write left
+            self._vp_trim_results(int(ckpt.get("epoch", -1)) + 1)
+
+    def _vp_trim_results(self, epochs_done: int) -> None:
+        """Drop ``results.csv`` rows past the checkpoint's epoch before training goes on.
+
+        Ultralytics appends an epoch's row before it writes the checkpoint; a run killed in between resumes from
+        the previous checkpoint and would append a second, different row for the same epoch.
+        """
+        csv = Path(self.csv)
+        if not csv.is_file():
+            return
+        lines = csv.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = lines[:1] + [row for row in lines[1:] if _row_epoch(row) <= epochs_done]
+        if len(keep) != len(lines):
+            atomic_write(csv, lambda tmp: Path(tmp).write_text("".join(keep), encoding="utf-8"))
 
     def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         """Ultralytics loads the whole float16 EMA; the frozen tensors are then reset to the exact base."""
@@ -491,6 +509,14 @@ def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str
     finally:
         staging.unlink(missing_ok=True)
     return out
+
+
+def _row_epoch(row: str) -> float:
+    """The epoch (counted from 1) of one ``results.csv`` row; an unreadable row counts as past every epoch."""
+    try:
+        return float(row.split(",", 1)[0])
+    except ValueError:
+        return float("inf")
 
 
 def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: TrainabilityPlan,
