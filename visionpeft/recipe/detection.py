@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -106,7 +105,6 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
 
 
 _OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD", "auto")
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+(,\d+)*)?|-1|\d+(,\d+)*)$", re.IGNORECASE)
 
 
 #: Ultralytics ``imgsz`` bounds: below 32 the stride-32 heads have no cells; above 8192 one mosaic image alone
@@ -153,10 +151,14 @@ def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
         if not (isinstance(value, bool) or value in ("ram", "disk")):
             return "expected true / false, 'ram' or 'disk'"
     elif key == "device":
-        ids = value if isinstance(value, list) and value else [value]
-        if not (value is None or all(_is_int(v) and v >= -1 for v in ids)
-                or (isinstance(value, str) and _DEVICE.match(value.replace(" ", "")))):
-            return "expected cpu, mps, cuda, a GPU index like 0, or a list like '0,1'"
+        from ..devices import parse_device
+
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "Ultralytics has no 'auto': leave device out to let it choose (a GPU when there is one)"
+        try:
+            parse_device(value)  # the form; the machine is checked when a run starts
+        except ValueError as exc:
+            return str(exc)
     elif isinstance(known.get(key), str) and not isinstance(value, str):
         return f"expected a string like {known[key]!r}"
     return None
