@@ -93,10 +93,6 @@ def _check_all_entries(wrap: Callable[[nn.Module], object], tmp_path: Path) -> N
     assert torch.equal(fresh.eval()(x), expected)
     named = tiny_cnn(seed=0)
     visionpeft.load_adapter(wrap(named), ref_dir, name="a")
-    if wrap is nn.parallel.DistributedDataParallel:  # it registered a's parameters: a switch is refused
-        with pytest.raises(ConfigError, match="DistributedDataParallel"):
-            visionpeft.set_adapter(wrap(named), None)
-        return
     visionpeft.set_adapter(wrap(named), None)
     assert visionpeft.active_adapter(wrap(named)) is None and visionpeft.list_adapters(wrap(named)) == ["a"]
 
@@ -106,8 +102,28 @@ def test_every_entry_point_sees_through_the_wrapper(name: str, tmp_path: Path) -
     _check_all_entries(WRAPPERS[name], tmp_path)
 
 
-def test_ddp_is_unwrapped_too(ddp_group: None, tmp_path: Path) -> None:
-    _check_all_entries(nn.parallel.DistributedDataParallel, tmp_path)
+def test_ddp_reads_through_and_refuses_changing_the_parameter_set(ddp_group: None, tmp_path: Path) -> None:
+    """DDP registered its parameters when built: apply / load_adapter / merge / a switch under it would add or
+    remove tensors it never averages (silently), so they are refused; reading entries see through it."""
+    ref_model, ref_tensors, ref_dir = _plain_adapter(tmp_path)
+    ddp = nn.parallel.DistributedDataParallel(ref_model)
+    saved = load_file(str(visionpeft.save_adapter(ddp, tmp_path / "ddp") / "adapter.safetensors"))
+    assert sorted(saved) == sorted(ref_tensors) and all(torch.equal(saved[k], ref_tensors[k]) for k in saved)
+    assert visionpeft.get_plan(ddp) is visionpeft.get_plan(ref_model)
+    assert visionpeft.parameter_report(ddp)["trainable"] == visionpeft.get_plan(ref_model).trainable_count
+    with pytest.raises(ConfigError, match="merge: the model is wrapped in DistributedDataParallel"):
+        visionpeft.merge(ddp)
+    plain = tiny_cnn(seed=0)
+    for call, what in ((lambda m: visionpeft.apply(m, STRATEGIES), "apply"),
+                       (lambda m: visionpeft.load_adapter(m, ref_dir), "load_adapter"),
+                       (lambda m: visionpeft.load_adapter(m, ref_dir, name="a"), "load_adapter")):
+        with pytest.raises(ConfigError, match=f"{what}: the model is wrapped in DistributedDataParallel"):
+            call(nn.parallel.DistributedDataParallel(plain))
+    assert visionpeft.get_plan(plain) is None and visionpeft.list_adapters(plain) == []
+    named = tiny_cnn(seed=0)
+    visionpeft.load_adapter(named, ref_dir, name="a")
+    with pytest.raises(ConfigError, match="DistributedDataParallel"):
+        visionpeft.set_adapter(nn.parallel.DistributedDataParallel(named), None)
 
 
 def test_compiled_model_adapter_is_not_empty(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from .plan import TrainabilityPlan
 from .safe_yaml import read_text_file
 from .snapshot import atomic
 from .spec import ModelSpec
+from .wrappers import refuse_ddp
 
 FORMAT = "visionpeft-adapter"
 FORMAT_VERSION = 1
@@ -210,6 +211,7 @@ def load_adapter(
             know both compute the same function, e.g. a renamed copy of the model class). Missing keys and
             shape mismatches are always refused.
     """
+    refuse_ddp(model, "load_adapter")
     if name is not None:
         from .adapters import load_named_adapter
         from .api import get_plan
@@ -352,6 +354,6 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)])
     raise AdapterMismatchError(
         f"{directory}: the base weights differ from those the adapter was trained on "
-        f"(base {want['name']!r}): {problems}. Load the same base checkpoint, or pass "
+        f"(base {want.get('name')!r}): {problems}. Load the same base checkpoint, or pass "
         "ignore_fingerprint=True if you know the weights are equivalent."
     )

@@ -15,7 +15,7 @@ from .spec import ModelSpec
 from .strategies.base import ApplyContext, Strategy, StrategyConfig
 from .strategies.importance import GradientProbe
 from .strategies.registry import build, parse_config
-from .wrappers import unwrap
+from .wrappers import refuse_ddp, unwrap
 
 STATE_ATTR = "_visionpeft_state"
 StrategyEntry = Mapping[str, Any] | StrategyConfig
@@ -78,6 +78,7 @@ def apply(
         ConfigError / TargetNotFoundError: a bad entry (naming ``strategies.<i>`` or the field), a model that
             is already adapted, or a plan in which nothing would train (naming what froze it).
     """
+    refuse_ddp(model, "apply")
     root = unwrap(model)
     if get_state(root) is not None:
         raise ConfigError(
@@ -183,6 +184,7 @@ def merge(model: Any) -> Any:
     loads into a fresh model with ``strict=True``. Raises ``ConfigError`` for methods that cannot be
     folded (VPT prompts), before touching the model; any other failure restores the adapted model.
     """
+    refuse_ddp(model, "merge")
     root = unwrap(model)
     state = get_state(root)
     if state is None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["unwrap", "wrapper_chain", "is_ddp"]
+__all__ = ["unwrap", "wrapper_chain", "is_ddp", "refuse_ddp"]
 
 _MAX_DEPTH = 16
 
@@ -69,3 +69,18 @@ def unwrap(model: Any) -> nn.Module:
 def is_ddp(model: Any) -> bool:
     """Whether a ``DistributedDataParallel`` wrapper is among ``model``'s wrappers."""
     return any(isinstance(m, nn.parallel.DistributedDataParallel) for m in wrapper_chain(model))
+
+
+def refuse_ddp(model: Any, what: str) -> None:
+    """Refuse to change the parameters of a model inside ``DistributedDataParallel``.
+
+    DDP registers the parameters (and their gradient hooks) when it is built: tensors added or removed later
+    (LoRA matrices, a merge) would train without being averaged across processes, silently. Raises
+    :class:`~visionpeft.errors.ConfigError` naming ``what``.
+    """
+    if is_ddp(model):
+        from .errors import ConfigError
+
+        raise ConfigError(f"{what}: the model is wrapped in DistributedDataParallel, which registered its parameters "
+                          "when it was built and would not see the ones this adds or removes; call it on the module "
+                          "(ddp.module) before wrapping, then wrap it again")
