@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from .errors import ConfigError
+
 __all__ = ["unwrap", "wrapper_chain", "is_ddp", "refuse_ddp"]
 
 _MAX_DEPTH = 16
@@ -79,8 +81,6 @@ def refuse_ddp(model: Any, what: str) -> None:
     :class:`~visionpeft.errors.ConfigError` naming ``what``.
     """
     if is_ddp(model):
-        from .errors import ConfigError
-
         raise ConfigError(f"{what}: the model is wrapped in DistributedDataParallel, which registered its parameters "
                           "when it was built and would not see the ones this adds or removes; call it on the module "
                           "(ddp.module) before wrapping, then wrap it again")

@@ -7,6 +7,7 @@ ignored key. Task schemas (classification here, detection in ``detection.py``) s
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -62,8 +63,6 @@ def scalar_name(value: Any) -> str:
     Raises:
         ValueError: ``null`` or a list / mapping (no name to write a run directory under).
     """
-    import datetime
-
     if isinstance(value, str):
         return value
     if isinstance(value, bool):

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..devices import parse_device
 from ..safe_yaml import brief
 from .base import BaseRecipe, Section
 
@@ -73,8 +74,6 @@ class TrainSection(Section):
     @classmethod
     def _device(cls, value: Any) -> Any:
         """The form only (``gpu`` is refused here); the machine is checked when a run starts."""
-        from ..devices import parse_device
-
         devices = parse_device(value)  # ValueError: pydantic names train.device
         if len(devices) > 1 or isinstance(value, list | tuple):
             raise ValueError("one device per process; for several GPUs launch with torchrun --nproc_per_node=N")

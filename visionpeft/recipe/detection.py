@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from ..devices import parse_device
 from ..errors import closest
 from ..safe_yaml import brief, brief_text
 from .base import BaseRecipe, Section
@@ -151,8 +152,6 @@ def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
         if not (isinstance(value, bool) or value in ("ram", "disk")):
             return "expected true / false, 'ram' or 'disk'"
     elif key == "device":
-        from ..devices import parse_device
-
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "Ultralytics has no 'auto': leave device out to let it choose (a GPU when there is one)"
         try:
