@@ -72,7 +72,7 @@ def test_train_and_resume(recipe_file, tmp_path, monkeypatch):
     assert main(["resume", str(run), "train.workers=0"]) == 0
     assert (run / "adapter" / "adapter.safetensors").is_file()
     hist = json.loads((run / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in hist] == [0, 1]
+    assert [h["epoch"] for h in hist] == [1, 2]  # counted from 1, as the log and best_epoch count
     # TensorBoard: the run's own events (its folder is the run), x = batches continued across the resume
     # (24 toy images in batches of 8: 3 per epoch), and the HParams experiment that 'train' writes.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adapter_fields import check_adapter_fields
 from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
@@ -26,6 +27,7 @@ from .plan import TrainabilityPlan
 from .safe_yaml import read_text_file
 from .snapshot import atomic
 from .spec import ModelSpec
+from .wrappers import refuse_ddp
 
 FORMAT = "visionpeft-adapter"
 FORMAT_VERSION = 1
@@ -142,6 +144,7 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(root, state.plan)
+    _check_complete(tensors, state.plan)
     strategies = [c.model_dump(mode="json") for c in state.configs]
     meta = {
         "format": FORMAT,
@@ -164,6 +167,17 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     return directory
 
 
+def _check_complete(tensors: dict[str, torch.Tensor], plan: TrainabilityPlan) -> None:
+    """An adapter must hold every tensor the plan trains: one that lacks any would load as something else."""
+    missing = sorted(k for k in plan.trainable if k not in tensors)
+    if missing:
+        raise ConfigError(
+            f"save_adapter: the model's state dict lacks {len(missing)} of the {len(plan.trainable)} tensors the plan "
+            f"trains ({missing[:3]}); its parameters were renamed or replaced after visionpeft.apply (a wrapper "
+            "visionpeft does not know, or a module swapped by hand): save the adapted module itself"
+        )
+
+
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``adapter.json`` in ``directory``."""
     path = Path(directory) / CONFIG_NAME
@@ -174,14 +188,14 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(read_text_file(path))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        check_adapter_fields(meta, path)  # one line naming a field of the wrong type, before any is used
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         got = (f"{meta.get('format')!r} v{meta.get('format_version')}" if isinstance(meta, dict)
                else type(meta).__name__)
         raise ConfigError(
             f"{path}: format {got} is not a visionpeft adapter this version reads (v<={FORMAT_VERSION})"
         )
-    if not isinstance(meta.get("strategies"), list) or not isinstance(meta.get("base"), dict):
-        raise ConfigError(f"{path}: 'strategies' (a list) or 'base' (a mapping) is missing; re-save the adapter")
     return meta
 
 
@@ -216,6 +230,7 @@ def load_adapter(
             know both compute the same function, e.g. a renamed copy of the model class). Missing keys and
             shape mismatches are always refused.
     """
+    refuse_ddp(model, "load_adapter")
     if name is not None:
         from .adapters import load_named_adapter
         from .api import get_plan
@@ -360,6 +375,6 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)])
     raise AdapterMismatchError(
         f"{directory}: the base weights differ from those the adapter was trained on "
-        f"(base {want['name']!r}): {problems}. Load the same base checkpoint, or pass "
+        f"(base {want.get('name')!r}): {problems}. Load the same base checkpoint, or pass "
         "ignore_fingerprint=True if you know the weights are equivalent."
     )
