@@ -223,3 +223,56 @@ def test_ultralytics_adapter_saved_after_inference_loads_on_a_fresh_model(tmp_pa
     visionpeft.load_adapter(fresh, tmp_path)
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(fresh.eval()(x)[0], used(x)[0])
+
+
+FIELD_CASES = [  # (field path, bad value or a deletion, what the message says was expected)
+    ("format_version", "1", "an integer"),                 # the issue's example (was a TypeError traceback)
+    ("format_version", True, "an integer"),
+    ("format_version", 1.0, "an integer"),
+    ("strategies", {"method": "head"}, "a list of mappings"),
+    ("strategies", ["head"], "a list of mappings"),
+    ("base", [], "a mapping"),
+    ("base.name", 5, "a string or null"),
+    ("base.sha256", None, "a string"),
+    ("base.sha256", "<delete>", "missing"),
+    ("base.tensors", {"w": 3}, "a mapping of strings to strings"),
+    ("base.structure", "abc", "a mapping"),
+    ("base.structure.modules", [], "a mapping of strings to strings"),
+    ("plan", 3, "a mapping"),
+    ("plan.resolved", {}, "a list of mappings"),
+    ("adapter_bytes", "12", "an integer"),
+    ("extra", "note", "a mapping"),
+    ("extra.num_classes", "3", "an integer"),
+    ("extra.classes", "abc", "a list of strings"),
+    ("versions", {"torch": 2}, "a mapping of strings to strings"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), FIELD_CASES,
+                         ids=[f"{f}={v!r}" for f, v, _ in FIELD_CASES])
+def test_adapter_json_fields_of_the_wrong_type_are_one_line(tmp_path: Path, field: str, value, expected: str) -> None:
+    """Issue 23 #7: every adapter.json field is type-checked, naming the field, before anything is loaded."""
+    _, directory = _trained(tmp_path)
+    path = directory / "adapter.json"
+    meta = json.loads(path.read_text())
+    if field.startswith("extra."):
+        meta["extra"].update({"num_classes": 4, "classes": ["a", "b", "c", "d"]})
+    *parents, leaf = field.split(".")
+    node = meta
+    for key in parents:
+        node = node[key]
+    if value == "<delete>":
+        del node[leaf]
+    else:
+        node[leaf] = value
+    path.write_text(json.dumps(meta))
+    fresh = tiny_cnn(seed=0)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for load in (lambda: visionpeft.load_adapter(fresh, directory),
+                 lambda: visionpeft.load_adapter(fresh, directory, name="a")):
+        with pytest.raises(ConfigError) as info:
+            load()
+        msg = str(info.value)
+        assert f"adapter.json: {field}: " in msg and expected in msg and "\n" not in msg, msg
+    assert visionpeft.get_plan(fresh) is None and visionpeft.list_adapters(fresh) == []
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())

@@ -64,7 +64,17 @@ CASES = {
             [{"method": "vpt", "tokens": 3}, {"method": "head"}]),
     "yolo": (_yolo, (1, 3, 64, 64), [{"method": "lora", "rank": 2}, {"method": "head"}],
              [{"method": "ssf"}, {"method": "bitfit"}]),
+    # BatchNorm statistics that train (buffers: copied in and out) beside parameters kept by identity
+    "cnn": (lambda: _cnn(), (2, 3, 8, 8), [{"method": "freeze", "n": 1, "bn": "train"}, {"method": "bitfit"},
+                                           {"method": "head"}],
+            [{"method": "lora", "rank": 2}, {"method": "norm", "bn": "train"}]),
 }
+
+
+def _cnn() -> nn.Module:
+    from .fixtures import tiny_cnn
+
+    return tiny_cnn(seed=0).eval()
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -159,3 +169,97 @@ def test_switching_after_merge_or_outside_changes_is_refused(setup):
     moved.double()
     with pytest.raises(ConfigError, match="tensors were moved or replaced"):
         visionpeft.set_adapter(moved, None)
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    opt.zero_grad()
+    _loss(model.train()(x)).backward()
+    opt.step()
+
+
+def _loss(y) -> torch.Tensor:
+    """Mean square of every tensor in a model's output (a tensor, a list, or Ultralytics' dict in train mode)."""
+    if isinstance(y, torch.Tensor):
+        return y.float().pow(2).mean()
+    items = y.values() if isinstance(y, dict) else y
+    return sum(_loss(v) for v in items if isinstance(v, torch.Tensor | list | tuple | dict))
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: torch.optim.SGD(ps, lr=0.5),
+                                      lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.0)],
+                         ids=["sgd", "adamw"])
+def test_an_optimizer_built_before_switches_keeps_training_the_adapter(setup, make_opt):
+    """Issue 23 #1: A's parameter objects survive set_adapter(B), set_adapter(A), so opt.step() still moves them."""
+    base, dirs, x, refs = setup
+    model = copy.deepcopy(base)
+    visionpeft.load_adapter(model, dirs["a"], name="a")
+    visionpeft.load_adapter(model, dirs["b"], name="b")
+    own = _trainable(model)
+    opt = make_opt(list(own.values()))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    visionpeft.set_adapter(model, "b")
+    assert not any(p.requires_grad for p in own.values())  # inactive adapter: off, as in HF PEFT
+    assert all(p is not q for p in own.values() for q in _trainable(model).values())  # B has its own objects
+    visionpeft.set_adapter(model, "a")
+    live = _trainable(model)
+    assert list(live) == list(own) and all(live[n] is own[n] for n in own)  # the very same objects, same order
+    before = {n: p.detach().clone() for n, p in own.items()}
+    _step(model, opt, x)
+    sched.step()
+    reference = copy.deepcopy(base)  # the same step on a fresh base with only A loaded
+    visionpeft.load_adapter(reference, dirs["a"])
+    ref_params = _trainable(reference)
+    _step(reference, make_opt(list(ref_params.values())), x)
+    assert list(ref_params) == list(own)
+    for n, p in own.items():
+        torch.testing.assert_close(p.detach(), ref_params[n].detach(), rtol=1e-5, atol=1e-6, msg=n)
+    moved = [n for n, p in own.items() if not torch.equal(p.detach(), before[n])]
+    assert moved  # (not all: a bias before a training BatchNorm, some YOLO norms get no gradient here)
+    trained = _out(model, x)
+    visionpeft.set_adapter(model, None)
+    assert torch.equal(_out(model, x), refs[None])  # the base tensors A trains in place were not touched
+    visionpeft.set_adapter(model, "a")
+    assert torch.equal(_out(model, x), trained)
+
+
+def test_an_ema_copy_keeps_following_the_adapter_across_switches(setup):
+    from timm.utils import ModelEmaV3
+
+    base, dirs, x, refs = setup
+    model = copy.deepcopy(base)
+    visionpeft.load_adapter(model, dirs["a"], name="a")
+    visionpeft.load_adapter(model, dirs["b"], name="b")
+    ema = ModelEmaV3(model, decay=0.0)  # decay 0: the copy becomes the model at every update
+    opt = torch.optim.SGD(list(_trainable(model).values()), lr=0.5)
+    visionpeft.set_adapter(model, "b")
+    visionpeft.set_adapter(model, "a")
+    _step(model, opt, x)
+    ema.update(model)
+    assert torch.equal(_out(ema.module, x), _out(model, x))
+    assert visionpeft.get_plan(ema) is not None  # an EMA wrapper is unwrapped like the model
+
+
+def test_switching_a_ddp_wrapper_is_refused_and_data_parallel_follows(setup, tmp_path):
+    import torch.distributed as dist
+
+    base, dirs, x, refs = setup
+    model = copy.deepcopy(base)
+    visionpeft.load_adapter(model, dirs["a"], name="a")
+    visionpeft.load_adapter(model, dirs["b"], name="b")
+    dp = nn.DataParallel(model)  # no GPU: it calls the module, so it follows a switch
+    visionpeft.set_adapter(dp, "b")
+    assert visionpeft.active_adapter(model) == "b" and torch.equal(_out(dp, x), refs["b"])
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(model)
+        with pytest.raises(ConfigError, match="DistributedDataParallel, which registered adapter .b."):
+            visionpeft.set_adapter(ddp, "a")
+        assert visionpeft.active_adapter(ddp) == "b"
+        visionpeft.set_adapter(ddp, "b")  # no switch: fine
+    finally:
+        dist.destroy_process_group()

@@ -72,7 +72,7 @@ def test_train_and_resume(recipe_file, tmp_path, monkeypatch):
     assert main(["resume", str(run), "train.workers=0"]) == 0
     assert (run / "adapter" / "adapter.safetensors").is_file()
     hist = json.loads((run / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in hist] == [0, 1]
+    assert [h["epoch"] for h in hist] == [1, 2]  # counted from 1, as the log and best_epoch count
     # TensorBoard: the run's own events (its folder is the run), x = batches continued across the resume
     # (24 toy images in batches of 8: 3 per epoch), and the HParams experiment that 'train' writes.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -156,3 +156,17 @@ def test_train_says_that_seeds_are_for_compare(recipe_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'seeds' and 'lr_grid' apply to 'visionpeft compare'" in err and "seed 0" in err
     assert len(list((tmp_path / "runs").glob("cli-*"))) == 1  # one run, not three
+
+
+def test_params_json_stdout_is_only_json_on_a_first_ultralytics_import(tmp_path):
+    """A fresh Ultralytics config dir makes Ultralytics announce its new settings file on import; with --json
+    that announcement must not land in stdout (a program reading the JSON would fail)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "fresh"), "YOLO_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "visionpeft", "params", "test_efficientnet", "--num-classes", "3",
+                          "--strategy", "head", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["trainable"] == 256 * 3 + 3  # test_efficientnet: 256 features -> 3 classes

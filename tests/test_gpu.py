@@ -59,3 +59,60 @@ def test_cuda_memory_is_the_allocator_peak() -> None:
             opt.zero_grad()
     assert stats.cuda_peak is not None and stats.peak_bytes == stats.cuda_peak
     assert stats.cuda_peak >= stats.params + stats.optimizer
+
+
+def test_cuda_footprint_ignores_other_resident_tensors() -> None:
+    """The benchmark keeps many models on the GPU at once: a model's footprint must not include theirs."""
+    torch.manual_seed(0)
+    model = tiny_cnn().cuda()
+    visionpeft.apply(model, [{"method": "full"}])
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.randn(16, 3, 32, 32, device="cuda")
+
+    def footprint() -> int:
+        for _ in range(2):
+            with measure_step_memory(model, opt, torch.device("cuda")) as stats:
+                model(x).sum().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return stats.peak_bytes
+
+    alone = footprint()
+    other = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # 64 MiB held by something else
+    beside = footprint()
+    del other
+    assert alone >= sum(p.numel() * 4 for p in model.parameters())
+    assert abs(beside - alone) <= 2**20, (alone, beside)
+
+
+@pytest.mark.parametrize("method", [
+    {"method": "lora", "rank": 4}, {"method": "dora", "rank": 4}, {"method": "loha", "rank": 4},
+    {"method": "lokr", "rank": 4}, {"method": "ssf"},
+])
+def test_fp16_autocast_with_each_mergeable_method_stays_finite_and_merges(method: dict) -> None:
+    """fp16 AMP with GradScaler: losses finite, adapters float32 and trained, merge under autocast exact."""
+    torch.manual_seed(0)
+    model = tiny_cnn().cuda()
+    visionpeft.apply(model, [method, {"method": "head"}])
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.AdamW(params.values(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 4, (8,), device="cuda")
+    for _ in range(5):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        assert torch.isfinite(loss)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params.values())
+    assert any(not torch.equal(p, start[n]) for n, p in params.items() if "head" not in n and "fc" not in n)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        before = model(x).float()
+        visionpeft.merge(model)
+        after = model(x).float()
+    assert torch.allclose(before, after, atol=2e-2, rtol=2e-2)  # fp16 compute on both sides

@@ -176,3 +176,70 @@ def test_detection_groups_split_per_owner_keep_ultralytics_kinds():
     head_w = next(n for n, o in plan.trainable.items() if o == "head" and n.endswith("conv.weight"))
     assert seen[head_w]["lr"] == pytest.approx(5e-2) and seen[head_w]["weight_decay"] == pytest.approx(5e-4)
     assert all(len(g["params"]) for g in groups)
+
+
+def _expected_decay(name: str, p: torch.nn.Parameter, recipe_wd: float, entry_wd: float | None = None) -> float:
+    """The documented rule, written out independently: biases and 1-D tensors are never decayed."""
+    if p.ndim <= 1 or name.endswith(".bias"):
+        return 0.0
+    return entry_wd if entry_wd is not None else recipe_wd
+
+
+@pytest.mark.parametrize("strategies", [
+    [{"method": "ssf"}, {"method": "head"}],                       # the issue's example: SSF scale / shift
+    [{"method": "lora", "rank": 2}, {"method": "norm"}],           # BN affines owned by norm, LoRA matrices
+    [{"method": "full"}],                                          # every kind of tensor
+    [{"method": "bitfit", "weight_decay": 0.1}, {"method": "ssf", "weight_decay": 0.2}],  # entry decay, 1-D only
+], ids=["ssf+head", "lora+norm", "full", "entry-weight-decay"])
+def test_detection_and_classification_decay_the_same_tensors(strategies):
+    """Issue 23 #3: detection decayed SSF's 1-D scale and shift (112 of 112 at AdamW 0.05); one rule for both tasks."""
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.nn.tasks import DetectionModel
+
+    from visionpeft.optim_settings import param_settings
+    from visionpeft.tasks.detection.trainer import split_groups_by_owner
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    plan = visionpeft.apply(model, strategies)
+    configs = visionpeft.api.get_state(model).configs
+    wd, scale = 0.05, 0.5
+    opt = BaseTrainer.build_optimizer(SimpleNamespace(), model, name="AdamW", lr=1e-3, momentum=0.9, decay=wd * scale)
+    groups = split_groups_by_owner(opt.param_groups, model, plan, configs, base_lr=1e-3, wd_scale=scale)
+    params = dict(model.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    detection = {names[id(p)]: g["weight_decay"] / scale for g in groups for p in g["params"]}
+    classification = {n: s.weight_decay for n, s in param_settings(model, plan, configs, lr=1e-3,
+                                                                     weight_decay=wd).items()}
+    entry = {c.method: c.weight_decay for c in configs}
+    expected = {n: _expected_decay(n, params[n], wd, entry.get(o)) for n, o in plan.trainable.items()}
+    assert set(detection) == set(classification) == set(expected)
+    for n in expected:
+        assert detection[n] == pytest.approx(expected[n]) and classification[n] == pytest.approx(expected[n]), n
+    one_d = [n for n in expected if params[n].ndim <= 1]
+    assert one_d and all(detection[n] == 0.0 for n in one_d)
+    if strategies[0]["method"] == "ssf":
+        ssf = [n for n, o in plan.trainable.items() if o == "ssf"]
+        assert len(ssf) == 88 and all(detection[n] == 0.0 for n in ssf)
+
+
+def test_detection_rates_follow_the_same_rule_as_classification():
+    """Entry lr and LoRA+ resolve identically (detection's recipe-wide rate is Ultralytics' lr0)."""
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.nn.tasks import DetectionModel
+
+    from visionpeft.optim_settings import param_settings
+    from visionpeft.tasks.detection.trainer import split_groups_by_owner
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    plan = visionpeft.apply(model, [{"method": "lora", "rank": 2, "loraplus_lr_ratio": 4, "lr": 3e-3},
+                                    {"method": "ssf"}, {"method": "head", "lr": 2e-2}])
+    configs = visionpeft.api.get_state(model).configs
+    opt = BaseTrainer.build_optimizer(SimpleNamespace(), model, name="AdamW", lr=1e-3, momentum=0.9, decay=0.0)
+    groups = split_groups_by_owner(opt.param_groups, model, plan, configs, base_lr=1e-3, wd_scale=1.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    detection = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+    classification = {n: s.lr for n, s in param_settings(model, plan, configs, lr=1e-3, weight_decay=0.0).items()}
+    assert detection == pytest.approx(classification)
+    assert {round(v, 8) for v in detection.values()} == {0.003, 0.012, 0.001, 0.02}  # lora A, lora B x4, ssf, head

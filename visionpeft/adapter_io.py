@@ -11,20 +11,23 @@ import json
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adapter_fields import check_adapter_fields
 from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
+from .peft_format import load_peft_adapter, looks_like_peft, save_peft_adapter
 from .plan import TrainabilityPlan
 from .safe_yaml import read_text_file
 from .snapshot import atomic
 from .spec import ModelSpec
+from .wrappers import refuse_ddp
 
 FORMAT = "visionpeft-adapter"
 FORMAT_VERSION = 1
@@ -113,13 +116,27 @@ def _is_setting(module: nn.Module, key: str, value: Any) -> bool:
     return isinstance(value, _PLAIN) or (type(value) is tuple and all(isinstance(v, _PLAIN) for v in value))
 
 
-def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``adapter.safetensors`` and ``adapter.json`` into ``directory`` (created); returns it.
+def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None = None,
+                 format: Literal["visionpeft", "peft"] = "visionpeft") -> Path:  # noqa: A002 (the user's word)
+    """Write the adapter of ``model`` into ``directory`` (created); returns it.
 
-    ``adapter.json`` records the strategies, the base identity (``spec.name``, the module structure, a
-    fingerprint of every frozen tensor) and versions; the safetensors header repeats the strategies, so a
-    config that no longer matches its tensors is refused on load.
+    ``format="visionpeft"`` (default): ``adapter.safetensors`` and ``adapter.json``. ``adapter.json`` records the
+    strategies, the base identity (``spec.name``, the module structure, a fingerprint of every frozen tensor) and
+    versions; the safetensors header repeats the strategies, so a config that no longer matches its tensors is
+    refused on load.
+
+    ``format="peft"``: HF PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``, which
+    ``peft.PeftModel.from_pretrained(base, directory)`` loads onto the plain base model with the same outputs.
+    What PEFT cannot represent exactly (VPT, SSF, AdaptFormer, BitFit, grouped-conv LoRA ...) raises
+    ``ConfigError`` naming the method or layer, and nothing is written (:mod:`visionpeft.peft_format.export`).
+    ``extra`` has no place in PEFT's files and must be ``None`` then.
     """
+    if format == "peft":
+        if extra:
+            raise ConfigError("save_adapter(format='peft'): 'extra' has no place in PEFT's files; drop it")
+        return save_peft_adapter(model, directory)
+    if format != "visionpeft":
+        raise ConfigError(f"save_adapter: format={format!r}; use 'visionpeft' (default) or 'peft' (HF PEFT's files)")
     root = unwrap(model)
     state = get_state(root)
     if state is None:
@@ -127,6 +144,7 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(root, state.plan)
+    _check_complete(tensors, state.plan)
     strategies = [c.model_dump(mode="json") for c in state.configs]
     meta = {
         "format": FORMAT,
@@ -149,23 +167,35 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     return directory
 
 
+def _check_complete(tensors: dict[str, torch.Tensor], plan: TrainabilityPlan) -> None:
+    """An adapter must hold every tensor the plan trains: one that lacks any would load as something else."""
+    missing = sorted(k for k in plan.trainable if k not in tensors)
+    if missing:
+        raise ConfigError(
+            f"save_adapter: the model's state dict lacks {len(missing)} of the {len(plan.trainable)} tensors the plan "
+            f"trains ({missing[:3]}); its parameters were renamed or replaced after visionpeft.apply (a wrapper "
+            "visionpeft does not know, or a module swapped by hand): save the adapted module itself"
+        )
+
+
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``adapter.json`` in ``directory``."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter")
+        raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter (or by "
+                          "HF PEFT's save_pretrained: adapter_config.json)")
     try:
         meta = json.loads(read_text_file(path))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        check_adapter_fields(meta, path)  # one line naming a field of the wrong type, before any is used
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         got = (f"{meta.get('format')!r} v{meta.get('format_version')}" if isinstance(meta, dict)
                else type(meta).__name__)
         raise ConfigError(
             f"{path}: format {got} is not a visionpeft adapter this version reads (v<={FORMAT_VERSION})"
         )
-    if not isinstance(meta.get("strategies"), list) or not isinstance(meta.get("base"), dict):
-        raise ConfigError(f"{path}: 'strategies' (a list) or 'base' (a mapping) is missing; re-save the adapter")
     return meta
 
 
@@ -178,6 +208,9 @@ def load_adapter(
     name: str | None = None,
 ) -> TrainabilityPlan | None:
     """Apply the recorded strategies to a fresh base ``model`` and load the adapter tensors. All or nothing.
+
+    ``directory`` may also be an HF PEFT adapter (a ``save_pretrained`` folder or a Hub repo id): it loads as exact
+    visionpeft strategies, names and shapes checked (:func:`visionpeft.peft_format.load_peft_adapter`).
 
     With ``name``, the adapter joins the model's named adapters instead (:mod:`visionpeft.adapters`): several
     adapters on one base, switched with :func:`visionpeft.set_adapter` without reloading the base; the first one
@@ -197,12 +230,15 @@ def load_adapter(
             know both compute the same function, e.g. a renamed copy of the model class). Missing keys and
             shape mismatches are always refused.
     """
+    refuse_ddp(model, "load_adapter")
     if name is not None:
         from .adapters import load_named_adapter
         from .api import get_plan
 
         load_named_adapter(model, directory, name, spec, ignore_fingerprint, ignore_identity)
         return get_plan(model)
+    if looks_like_peft(directory) and not (Path(directory) / CONFIG_NAME).is_file():
+        return load_peft_adapter(model, directory, spec)
     directory = Path(directory)
     meta = read_adapter_config(directory)
     tensors, header = _read_tensors(directory)
@@ -339,6 +375,6 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)])
     raise AdapterMismatchError(
         f"{directory}: the base weights differ from those the adapter was trained on "
-        f"(base {want['name']!r}): {problems}. Load the same base checkpoint, or pass "
+        f"(base {want.get('name')!r}): {problems}. Load the same base checkpoint, or pass "
         "ignore_fingerprint=True if you know the weights are equivalent."
     )

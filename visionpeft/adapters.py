@@ -12,9 +12,17 @@ The adapters may be of any strategies, each its own (LoRA of rank 8 beside VPT p
 restores the plain base - module structure from a snapshot taken when the first named adapter was loaded
 (:class:`~visionpeft.snapshot.ModelSnapshot`: modules, hooks, flags, attributes), and the original values of the
 few base tensors adapters overwrite (a head, biases, norms, BatchNorm statistics) - then applies the next adapter's
-recorded strategies and copies in its tensors. No base weight is read again; a switch costs one ``apply`` plus a
-copy of the adapter's tensors. Each adapter keeps its own tensors: changes made while it is active (training it
-further) are kept when switching away.
+recorded strategies and puts its own parameters in. No base weight is read again; a switch costs one ``apply``.
+
+Each adapter keeps its own ``nn.Parameter`` objects across switches, as HF PEFT does: the first activation adopts
+the parameters ``apply`` created (and gives the adapter its own copy of every base tensor it trains in place, a
+head or biases, so the base's objects stay the base's), and every later activation puts those same objects back
+into the freshly applied modules. An optimizer, scheduler or EMA built over ``model.parameters()`` while an
+adapter is active therefore keeps updating that adapter after ``set_adapter(B)``, ``set_adapter(A)``; changes made
+while it is active (training it further) are kept when switching away. An inactive adapter's parameters have
+``requires_grad`` off (as in PEFT); BatchNorm statistics an adapter lets change are copied in and out. A
+``DistributedDataParallel`` wrapper registers its parameters once, so switching it is refused: switch the module,
+then wrap it.
 
 Refused, with one line each (:class:`~visionpeft.errors.ConfigError`): an unknown or duplicate name, a named load
 onto a model adapted another way (``apply`` / ``load_adapter`` without ``name``), and any switch after
@@ -32,8 +40,10 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, closest
+from .foreign import refuse_foreign
 from .snapshot import ModelSnapshot
 from .spec import ModelSpec
+from .wrappers import is_ddp, unwrap
 
 __all__ = ["load_named_adapter", "set_adapter", "active_adapter", "list_adapters", "BANK_ATTR"]
 
@@ -43,8 +53,9 @@ BANK_ATTR = "_visionpeft_adapters"
 @dataclass
 class _Entry:
     strategies: list[dict[str, Any]]
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # values not yet adopted as parameters, and BatchNorm statistics
     source: str
+    params: dict[str, nn.Parameter] = field(default_factory=dict)  # the adapter's own objects, kept across switches
 
 
 @dataclass
@@ -57,6 +68,7 @@ class _Bank:
     originals: dict[str, torch.Tensor] = field(default_factory=dict)  # base tensors adapters overwrite
     entries: dict[str, _Entry] = field(default_factory=dict)
     active: str | None = None
+    displaced: set[int] = field(default_factory=set)  # data_ptr of base parameters the active adapter stands in for
     state: Any = None  # the AdaptedState the active adapter's apply attached (detects merge / outside changes)
 
 
@@ -67,6 +79,7 @@ def _bank(root: nn.Module) -> _Bank | None:
 def _new_bank(root: nn.Module, spec: ModelSpec | None) -> _Bank:
     from .api import get_state
 
+    refuse_foreign(root, "load_adapter")
     if get_state(root) is not None:
         raise ConfigError("load_adapter(name=...): this model is already adapted (visionpeft.apply or load_adapter "
                           "without a name); named adapters go onto the plain base model: build a fresh one")
@@ -85,7 +98,7 @@ def _check_intact(root: nn.Module, bank: _Bank, what: str) -> None:
     """The model must still be as the bank left it: no merge, no apply / load_adapter outside it, same tensors."""
     from .api import get_state
 
-    live = {t.data_ptr() for t in root.state_dict(keep_vars=True).values() if t.numel()}
+    live = {t.data_ptr() for t in root.state_dict(keep_vars=True).values() if t.numel()} | bank.displaced
     if not live.issuperset(bank.plain):
         raise ConfigError(f"{what}: the base model's tensors were moved or replaced (model.to(device), .half(), ...) "
                           "after the first named adapter was loaded; move or convert the base model first, then load "
@@ -102,34 +115,61 @@ def _check_intact(root: nn.Module, bank: _Bank, what: str) -> None:
 
 
 def _deactivate(root: nn.Module, bank: _Bank) -> None:
-    """Back to the plain base: keep the active adapter's live tensors, restore structure and overwritten tensors."""
+    """Back to the plain base: keep the active adapter's parameter objects and statistics, restore the structure."""
     if bank.active is not None:
         entry = bank.entries[bank.active]
         sd = root.state_dict()
-        entry.tensors = {k: sd[k].detach().clone() for k in entry.tensors}
+        entry.tensors = {k: sd[k].detach().clone() for k in entry.tensors}  # buffers: their values
+        for p in entry.params.values():
+            p.requires_grad_(False)  # inactive, as HF PEFT leaves it: an optimizer step skips it
     assert bank.snapshot is not None
-    bank.snapshot.restore()
+    bank.snapshot.restore()  # also puts the base's own parameter objects back where the adapter stood in
     plain = root.state_dict()
     with torch.no_grad():
         for key, value in bank.originals.items():
             plain[key].copy_(value)
-    bank.active, bank.state = None, None
+    bank.active, bank.state, bank.displaced = None, None, set()
+
+
+def _owner(root: nn.Module, key: str) -> tuple[nn.Module, str]:
+    path, _, leaf = key.rpartition(".")
+    return (root.get_submodule(path) if path else root), leaf
 
 
 def _activate(root: nn.Module, bank: _Bank, name: str, entry: _Entry) -> None:
-    """Apply ``entry``'s strategies to the plain base and copy in its tensors (recording base values it replaces)."""
+    """Apply ``entry``'s strategies to the plain base and put in its own parameters and statistics."""
     from .api import apply, get_state
 
     apply(root, entry.strategies, bank.spec)
-    sd = root.state_dict(keep_vars=True)
     with torch.no_grad():
-        for key, value in entry.tensors.items():
-            live = sd[key]
-            base_key = bank.plain.get(live.data_ptr()) if live.numel() else None
-            if base_key is not None and base_key not in bank.originals:
-                bank.originals[base_key] = live.detach().clone()
-            live.detach().copy_(value)
+        for key in list(entry.tensors):
+            module, leaf = _owner(root, key)
+            live = module._parameters.get(leaf)
+            if live is None:  # a buffer (BatchNorm statistics): values in, the base's recorded first
+                _copy_buffer(root, bank, key, entry.tensors[key])
+            elif live.data_ptr() in bank.plain:  # a base tensor trained in place: the adapter gets its own object
+                own = nn.Parameter(live.detach().clone(), requires_grad=live.requires_grad)
+                entry.params[key] = own
+                own.copy_(entry.tensors.pop(key))
+            else:  # created by apply: adopted as the adapter's object from now on
+                live.copy_(entry.tensors.pop(key))
+                entry.params[key] = live
+        for key, own in entry.params.items():
+            module, leaf = _owner(root, key)
+            live = module._parameters[leaf]
+            if live.data_ptr() in bank.plain:
+                bank.displaced.add(live.data_ptr())
+            own.requires_grad_(live.requires_grad)
+            module._parameters[leaf] = own
     bank.active, bank.state = name, get_state(root)
+
+
+def _copy_buffer(root: nn.Module, bank: _Bank, key: str, value: torch.Tensor) -> None:
+    live = root.state_dict(keep_vars=True)[key]
+    base_key = bank.plain.get(live.data_ptr()) if live.numel() else None
+    if base_key is not None and base_key not in bank.originals:
+        bank.originals[base_key] = live.detach().clone()
+    live.detach().copy_(value)
 
 
 def _switch(root: nn.Module, bank: _Bank, name: str | None) -> None:
@@ -143,7 +183,13 @@ def _read_checked(root: nn.Module, bank: _Bank, directory: Path, ignore_fingerpr
     """Read an adapter directory and check it against the plain base as ``load_adapter`` does (model is plain)."""
     from . import adapter_io as io
     from .api import apply
+    from .peft_format import check_tensors, looks_like_peft, read_peft_source
 
+    if looks_like_peft(directory) and not (directory / io.CONFIG_NAME).is_file():
+        peft = read_peft_source(root, directory)
+        plan = apply(root, peft.strategies, bank.spec)
+        check_tensors(root, plan.trainable, peft.tensors, peft.source)
+        return _Entry(strategies=peft.strategies, tensors=peft.tensors, source=peft.source)
     meta = io.read_adapter_config(directory)
     tensors, header = io._read_tensors(directory)
     io._check_recorded_strategies(meta, header, directory)
@@ -169,8 +215,6 @@ def load_named_adapter(model: Any, directory: str | Path, name: str, spec: Model
         ConfigError / AdapterMismatchError: a used name, a model adapted without names, a merged model, or an
             adapter that does not fit the base.
     """
-    from .api import unwrap
-
     if not isinstance(name, str) or not name:
         raise ConfigError(f"load_adapter: name must be a non-empty string, got {name!r}")
     root = unwrap(model)
@@ -207,8 +251,6 @@ def set_adapter(model: Any, name: str | None) -> None:
         ConfigError: an unknown name (listing the loaded ones), no named adapters, or a merged / otherwise changed
             model.
     """
-    from .api import unwrap
-
     root = unwrap(model)
     bank = _bank(root)
     if bank is None:
@@ -221,6 +263,10 @@ def set_adapter(model: Any, name: str | None) -> None:
                           + (f" (did you mean {hint[0]!r}?)" if hint else "") + "; None selects the base model")
     if name == bank.active:
         return
+    if is_ddp(model):
+        raise ConfigError(f"set_adapter: the model is wrapped in DistributedDataParallel, which registered adapter "
+                          f"{bank.active!r}'s parameters when it was built and cannot follow a switch to {name!r}; "
+                          "switch the unwrapped module (ddp.module), then wrap it again")
     previous = bank.active
     try:
         _switch(root, bank, name)
@@ -231,15 +277,11 @@ def set_adapter(model: Any, name: str | None) -> None:
 
 def active_adapter(model: Any) -> str | None:
     """The name of the active adapter (``None``: the base model, or no named adapters)."""
-    from .api import unwrap
-
     bank = _bank(unwrap(model))
     return bank.active if bank else None
 
 
 def list_adapters(model: Any) -> list[str]:
     """Names of the adapters loaded with :func:`load_named_adapter`, in loading order."""
-    from .api import unwrap
-
     bank = _bank(unwrap(model))
     return list(bank.entries) if bank else []

@@ -9,12 +9,14 @@ from typing import Any
 from torch import nn
 
 from .errors import ConfigError, VisionPeftError
+from .foreign import refuse_foreign
 from .plan import TrainabilityPlan, remove_bn_hooks
 from .snapshot import atomic
 from .spec import ModelSpec
 from .strategies.base import ApplyContext, Strategy, StrategyConfig
 from .strategies.importance import GradientProbe
 from .strategies.registry import build, parse_config
+from .wrappers import refuse_ddp, unwrap
 
 STATE_ATTR = "_visionpeft_state"
 StrategyEntry = Mapping[str, Any] | StrategyConfig
@@ -27,17 +29,6 @@ class AdaptedState:
     configs: list[StrategyConfig]
     spec: ModelSpec
     plan: TrainabilityPlan
-
-
-def unwrap(model: Any) -> nn.Module:
-    """The ``nn.Module`` to adapt: an Ultralytics ``YOLO`` object's ``.model``, else the model itself."""
-    if isinstance(model, nn.Module):
-        inner = getattr(model, "model", None)
-        # ultralytics.YOLO is an nn.Module whose .model is the real network (DetectionModel).
-        if type(model).__name__ in {"YOLO", "Model"} and isinstance(inner, nn.Module):
-            return inner
-        return model
-    raise TypeError(f"expected a torch nn.Module (or an Ultralytics YOLO object), got {type(model).__name__}")
 
 
 def get_state(model: Any) -> AdaptedState | None:
@@ -86,13 +77,16 @@ def apply(
 
     Raises:
         ConfigError / TargetNotFoundError: a bad entry (naming ``strategies.<i>`` or the field), a model that
-            is already adapted, or a plan in which nothing would train (naming what froze it).
+            is already adapted (by visionpeft, or by HF PEFT: :mod:`visionpeft.foreign`), or a plan in which
+            nothing would train (naming what froze it).
     """
+    refuse_ddp(model, "apply")
     root = unwrap(model)
     if get_state(root) is not None:
         raise ConfigError(
             "this model is already adapted; build a fresh model, or call visionpeft.merge(model) first"
         )
+    refuse_foreign(root, "apply")
     configs = parse_strategies(strategies)
     if spec is None:
         from .backends import spec_for
@@ -193,6 +187,7 @@ def merge(model: Any) -> Any:
     loads into a fresh model with ``strict=True``. Raises ``ConfigError`` for methods that cannot be
     folded (VPT prompts), before touching the model; any other failure restores the adapted model.
     """
+    refuse_ddp(model, "merge")
     root = unwrap(model)
     state = get_state(root)
     if state is None:

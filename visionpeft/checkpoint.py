@@ -1,15 +1,19 @@
 """Training checkpoints: only trainable tensors + optimizer/scheduler state, written atomically.
 
 ``last.pt`` is rewritten every epoch (temp file + ``os.replace``, so a run killed mid-write keeps the
-previous good file) and read with ``torch.load(weights_only=True)``: no pickled code, only tensors and
+previous good file; the temporary a kill leaves behind is removed by the next write or resume) and read
+with ``torch.load(weights_only=True)``: no pickled code, only tensors and
 plain containers. ``best.safetensors`` holds the trainable tensors of the best epoch.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
-import tempfile
+import secrets
+import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +23,60 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["atomic_save", "atomic_write", "save_training_state", "load_training_state", "save_tensors", "load_tensors",
+__all__ = ["STAGING_DIR", "atomic_save", "atomic_write", "remove_stale_temporaries", "save_training_state",
+           "load_training_state", "save_tensors", "load_tensors",
            "trainable_state", "load_trainable_state", "check_trainable_state"]
+
+
+#: Temporaries the writers here (and the Ultralytics trainer's staging) leave when killed mid-write.
+_TEMP_PATTERNS = (".*.tmp", ".*.strip")
+STAGING_DIR = ".saving"
 
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path`` atomically.
 
-    A run killed mid-write keeps the previous good file (``os.replace`` is atomic on one filesystem).
+    A run killed mid-write keeps the previous good file (``os.replace`` is atomic on one filesystem); the
+    temporary it leaves (``.NAME.XXXX.tmp``) is removed by the next write of ``path``. The file is created with
+    mode 0666 minus the umask, like every other file a run writes (``tempfile.mkstemp`` would make it 0600, and
+    the rename would keep that: adapters and checkpoints users share unreadable to their group).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0666 minus the umask, read without changing the umask
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, mode)  # a writer may recreate the file with its own mode (safetensors: 0600)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped (a run or file name may contain ``[``)."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Remove what a kill during a checkpoint write left in ``directory`` (temporaries, a staging folder).
+
+    Called when a run resumes, before it writes again; returns what was removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for pattern in _TEMP_PATTERNS for p in directory.glob(pattern) if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    staging = directory / STAGING_DIR
+    if staging.is_dir():
+        shutil.rmtree(staging, ignore_errors=True)
+        found.append(staging)
+    return found
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

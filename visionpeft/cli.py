@@ -1,4 +1,4 @@
-"""``visionpeft`` command line: train, compare, report, resume, eval, merge, predict, params.
+"""``visionpeft`` command line: train, compare, report, resume, eval, merge, export, predict, params.
 
 Every command dispatches on the recipe's (or run directory's) ``task``. A ``VisionPeftError`` (bad input)
 prints one line and exits with status 2; no traceback.
@@ -7,6 +7,7 @@ prints one line and exits with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -99,6 +100,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .tasks.export import export_run
+
+    out = export_run(Path(args.run_dir), args.format, Path(args.output))
+    hint = " (peft.PeftModel.from_pretrained(base, DIR) loads it)" if args.format == "peft" else ""
+    print(f"{args.format} adapter written to {out}{hint}")
+    return 0
+
+
 _BARE_METHODS = re.compile(r"^\s*[A-Za-z_][\w-]*(\s*,\s*[A-Za-z_][\w-]*)*\s*$")
 
 
@@ -126,12 +136,17 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .api import apply
     from .params import format_parameter_report, parameter_report
 
-    strategies = parse_strategy_arg(args.strategy) if args.strategy else None
-    model = _build_for_params(args)
-    if strategies:
-        apply(model, strategies)
-    report = parameter_report(model)
-    print(json.dumps(report, indent=2, default=str) if args.json else format_parameter_report(report, args.model))
+    out = sys.stdout
+    # --json output is for programs: libraries' chatter (Ultralytics announces a new settings file on its first
+    # import) goes to stderr so stdout holds the JSON document alone.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        strategies = parse_strategy_arg(args.strategy) if args.strategy else None
+        model = _build_for_params(args)
+        if strategies:
+            apply(model, strategies)
+        report = parameter_report(model)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_parameter_report(report, args.model),
+          file=out)
     return 0
 
 
@@ -191,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run_dir")
     m.add_argument("-o", "--output", required=True)
     m.set_defaults(func=cmd_merge)
+    x = sub.add_parser("export", help="write a run's adapter as visionpeft files or HF PEFT files")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="visionpeft", help="visionpeft (default) or peft (adapter_config.json + "
+                   "adapter_model.safetensors for peft.PeftModel.from_pretrained)")
+    x.add_argument("-o", "--output", required=True, help="a new or empty folder")
+    x.set_defaults(func=cmd_export)
     pr = sub.add_parser("predict", help="run a run's adapted model on images; write predictions.json (+ images)")
     pr.add_argument("run_dir")
     pr.add_argument("options", nargs="*", default=[], help="source=PATH (an image, a folder, a glob; required) "

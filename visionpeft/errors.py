@@ -15,6 +15,7 @@ __all__ = [
     "TargetNotFoundError",
     "AdapterMismatchError",
     "PlanViolationError",
+    "TrainingDivergedError",
     "closest",
 ]
 
@@ -48,3 +49,7 @@ def closest(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
         core = word.strip("*.^$")
         hits += [c for c in pool if core and core in c and c not in hits][: n - len(hits)]
     return hits
+
+
+class TrainingDivergedError(VisionPeftError):
+    """The training loss became non-finite (NaN or infinite); the run stopped at that step."""

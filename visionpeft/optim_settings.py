@@ -1,7 +1,8 @@
 """Optimizer settings per strategy: each trainable tensor's owner, learning rate and weight decay.
 
-Both tasks use this: the classification optimizer builds its groups from :func:`param_settings`, the
-detection trainer splits Ultralytics' own groups with :func:`owner_settings`. The rules:
+Both tasks use this, and only this: the classification optimizer builds its groups from :func:`param_settings`,
+the Ultralytics trainer splits Ultralytics' own groups with :func:`owner_settings`; both resolve a tensor's rate
+and decay with :func:`resolve` (the task supplies only its recipe-wide rate and decay). The rules:
 
 * **owner**: the strategy that trains a tensor (the trainability plan's owner; the classifier modules are
   ``head`` in classification whatever the plan says, so they keep ``head_lr`` under full fine-tuning too).
@@ -22,7 +23,7 @@ from typing import Any
 from torch import nn
 
 __all__ = ["DEFAULT_LR", "SGD_LR_FACTOR", "OwnerSettings", "default_lr", "owner_settings", "param_settings",
-           "no_weight_decay_names", "shared_lr_problem"]
+           "resolve", "no_weight_decay_names", "shared_lr_problem"]
 
 #: AdamW learning rates per method for batches of about 32 (scale roughly linearly with the batch). Source: the
 #: grid of ``benchmarks/transfer_vit.py`` (ViT-Tiny/16 ImageNet, flowers5_128 subset, best validation top-1; the
@@ -138,6 +139,18 @@ def owner_settings(model: nn.Module, plan: Any, configs: Iterable[Any],
     return out
 
 
+def resolve(s: OwnerSettings, *, lr: float, weight_decay: float, no_decay: bool = False) -> tuple[float, float]:
+    """A tensor's learning rate and weight decay from its owner's settings and the task's recipe-wide values.
+
+    Rate: the entry's ``lr``, else ``lr``; times the LoRA+ ratio (``lora_B``). Decay: 0 for a no-decay tensor
+    (bias, 1-D such as norm affines and SSF scale/shift, ``no_weight_decay()``; ``no_decay`` adds the task's own
+    no-decay tensors), else the entry's ``weight_decay`` (VPT prompts: 0 by default), else ``weight_decay``.
+    """
+    rate = (s.lr or lr) * s.lr_scale
+    decay = 0.0 if s.no_decay or no_decay else (s.weight_decay if s.weight_decay is not None else weight_decay)
+    return rate, decay
+
+
 @dataclass(frozen=True)
 class ParamSetting:
     """A tensor's resolved optimizer setting: group label, learning rate, weight decay."""
@@ -158,9 +171,8 @@ def param_settings(model: nn.Module, plan: Any, configs: Iterable[Any], *, lr: f
     out: dict[str, ParamSetting] = {}
     for name, s in owner_settings(model, plan, configs, head_modules).items():
         recipe_lr = (head_lr or lr) if s.method == "head" else lr
-        base = s.lr or recipe_lr or default_lr(s.method, optimizer)
-        wd = 0.0 if s.no_decay else (s.weight_decay if s.weight_decay is not None else weight_decay)
-        out[name] = ParamSetting(owner=s.owner, lr=base * s.lr_scale, weight_decay=wd)
+        rate, wd = resolve(s, lr=recipe_lr or default_lr(s.method, optimizer), weight_decay=weight_decay)
+        out[name] = ParamSetting(owner=s.owner, lr=rate, weight_decay=wd)
     return out
 
 

@@ -68,10 +68,19 @@ class SavedTensorMeter:
         self._ctx.__exit__(*exc)
 
 
-def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[int, int, int]:
-    """(parameter, gradient, optimizer-state) bytes right now."""
+def static_bytes(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, allocated_grads: bool = False
+) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer-state) bytes right now.
+
+    Gradients count every trainable parameter (the step's gradient memory); with ``allocated_grads`` only the
+    ``.grad`` tensors that exist at this moment (what is already held before a step).
+    """
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    if allocated_grads:
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    else:
+        grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     opt = 0
     if optimizer is not None:
         for state in optimizer.state.values():
@@ -86,12 +95,20 @@ def measure_step_memory(
     """Measure one training step run inside the ``with`` block.
 
     Call it on a step after the first, so the optimizer state exists.
+
+    On CUDA, ``cuda_peak`` is this model's footprint in the step: the allocator's peak during the block, less
+    what was allocated before it, plus the model's own parameters, gradients and optimizer state held at entry.
+    Tensors that belong to something else (other models resident on the same GPU, as in the side-by-side
+    benchmark, or a cached batch) are not counted, so the number is comparable with a run that had the GPU to
+    itself. Raises nothing of its own; ``device`` must be the device the step runs on.
     """
     stats = MemoryStats()
     cuda = device is not None and device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        held = sum(static_bytes(model, optimizer, allocated_grads=True)[:3])
+        before = torch.cuda.memory_allocated(device)
     meter = SavedTensorMeter(exclude=list(model.parameters()))
     with meter:
         yield stats
@@ -99,4 +116,4 @@ def measure_step_memory(
     stats.params, stats.grads, stats.optimizer = static_bytes(model, optimizer)
     if cuda:
         torch.cuda.synchronize(device)
-        stats.cuda_peak = torch.cuda.max_memory_allocated(device)
+        stats.cuda_peak = torch.cuda.max_memory_allocated(device) - before + held

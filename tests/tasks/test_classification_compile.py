@@ -50,7 +50,7 @@ def test_compiled_run_keeps_keys_resumes_and_merges(toy, tmp_path, monkeypatch):
     TASK.resume(tmp_path / "run")  # compiled again (train.compile comes from the run's recipe)
     assert len(calls) == 2
     hist = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in hist] == [0, 1]
+    assert [h["epoch"] for h in hist] == [1, 2]  # counted from 1, as the log and best_epoch count
     adapter = load_file(str(tmp_path / "run" / "adapter" / "adapter.safetensors"))
     assert adapter and not any("_orig_mod" in k for k in adapter)
     out = TASK.merge(tmp_path / "run", tmp_path / "merged.safetensors")

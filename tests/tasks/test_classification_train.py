@@ -140,14 +140,22 @@ def test_resume_continues_a_killed_run_exactly(toy, tmp_path, monkeypatch):
     with killed_at_epoch(monkeypatch, 2):
         TASK.train(r, strategies, tmp_path / "killed", "whole")
     assert not (tmp_path / "killed" / "adapter").exists()
+    ckpts = tmp_path / "killed" / "checkpoints"
+    stale = [ckpts / ".last.pt.0a1b2c3d.tmp", ckpts / ".best.safetensors.ffffffff.tmp"]
+    for path in stale:  # 0-byte temporaries a hard kill (SIGKILL) leaves while writing the checkpoints
+        path.write_bytes(b"")
     TASK.resume(tmp_path / "killed")
+    assert not any(p.exists() for p in stale) and not list(ckpts.glob(".*"))  # issue 23 #10
     a = load_file(str(tmp_path / "whole" / "adapter" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "killed" / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    hist = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    hist = metrics["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]  # counted from 1, as the log ("epoch 2/3") counts
+    best = max(hist, key=lambda h: h["top1"])  # the first epoch with the highest top1 (CheckpointHook's ">")
+    assert metrics["extra"]["best_epoch"] == best["epoch"] and metrics["extra"]["epoch_base"] == 1
 
 
 def _files(run: Path) -> dict[str, bytes]:
@@ -277,7 +285,7 @@ def test_early_stopping_and_ema(toy, tmp_path):
     r = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 5, "patience": 1},
                optim={"lr": 1e-12, "head_lr": 1e-12, "min_lr": 0.0, "warmup_lr": 0.0})
     res = TASK.train(r, [{"method": "head"}], tmp_path / "stop", "probe")
-    assert res.extra["epochs_run"] == 2 and res.extra["best_epoch"] == 0
+    assert res.extra["epochs_run"] == 2 and res.extra["best_epoch"] == 1  # counted from 1
     e = recipe(toy, tmp_path, [{"method": "head"}], train={"epochs": 1, "ema": True, "ema_decay": 0.5})
     res = TASK.train(e, [{"method": "head"}], tmp_path / "ema", "probe")
     assert TASK.evaluate(tmp_path / "ema", "val")["top1"] == res.metrics["top1"]

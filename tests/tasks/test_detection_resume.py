@@ -16,6 +16,7 @@ import copy
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,3 +334,38 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
     assert trainer.save_model() is True
     assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]  # no staging left
     assert all(p.read_bytes() == b"epoch 2" for p in trainer.wdir.iterdir())
+
+
+def test_killed_while_writing_the_checkpoint_resumes_without_duplicate_rows(recipe, tmp_path, monkeypatch):
+    """Issue 23 #10: Ultralytics appends epoch 2's results.csv row, then dies writing last.pt; the resumed run
+    redoes epoch 2 from epoch 1's checkpoint and must not leave two rows for it; the temporaries a hard kill
+    leaves in weights/ (0-byte staging files) are removed when it resumes."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    original = BaseTrainer.save_model
+
+    def dies_writing_epoch_2(self):
+        if int(self.epoch) == 1:
+            Path(self.last).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.last).write_bytes(b"")  # the torn file in the staging folder
+            raise KeyboardInterrupt
+        return original(self)
+
+    out = tmp_path / "runs"
+    monkeypatch.setattr(BaseTrainer, "save_model", dies_writing_epoch_2)
+    assert main(["train", str(recipe), f"output={out}"]) == 130
+    monkeypatch.setattr(BaseTrainer, "save_model", original)
+    (run,) = out.iterdir()
+    rows = list(csv.DictReader((run / "results.csv").read_text().splitlines()))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]  # epoch 2's row was written, its checkpoint was not
+    weights = run / "weights"
+    assert load_checkpoint(weights / "last.pt")[1]["epoch"] == 0
+    stale = [weights / ".saving" / "last.pt", weights / ".last.pt.strip", weights / ".last.pt.0a1b2c3d.tmp"]
+    for path in stale:  # what a SIGKILL (no finally blocks) leaves behind
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    assert main(["resume", str(run)]) == 0
+    rows = list(csv.DictReader((run / "results.csv").read_text().splitlines()))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3]
+    assert not any(p.exists() for p in stale) and not (weights / ".saving").exists()
+    assert sorted(p.name for p in weights.iterdir() if p.name.startswith(".")) == []

@@ -90,7 +90,7 @@ def test_classification_predict_against_a_direct_forward(cls_run, tmp_path):
     (["source={tmp}/*.jpeg"], "holds no images"),
     (["merged=maybe", "source=x"], "merged=maybe: expected true or false"),
     (["sorce=x"], "unknown option 'sorce'; did you mean 'source'?"),
-    (["source=x", "device=gpu"], "device=gpu: expected cpu, cuda"),
+    (["source=x", "device=gpu"], "device=gpu: expected cpu, mps, cuda"),
     (["source=x", "imgsz=16"], "imgsz=16: expected an image size of 32..8192"),
     ([], "source= is required"),
     (["source={tmp}/ok.png", "conf=0.5"], "conf= applies to Ultralytics runs"),

@@ -33,7 +33,7 @@ _SPLITS = ("train", "val", "test")
 
 
 class _Descriptor(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str | None = None
     format: Literal["imagefolder", "csv"] = "imagefolder"

@@ -7,6 +7,7 @@ ignored key. Task schemas (classification here, detection in ``detection.py``) s
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..safe_yaml import brief
 from ..strategies.registry import parse_config
 
-__all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "FULL_BASELINE", "AUTO"]
+__all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "scalar_name", "FULL_BASELINE",
+           "AUTO"]
 
 #: The baseline every ``compare`` run trains first.
 FULL_BASELINE: list[dict[str, Any]] = [{"method": "full"}]
@@ -23,7 +25,7 @@ FULL_BASELINE: list[dict[str, Any]] = [{"method": "full"}]
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
@@ -56,6 +58,21 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
+def scalar_name(value: Any) -> str:
+    """A name from any YAML scalar: ``name: 2024`` (an int to YAML), ``1.5``, ``2024-01-05`` (a date), ``true``.
+
+    Raises:
+        ValueError: ``null`` or a list / mapping (no name to write a run directory under).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as it was written in YAML, not Python's True
+    if isinstance(value, int | float | datetime.date):
+        return str(value)
+    raise ValueError(f"expected a name (text, or any number or date), got {brief(value)}")
+
+
 #: ``lr_grid`` value (for one run, or for the whole compare) that asks for the rate to be chosen automatically.
 AUTO = "auto"
 
@@ -76,7 +93,7 @@ def parse_lr_grid(value: Any) -> dict[str, list[float] | str] | str:
     out: dict[str, list[float] | str] = {}
     for key, rates in value.items():
         if rates == AUTO:
-            out[str(key)] = AUTO
+            out[scalar_name(key)] = AUTO
             continue
         rates = [_as_rate(r) for r in rates] if isinstance(rates, list) else None
         if not rates or any(r is None for r in rates):
@@ -84,7 +101,7 @@ def parse_lr_grid(value: Any) -> dict[str, list[float] | str] | str:
                              f"[3e-4, 1e-3]; got {brief(value[key])}")
         if len(set(rates)) != len(rates):
             raise ValueError(f"lr_grid.{key}: a rate is listed twice in {brief(value[key])}; list each once")
-        out[str(key)] = [float(r) for r in rates if r is not None]
+        out[scalar_name(key)] = [float(r) for r in rates if r is not None]
     return out
 
 
@@ -142,6 +159,11 @@ class BaseRecipe(Section):
     output: str = "runs/visionpeft"
     tensorboard: bool = True
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        return scalar_name(value)
+
     @field_validator("strategies", mode="before")
     @classmethod
     def _check_strategies(cls, value: Any) -> list[dict[str, Any]]:
@@ -159,7 +181,7 @@ class BaseRecipe(Section):
                 "compare: expected a mapping of run name -> strategy list, e.g. "
                 "{lora: [{method: lora}], linear_probe: [{method: head}]}; got " + brief(value)
             )
-        out = {str(k): validate_strategy_list(v, f"compare.{k}") for k, v in value.items()}
+        out = {scalar_name(k): validate_strategy_list(v, f"compare.{k}") for k, v in value.items()}
         if "full" in out and [e["method"] for e in out["full"]] != ["full"]:
             from ..errors import ConfigError
 

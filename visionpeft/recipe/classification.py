@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..devices import parse_device
 from ..safe_yaml import brief
 from .base import BaseRecipe, Section
 
@@ -31,7 +32,8 @@ class TrainSection(Section):
         patience: stop after this many epochs without a better validation metric; ``null`` never stops.
         cache_features: with a fully frozen backbone and a deterministic train transform, compute the
             backbone features once and train only the head on them (much faster later epochs).
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``mps``, ``cuda``, ``cuda:N`` or a GPU index ``N``; one
+            device per process (several GPUs: torchrun). Checked against the machine when the run starts.
         threads: CPU threads torch may use (``null``: torch's default, one per core). On a machine shared
             with other jobs, 1 is often several times faster than oversubscribed cores.
         max_steps_per_epoch: cap on train steps per epoch (smoke tests, quick looks); ``null`` = all.
@@ -61,12 +63,21 @@ class TrainSection(Section):
     ema_decay: float = Field(0.999, gt=0, lt=1)
     patience: int | None = Field(None, ge=1)
     cache_features: bool = False
-    device: str = "auto"
+    device: str | int = "auto"
     threads: int | None = Field(None, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     progress: bool = True
     save_every_epoch: bool = True
     compile: bool = False
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        """The form only (``gpu`` is refused here); the machine is checked when a run starts."""
+        devices = parse_device(value)  # ValueError: pydantic names train.device
+        if len(devices) > 1 or isinstance(value, list | tuple):
+            raise ValueError("one device per process; for several GPUs launch with torchrun --nproc_per_node=N")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -18,11 +18,12 @@ Example::
 
 from __future__ import annotations
 
-import re
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from ..devices import parse_device
 from ..errors import closest
 from ..safe_yaml import brief, brief_text
 from .base import BaseRecipe, Section
@@ -89,6 +90,8 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
             )
         else:
             out[key] = _coerce(value)
+            if (msg := _non_finite(out[key])) is not None:  # before check_cfg, which takes inf for a float
+                problems.append(f"{where}.{key}: {msg} (got {brief(out[key])})")
     if problems:
         raise ValueError("; ".join(problems))
     try:
@@ -103,7 +106,6 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
 
 
 _OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD", "auto")
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+(,\d+)*)?|-1|\d+(,\d+)*)$", re.IGNORECASE)
 
 
 #: Ultralytics ``imgsz`` bounds: below 32 the stride-32 heads have no cells; above 8192 one mosaic image alone
@@ -113,6 +115,14 @@ IMGSZ_RANGE = (32, 8192)
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _non_finite(value: Any) -> str | None:
+    """Ultralytics' ``check_cfg`` takes ``inf`` / ``nan`` as floats (``lr0: .inf`` turns every rate into NaN)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return "expected a finite number"
+    return None
 
 
 def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
@@ -142,10 +152,12 @@ def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
         if not (isinstance(value, bool) or value in ("ram", "disk")):
             return "expected true / false, 'ram' or 'disk'"
     elif key == "device":
-        ids = value if isinstance(value, list) and value else [value]
-        if not (value is None or all(_is_int(v) and v >= -1 for v in ids)
-                or (isinstance(value, str) and _DEVICE.match(value.replace(" ", "")))):
-            return "expected cpu, mps, cuda, a GPU index like 0, or a list like '0,1'"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "Ultralytics has no 'auto': leave device out to let it choose (a GPU when there is one)"
+        try:
+            parse_device(value)  # the form; the machine is checked when a run starts
+        except ValueError as exc:
+            return str(exc)
     elif isinstance(known.get(key), str) and not isinstance(value, str):
         return f"expected a string like {known[key]!r}"
     return None

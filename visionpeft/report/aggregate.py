@@ -183,9 +183,8 @@ def seed_rows(groups: Sequence[StrategyRuns]) -> list[dict[str, Any]]:
     rows = []
     for g in groups:
         for r in g.runs:
-            best = r.extra.get("best_epoch")  # 0-based inside the trainer; counted from 1 as the training log does
             row: dict[str, Any] = {"strategy": g.name, "seed": r.extra.get("seed"), "lr": r.extra.get("lr"),
-                                   "best_epoch": None if best is None else int(best) + 1}
+                                   "best_epoch": r.extra.get("best_epoch")}  # counted from 1 (tasks.base.EPOCH_BASE)
             row.update({f"{k}_val": v for k, v in r.metrics.items()})
             row.update({f"{k}_test": v for k, v in r.extra.get("test_metrics", {}).items()})
             row.update({"train_seconds": round(r.train_seconds, 2), "run_dir": str(Path(r.run_dir))})

@@ -30,7 +30,7 @@ class StrategyConfig(BaseModel):
             biases, 1-D tensors and the model's ``no_weight_decay()`` tensors never decay.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: str
     # -- optimizer settings of the owned parameters (visionpeft.optim_settings)
     lr: float | None = Field(None, gt=0)

@@ -43,6 +43,9 @@ _SHARED_ARGS = """
         exclude: patterns never adapted, added to the default exclusions
             (:func:`~visionpeft.strategies.roles.adapter_exclude`); with default ``targets``
             the task head is excluded too.
+        default_exclude: apply the backend's default exclusions (stem conv, task head: ``spec.lora_exclude``)
+            to the targets. ``False`` adapts exactly what ``targets`` names (an HF PEFT adapter loaded with
+            :func:`visionpeft.load_adapter` may adapt a stem or head layer; it sets this).
         rank_pattern / alpha_pattern: per-layer overrides ``{pattern: value}``; the first matching pattern wins.
         max_param_fraction: skip a layer whose adapter would have more parameters than this fraction of its
             weight (depthwise convs); ``None`` adapts every target.
@@ -57,6 +60,7 @@ class LycorisConfig(RankBudgetConfig):
     alpha: PositiveFloat | None = None
     targets: list[str] | None = Field(None, min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    default_exclude: bool = True
     rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict)
     alpha_pattern: dict[str, PositiveFloat] = Field(default_factory=dict)
     max_param_fraction: PositiveFloat | None = 1.0

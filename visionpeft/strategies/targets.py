@@ -170,16 +170,19 @@ def under(name: str, roots: Iterable[str]) -> bool:
     return any(name == r or name.startswith(r + ".") for r in roots)
 
 
-def excluded_roots(model: nn.Module, exclude: list[str], ctx: ApplyContext, method: str) -> dict[str, tuple[str, str]]:
+def excluded_roots(model: nn.Module, exclude: list[str], ctx: ApplyContext, method: str,
+                   backend: bool = True) -> dict[str, tuple[str, str]]:
     """Excluded module name -> (``"exclude"`` or ``"backend_exclude"``, the pattern that excluded it).
 
-    The user's ``<method>.exclude`` (every pattern must match) comes first; then the backend's
+    The user's ``<method>.exclude`` (every pattern must match) comes first; then, with ``backend``, the backend's
     ``spec.lora_exclude``.
     """
     roots: dict[str, tuple[str, str]] = {}
     for pattern in exclude:
         for name in match_modules(model, [pattern], what="module", field=f"{method}.exclude"):
             roots.setdefault(name, ("exclude", pattern))
+    if not backend:
+        return roots
     for name, module in model.named_modules():
         for pattern in adapter_exclude(model, ctx.spec):
             if name and (name_matches(name, pattern) or type_matches(module, pattern)):
@@ -212,7 +215,7 @@ def check_targets(model: nn.Module, cfg: LayerTargetConfig, ctx: ApplyContext, *
                                     **resolve)  # type: ignore[arg-type]
     for field in ("rank_pattern", "alpha_pattern"):
         _check_patterns_used(getattr(cfg, field, {}), candidates, f"{method}.{field}", method)
-    excluded_roots(model, list(getattr(cfg, "exclude", [])), ctx, method)
+    excluded_roots(model, list(getattr(cfg, "exclude", [])), ctx, method, getattr(cfg, "default_exclude", True))
     start_block_roots(getattr(cfg, "start_block", 0), ctx, method)
 
 
@@ -327,11 +330,13 @@ def filter_targets(
     exclude: list[str],
     start_block: int,
     wraps: bool = True,
+    default_exclude: bool = True,
 ) -> tuple[dict[str, nn.Module], dict[Skip, int]]:
     """Drop candidates in the frozen region, claimed by an earlier strategy (``wraps``), inside
     ``spec.blocks[:start_block]``, the task head (unless the user named the targets: ``explicit``) or an
-    excluded module. Returns the kept modules and skip counts by reason; every skip is noted."""
-    excluded = excluded_roots(model, exclude, ctx, method)
+    excluded module (``exclude``, and the backend's ``spec.lora_exclude`` unless ``default_exclude`` is false).
+    Returns the kept modules and skip counts by reason; every skip is noted."""
+    excluded = excluded_roots(model, exclude, ctx, method, default_exclude)
     early = start_block_roots(start_block, ctx, method)
     skipped: dict[Skip, int] = {}
     kept: dict[str, nn.Module] = {}
@@ -371,7 +376,7 @@ def select_targets(
     _check_patterns_used(cfg.alpha_pattern, candidates, f"{method}.alpha_pattern", method)
     kept, skipped = filter_targets(
         model, candidates, ctx, notes, method=method, explicit=cfg.targets is not None, exclude=cfg.exclude,
-        start_block=cfg.start_block,
+        start_block=cfg.start_block, default_exclude=getattr(cfg, "default_exclude", True),
     )
     out: list[Target] = []
     for name, module in kept.items():

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..recipe.base import BaseRecipe
 
-__all__ = ["RunResult", "GridPoint", "StrategyRuns", "TaskRunner", "load_run_recipe"]
+__all__ = ["EPOCH_BASE", "RunResult", "GridPoint", "StrategyRuns", "TaskRunner", "load_run_recipe"]
+
+
+#: ``extra["best_epoch"]`` counts epochs from 1, as the training log and the report do; ``extra["epoch_base"]``
+#: records it, and :meth:`RunResult.from_dict` converts results written before (counted from 0, no marker).
+EPOCH_BASE = 1
 
 
 @dataclass
@@ -56,6 +61,12 @@ class RunResult:
         names = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in names}
         data["run_dir"] = Path(data["run_dir"])
+        extra = dict(data.get("extra") or {})
+        if extra.get("best_epoch") is not None and extra.get("epoch_base") != EPOCH_BASE:
+            extra["best_epoch"] = int(extra["best_epoch"]) + 1  # an older run directory: counted from 0
+        if "best_epoch" in extra:
+            extra["epoch_base"] = EPOCH_BASE
+        data["extra"] = extra
         return cls(**data)
 
     def save(self, path: Path) -> None:

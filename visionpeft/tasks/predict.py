@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -58,18 +57,11 @@ class PredictOptions:
 
 
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|\d+)$", re.IGNORECASE)
-
-
 def _check_device(text: str) -> str:
-    """``cpu``, ``auto``, ``mps``, ``cuda``, ``cuda:N`` or a GPU index ``N``; CUDA ones only where CUDA is."""
-    import torch
+    """Every form :mod:`visionpeft.devices` reads, and only devices this machine has."""
+    from ..devices import check_device
 
-    if not _DEVICE.match(text):
-        raise ConfigError(f"predict: device={text}: expected cpu, cuda, cuda:N, a GPU index such as 0, mps or auto")
-    if (text.isdigit() or text.lower().startswith("cuda")) and not torch.cuda.is_available():
-        raise ConfigError(f"predict: device={text}: no CUDA device here (torch.cuda.is_available() is False); "
-                          "use device=cpu")
+    check_device(text, "predict: device")
     return text
 
 

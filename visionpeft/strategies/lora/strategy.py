@@ -48,6 +48,9 @@ class LoRAConfig(RankBudgetConfig):
             (:func:`~visionpeft.strategies.roles.adapter_exclude`: head, stem conv); with default ``targets``
             the task head is excluded too (the ``head`` strategy trains it in full), explicit ``targets`` may
             reach into it. A module inside an excluded module is excluded.
+        default_exclude: apply the backend's default exclusions (stem conv, task head: ``spec.lora_exclude``)
+            to the targets. ``False`` adapts exactly what ``targets`` names (an HF PEFT adapter loaded with
+            :func:`visionpeft.load_adapter` may adapt a stem or head layer; it sets this).
         rank_pattern: per-layer rank overrides, ``{pattern: rank}``; the first matching pattern wins. Use it
             to give late blocks more capacity than early ones.
         alpha_pattern: per-layer alpha overrides, ``{pattern: alpha}``; the first matching pattern wins.
@@ -76,6 +79,7 @@ class LoRAConfig(RankBudgetConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[str] | None = Field(None, min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    default_exclude: bool = True
     rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict)
     alpha_pattern: dict[str, PositiveFloat] = Field(default_factory=dict)
     use_rslora: bool = False

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...devices import torch_device
 from ...spec import ModelSpec
 
 __all__ = ["seed_everything", "build_base", "build_adapted", "resolve_device", "torch_threads"]
@@ -36,15 +37,10 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU."""
-    import os
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
+def resolve_device(name: Any, where: str = "train.device") -> torch.device:
+    """The run's device, checked against this machine (``auto``: this rank's CUDA device when available, else
+    CPU); one line naming ``where`` and the devices this machine has otherwise (:mod:`visionpeft.devices`)."""
+    return torch_device(name, where)
 
 
 def build_base(recipe: Any, num_classes: int) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:

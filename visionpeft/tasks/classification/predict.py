@@ -49,8 +49,8 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
                               "preprocessing (image size, crop, normalisation) as recorded for eval")
     recipe, model, _, meta = TASK.load_run(run_dir)
     model, info = merged_or_adapted(model, options.merged)
-    wanted = options.device or recipe.train.device
-    device = resolve_device(f"cuda:{wanted}" if wanted.isdigit() else wanted)
+    device = resolve_device(options.device or recipe.train.device,
+                            "predict: device" if options.device else "train.device (recorded)")
     model.to(device).eval()
     transform = build_transforms(meta["preprocess"], recipe.augment)[1]
     classes = list(meta["extra"]["classes"])

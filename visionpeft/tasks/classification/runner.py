@@ -11,14 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...checkpoint import check_trainable_state, load_tensors, load_trainable_state, load_training_state
+from ...checkpoint import (
+    check_trainable_state,
+    load_tensors,
+    load_trainable_state,
+    load_training_state,
+    remove_stale_temporaries,
+)
 from ...data import build_data, list_recipe_splits, resolve_data_config
 from ...data.loaders import make_loader
 from ...errors import ConfigError
 from ...logging.tensorboard import RunLogger
 from ...recipe import save_resolved
-from ..base import RunResult, load_run_recipe
+from ..base import EPOCH_BASE, RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
+from ..divergence import kept_checkpoint
 from ..examples import write_examples
 from . import features as feat
 from .compiled import compile_failure, compile_in_place
@@ -189,6 +196,7 @@ class ClassificationTask:
             )
         state = load_training_state(path)
         check_unfinished(run_dir, state, saved)
+        remove_stale_temporaries(path.parent)  # what a kill during the last checkpoint write left
         return self._run(recipe, list(recipe.strategies), run_dir, recipe.name, state)
 
     def _run(self, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
@@ -234,6 +242,7 @@ class ClassificationTask:
             eval_model=target, after_step=(lambda t: ema.update(live, step=t.state.updates)) if ema else None,
             set_epoch=set_epoch)
         start = 0 if resume_state is None else self._restore(s, resume_state, trainer, live, ema, head_prefix, ckpt)
+        trainer.kept = lambda: kept_checkpoint(s.run_dir / "checkpoints" / "last.pt", trainer.state.epoch)
         if is_main():
             self._write_run_files(s)
         logger = RunLogger(s.run_dir, enabled=recipe.tensorboard and is_main())
@@ -366,14 +375,17 @@ class ClassificationTask:
             train_img_per_s=st.images * world / max(st.train_time + s.cache_seconds, 1e-9),
             train_seconds=wall + s.cache_seconds,
             adapter_bytes=0, step_time_s=sum(st.step_times) / max(len(st.step_times), 1), run_dir=s.run_dir,
-            extra={"best_epoch": st.best_epoch, "epochs_run": len(st.history), "world_size": world,
+            # Epochs counted from 1, as the log and the report count them (EPOCH_BASE marks it for readers).
+            extra={"best_epoch": st.best_epoch + 1 if st.best_epoch >= 0 else None, "epoch_base": EPOCH_BASE,
+                   "epochs_run": len(st.history), "world_size": world,
                    "cache_seconds": s.cache_seconds, "hparams": self._hparams(s), "lrs": dict(s.lrs)})
         if is_main():
             adapter = save_adapter(s.model, s.run_dir / "adapter", extra={
                 "task": "classification", "model": s.recipe.model, "weights": s.recipe.weights,
                 "num_classes": len(s.classes), "classes": list(s.classes)})
             result.adapter_bytes = (adapter / "adapter.safetensors").stat().st_size
-            full = {**result.to_dict(), "best_metrics": best, "history": st.history}
+            history = [{**h, "epoch": int(h["epoch"]) + EPOCH_BASE} for h in st.history]  # as best_epoch counts
+            full = {**result.to_dict(), "best_metrics": best, "history": history}
             (s.run_dir / "metrics.json").write_text(json.dumps(full, indent=2))
             # The kept (best-epoch) model's metrics, at the last step: what the HParams tab shows.
             logger.scalars({f"result/{k}": best[k] for k in ("top1", "top5", "loss", "mean_class_acc")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..divergence import check_loss
 from .metrics import Accumulator
 
 __all__ = ["Hook", "Trainer", "TrainState", "autocast_dtype", "evaluate_model"]
@@ -91,6 +92,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.amp, device)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.state = TrainState()
+        #: What the run directory keeps if the loss becomes non-finite (set by the runner, which knows the files).
+        self.kept: Callable[[], str] | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -142,6 +145,8 @@ class Trainer:
                     stack.enter_context(hook.step_context(self))
                 with self._autocast():
                     loss = self.loss_fn(self.model(x).float(), y)
+                # Before backward: a NaN step never reaches the weights, the optimizer state or the EMA copy.
+                check_loss(loss, epoch=self.state.epoch + 1, epochs=self.cfg.epochs, batch=i + 1, kept=self.kept)
                 (loss / accum).backward()
                 if (i + 1) % accum == 0 or i + 1 == steps:
                     self._update()

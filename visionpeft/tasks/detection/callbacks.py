@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ...errors import PlanViolationError
+from ..divergence import check_loss, kept_checkpoint
 
 __all__ = ["PerfMeter", "SavedTensorMeter", "ULTRA_METRICS", "metrics_from_ultralytics", "make_callbacks"]
 
@@ -191,6 +192,8 @@ def lr_tags(optimizer: Any, model: torch.nn.Module, plan: Any) -> list[str | Non
             continue
         shared = labels.count(label) > 1
         kind = str(group.get("param_group", f"group{i}"))
+        if kind in {"weight", "muon"} and not group.get("weight_decay"):
+            kind += "_no_decay"  # 1-D tensors (SSF scale/shift ...) split from Ultralytics' decayed group
         tags.append(f"optim/lr_{label}_{kind}" if shared else f"optim/lr_{label}")
     return tags
 
@@ -206,16 +209,39 @@ def on_train_epoch_start(tr: Any) -> None:
     model = tr.vp_model()
     tr.vp_plan.check(model)
     _check_optimizer(tr, model)
+    tr.vp_batch = 0
 
 
 def on_train_batch_start(tr: Any) -> None:
     """Start timing one training step."""
+    tr.vp_batch = getattr(tr, "vp_batch", 0) + 1
     tr.vp_perf.step_start()
 
 
 def on_train_batch_end(tr: Any) -> None:
-    """Stop timing one training step (and finish the memory measurement after the first)."""
+    """Stop timing one training step (and finish the memory measurement after the first); a non-finite loss
+    stops the run (batches accumulated without an update are checked here; updates before they happen)."""
+    check_train_loss(tr)
     tr.vp_perf.step_end(int(tr.batch_size))
+
+
+def check_train_loss(tr: Any) -> None:
+    """Raise :class:`TrainingDivergedError` if the current batch's loss is not finite (see ``tasks/divergence``).
+
+    Replaces Ultralytics' NaN recovery (reload ``last.pt`` and retry up to 3 times; on the first epoch, carry on):
+    a diverged run stops at the batch, leaving ``weights/last.pt`` and ``results.csv`` as the last epoch wrote them.
+    """
+    if getattr(tr, "loss", None) is None:
+        return
+    items = getattr(tr, "loss_items", None)  # Ultralytics 8.4: {name: tensor}; older: a tensor beside loss_names
+    if isinstance(items, dict):
+        parts = {str(k): float(v) for k, v in items.items()}
+    elif isinstance(items, torch.Tensor):
+        parts = dict(zip(getattr(tr, "loss_names", ()), items.detach().float().cpu().tolist()))
+    else:
+        parts = None
+    check_loss(tr.loss, epoch=int(tr.epoch) + 1, epochs=int(tr.epochs), batch=getattr(tr, "vp_batch", 0),
+               parts=parts, kept=lambda: kept_checkpoint(Path(tr.last), int(tr.epoch)))
 
 
 def on_train_epoch_end(tr: Any) -> None:

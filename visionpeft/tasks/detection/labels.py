@@ -10,6 +10,11 @@ a warning; here the first broken line is an error naming the file and line. Rule
 * ``obb``: ``class x1 y1 x2 y2 x3 y3 x4 y4`` (4 corners). As in Ultralytics, the range check applies to the
   corners' enclosing box ``cx cy w h`` (within [-0.01, 1.01]): a corner may stick out of the image (upstream
   DOTA8 has corners at 1.015) as long as that box is normalised.
+
+Geometry, the same for every task (:func:`_check_geometry`): a box must have width and height; a polygon (segment
+and detect polygons, OBB corners) must enclose an area: points that all lie on one line (zero width, zero height,
+or collinear along a diagonal) are degenerate; a pose label's box must have an extent and each keypoint's
+visibility flag (``ndim`` 3) must be 0, 1 or 2 (COCO's not labelled / hidden / visible).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ __all__ = ["LabelRule", "check_label_file"]
 _COORD_TOL = 1e-6
 #: Ultralytics' own bound for corner points (``points.max() <= 1.01``, negatives down to -0.01).
 _OBB_TOL = 0.01
+#: A polygon whose points all lie within this distance (a fraction of the image side) of one line has no area.
+_LINE_TOL = 1e-6
+#: Keypoint visibility flags (COCO): 0 not labelled, 1 labelled but hidden, 2 visible.
+_VISIBILITY = (0.0, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -92,9 +101,46 @@ def check_label_file(path: Path, nc: int, rule: LabelRule = LabelRule()) -> int:
             )
         if any(not (-tol <= v <= 1 + tol) for v in rule.points(coords)):
             raise ConfigError(f"{where}: coordinates {brief(parts[1:])} are not normalised to [0, 1]")
-        _check_extent(coords[:4] if rule.task == "pose" else coords, where, line)
+        _check_geometry(rule, coords, where, line)
         rows += 1
     return rows
+
+
+def _check_geometry(rule: LabelRule, coords: list[float], where: str, line: str) -> None:
+    """Every task's geometry rule (see the module docstring): no empty box, polygon or keypoint flag."""
+    if rule.task == "pose" and rule.kpt_shape:
+        _check_extent(coords[:4], where, line)
+        _check_visibility(coords[4:], rule.kpt_shape, where, line)
+        return
+    _check_extent(coords, where, line)
+    if len(coords) > 4:  # a polygon (segment / detect) or OBB corners
+        _check_area(coords, where, line)
+
+
+def _check_visibility(kpts: list[float], kpt_shape: tuple[int, int], where: str, line: str) -> None:
+    nkpt, ndim = kpt_shape
+    if ndim != 3:
+        return
+    bad = [i + 1 for i in range(nkpt) if kpts[i * 3 + 2] not in _VISIBILITY]
+    if bad:
+        raise ConfigError(f"{where}: keypoint {bad[0]} has visibility {kpts[(bad[0] - 1) * 3 + 2]:g} in label line "
+                          f"{brief(line)}: expected 0 (not labelled), 1 (hidden) or 2 (visible)")
+
+
+def _check_area(coords: list[float], where: str, line: str) -> None:
+    """The points must not all lie on one line (a polygon or rotated box of zero area)."""
+    pts = list(zip(coords[0::2], coords[1::2]))
+    x0, y0 = pts[0]
+    far = max(pts, key=lambda p: (p[0] - x0) ** 2 + (p[1] - y0) ** 2)
+    dx, dy = far[0] - x0, far[1] - y0
+    length = (dx * dx + dy * dy) ** 0.5
+    # distance of every point from the line through the first point and the point farthest from it
+    if length > 0 and max(abs(dx * (y - y0) - dy * (x - x0)) for x, y in pts) / length > _LINE_TOL:
+        return
+    raise ConfigError(
+        f"{where}: degenerate polygon in label line {brief(line)}: its {len(pts)} points lie on one line, so it "
+        "encloses no area (a zero-area mask or rotated box). Fix or delete the line"
+    )
 
 
 def _check_extent(coords: list[float], where: str, line: str) -> None:

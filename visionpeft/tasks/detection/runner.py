@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...devices import check_device
 from ...errors import ConfigError
 from ...outputs import make_dir
 from ...safe_yaml import load_yaml_file
@@ -170,6 +171,7 @@ class UltralyticsTask:
         from ...backends.ultralytics import check_checkpoint_file
 
         _refuse_torchrun()
+        check_device(recipe.train_args().get("device"), "ultralytics.device")  # before any data is read
         recipe = _with_local_files(recipe, self.ultralytics_task)
         info = self._check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
                           skip_bad_images=recipe.dataset.skip_bad_images)
@@ -241,6 +243,7 @@ class UltralyticsTask:
             raise ConfigError(f"resume {run_dir}: the run was trained with other settings than asked ({detail}); "
                               "what defines the model cannot change on resume. Start a new run with 'visionpeft "
                               "train'")
+        check_device(recipe.train_args().get("device"), "ultralytics.device")
         last = run_dir / "weights" / "last.pt"
         if not last.is_file():
             raise ConfigError(f"{run_dir}: no weights/last.pt to resume from (the run stopped before its first "
@@ -284,6 +287,7 @@ class UltralyticsTask:
 
         run_dir = Path(run_dir)
         doc = _read_run_recipe(run_dir, self.task)
+        check_device((doc.get("ultralytics") or {}).get("device"), "ultralytics.device (recorded in the run)")
         skip = bool((doc.get("dataset") or {}).get("skip_bad_images", False))
         info = self._check_data(doc["data"], check_labels=False, splits=(split,),
                                 check_images=doc.get("check_labels", True), skip_bad_images=skip)

@@ -59,10 +59,11 @@ from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ... import api
+from ...checkpoint import STAGING_DIR, atomic_write, remove_stale_temporaries
 from ...errors import ConfigError
 from ...plan import TrainabilityPlan
 from . import resume
-from .callbacks import PerfMeter, make_callbacks, write_json
+from .callbacks import PerfMeter, check_train_loss, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
 
 __all__ = ["PeftTrainerMixin", "PeftDetectionTrainer", "PeftSegmentationTrainer", "PeftPoseTrainer", "PeftOBBTrainer",
@@ -306,6 +307,11 @@ class PeftTrainerMixin:
             if run_dir:
                 self.args.save_dir = str(run_dir)
 
+    def optimizer_step(self) -> None:
+        """Ultralytics' update, refused for a non-finite loss: the NaN never reaches the weights or the EMA."""
+        check_train_loss(self)
+        super().optimizer_step()  # type: ignore[misc]
+
     def save_model(self) -> Any:
         """Ultralytics' checkpoints, each written to a temporary file and renamed over the old one.
 
@@ -313,7 +319,7 @@ class PeftTrainerMixin:
         resume from. Here the previous good file stays until the new one is complete.
         """
         wdir, last, best = self.wdir, self.last, self.best
-        staging = wdir / ".saving"
+        staging = wdir / STAGING_DIR
         shutil.rmtree(staging, ignore_errors=True)
         self.wdir, self.last, self.best = staging, staging / last.name, staging / best.name
         try:
@@ -335,6 +341,23 @@ class PeftTrainerMixin:
                     "completed run's last.pt has no optimizer state): nothing to resume. Start a new run"
                 )
         super().resume_training(ckpt)
+        if ckpt is not None and self.resume and RANK in {-1, 0}:
+            remove_stale_temporaries(self.wdir)  # what a kill during the last checkpoint write left
+            self._vp_trim_results(int(ckpt.get("epoch", -1)) + 1)
+
+    def _vp_trim_results(self, epochs_done: int) -> None:
+        """Drop ``results.csv`` rows past the checkpoint's epoch before training goes on.
+
+        Ultralytics appends an epoch's row before it writes the checkpoint; a run killed in between resumes from
+        the previous checkpoint and would append a second, different row for the same epoch.
+        """
+        csv = Path(self.csv)
+        if not csv.is_file():
+            return
+        lines = csv.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = lines[:1] + [row for row in lines[1:] if _row_epoch(row) <= epochs_done]
+        if len(keep) != len(lines):
+            atomic_write(csv, lambda tmp: Path(tmp).write_text("".join(keep), encoding="utf-8"))
 
     def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         """Ultralytics loads the whole float16 EMA; the frozen tensors are then reset to the exact base."""
@@ -488,15 +511,26 @@ def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str
     return out
 
 
+def _row_epoch(row: str) -> float:
+    """The epoch (counted from 1) of one ``results.csv`` row; an unreadable row counts as past every epoch."""
+    try:
+        return float(row.split(",", 1)[0])
+    except ValueError:
+        return float("inf")
+
+
 def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: TrainabilityPlan,
                           configs: list[Any], base_lr: float, wd_scale: float) -> list[dict[str, Any]]:
-    """Ultralytics' parameter groups, frozen tensors dropped and each group split per strategy owner.
+    """Ultralytics' parameter groups, frozen tensors dropped and each group split per strategy owner and setting.
 
-    Every new group keeps its source group's keys (``param_group`` decides Ultralytics' bias warmup) and
-    carries ``owner``. Its rate is the source group's rate times ``entry.lr / base_lr`` when the owning
-    strategy entry sets ``lr`` (so Ultralytics' own boosts survive), times the LoRA+ ratio for ``lora_B``;
-    a decayed group takes the entry's ``weight_decay`` (times ``wd_scale``, Ultralytics' batch scaling).
-    Empty groups are dropped.
+    Every tensor's rate and decay follow :func:`visionpeft.optim_settings.resolve`, the rule classification uses:
+    the recipe-wide values are Ultralytics' (``lr0``; ``weight_decay`` as Ultralytics scaled it for the batch), so a
+    group's rate is its source group's rate times ``entry.lr / base_lr`` when the owning entry sets ``lr`` (so
+    Ultralytics' own warmup boosts survive), times the LoRA+ ratio for ``lora_B``; biases, 1-D tensors (norm
+    affines, SSF scale and shift) and ``no_weight_decay()`` tensors are not decayed, nor anything Ultralytics puts
+    in its no-decay groups (``bn``, ``bias``); an entry's ``weight_decay`` is scaled like Ultralytics' own.
+    Every new group keeps its source group's keys (``param_group`` decides Ultralytics' bias warmup) and carries
+    ``owner``. Empty groups are dropped.
 
     Args:
         groups: ``optimizer.param_groups`` as Ultralytics built them.
@@ -505,23 +539,23 @@ def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: 
         base_lr: the rate Ultralytics used (``args.lr0``, after ``optimizer=auto`` chose it).
         wd_scale: Ultralytics' ``batch * accumulate / nbs`` weight-decay factor.
     """
-    from ...optim_settings import owner_settings
+    from ...optim_settings import owner_settings, resolve
 
     settings = owner_settings(model, plan, configs)
     names = {id(p): n for n, p in model.named_parameters()}
     out: list[dict[str, Any]] = []
     for group in groups:
-        split: dict[str, list[Any]] = {}
+        split: dict[tuple[str, float, float], list[Any]] = {}
+        decayed = group.get("param_group") in {"weight", "muon"}
+        recipe_wd = group.get("weight_decay", 0.0) / wd_scale if decayed else 0.0
         for p in group["params"]:
             name = names.get(id(p))
-            if p.requires_grad and name in settings:
-                split.setdefault(settings[name].owner, []).append(p)
-        for owner, params in split.items():
-            s = settings[names[id(params[0])]]
-            lr = group["lr"] * (s.lr / base_lr if s.lr else 1.0) * s.lr_scale
-            wd = group.get("weight_decay", 0.0)
-            if group.get("param_group") in {"weight", "muon"} and s.weight_decay is not None:
-                wd = s.weight_decay * wd_scale
+            if not (p.requires_grad and name in settings):
+                continue
+            s = settings[name]
+            rate, wd = resolve(s, lr=base_lr, weight_decay=recipe_wd, no_decay=not decayed)
+            split.setdefault((s.owner, group["lr"] * rate / base_lr, wd * wd_scale), []).append(p)
+        for (owner, lr, wd), params in split.items():
             out.append({**group, "params": params, "owner": owner, "lr": lr, "weight_decay": wd})
     return out
 
