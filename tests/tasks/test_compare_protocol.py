@@ -201,6 +201,9 @@ def test_report_command_rebuilds_the_same_report_without_training(compared, tmp_
             "delta_top1_test_boot_high", "delta_top1_test_ci_low", "verdict", "verdict_t", "lr", "lr_source"]
     assert [[r[k] for k in keys] for r in after["runs"]] == [[r[k] for k in keys] for r in before["runs"]]
     assert after["environment"] == before["environment"]
+    seed_keys = ["strategy", "seed", "lr", "top1_val", "top1_test", "best_epoch"]
+    assert [[r[k] for k in seed_keys] for r in after["seed_runs"]] == [[r[k] for k in seed_keys]
+                                                                       for r in before["seed_runs"]]
     assert all(str(moved) in r["run_dir"] for r in after["seed_runs"])
     assert (moved / "report.md").is_file() and (moved / "pareto.png").is_file() and (moved / "report.csv").is_file()
 
@@ -219,6 +222,10 @@ def test_report_of_an_old_compare_dir_falls_back_to_the_t_interval(compared, tmp
     assert lora["verdict"] == lora["verdict_t"] and lora["delta_top1_test_boot_low"] is None
     assert lora["verdict_basis"].startswith("seed t-interval (no per-example test results saved")
     assert lora["lr_source"] == "lr_grid" and len(report["lr_sweeps"]) == 2
+    before = json.loads((compared / "report.json").read_text())
+    # Read back from report.json + metrics.json: the same seed rows (epochs counted from 1 once, not twice).
+    assert [(r["strategy"], r["seed"], r["best_epoch"], r["top1_test"]) for r in report["seed_runs"]] == [
+        (r["strategy"], r["seed"], r["best_epoch"], r["top1_test"]) for r in before["seed_runs"]]
     assert "Verdicts rest on the seed-only t-interval" in (old / "report.md").read_text()
 
 
