@@ -176,11 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     over = {"nargs": "*", "default": [], "help": "key=value overrides, e.g. train.epochs=3 strategies.0.rank=16"}
     t = sub.add_parser("train", help="train the recipe's strategy list")
-    t.add_argument("recipe")
+    recipe_help = "a recipe file, or the name of a packaged one (quickstart, classification/lora_vit; see recipes)"
+    t.add_argument("recipe", help=recipe_help)
     t.add_argument("overrides", **over)
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compare", help="full fine-tuning + each compare run, then report.{md,json,csv,png}")
-    c.add_argument("recipe")
+    c.add_argument("recipe", help=recipe_help)
     c.add_argument("overrides", **over)
     c.set_defaults(func=cmd_compare)
     r = sub.add_parser("resume", help="continue a killed 'train' run from its last checkpoint")
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("options", nargs="*", default=[], help="source=PATH (an image, a folder, a glob; required) "
                     "[merged=false] [conf=0.25] [imgsz=640] [topk=5] [device=cpu] [out=DIR]")
     pr.set_defaults(func=cmd_predict)
+    lst = sub.add_parser("recipes", help="list the recipes that ship with visionpeft (run them by name)")
+    lst.set_defaults(func=cmd_recipes)
     q = sub.add_parser("params", help="parameter report of a model, optionally with strategies applied")
     q.add_argument("model", help="timm model name, or an Ultralytics .pt / model .yaml")
     q.add_argument("--strategy", help="method names (lora or lora,head), a YAML/JSON strategy list such as "
@@ -215,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_params)
     return p
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .packaged import RECIPES_DIR, packaged_recipes, recipe_summary
+
+    recipes = packaged_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, path in recipes.items():
+        print(f"{name:<{width}}  {recipe_summary(path)}")
+    print(f"\n{len(recipes)} recipes in {RECIPES_DIR}; run one by name from any folder "
+          "(visionpeft train classification/lora_vit, visionpeft compare quickstart) or copy and edit it")
+    return 0
 
 
 def _worker_message(exc: BaseException) -> str | None:
