@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,9 @@ def _runner_of_run(run_dir: Path) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .packaged import find_recipe
+
+    find_recipe(args.recipe)  # a missing recipe is reported before torch is imported (start-up in ~0.1 s)
     from .recipe import load_recipe
     from .tasks import get_task
     from .tasks.compare import new_run_dir, write_experiment_for
@@ -61,6 +65,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .packaged import find_recipe
+
+    find_recipe(args.recipe)
     from .recipe import load_recipe
     from .tasks.compare import run_compare
     from .tasks.distributed import is_main
@@ -242,10 +249,16 @@ def _worker_message(exc: BaseException) -> str | None:
     return rest if sep and name.replace(".", "").replace("_", "").isalnum() else last
 
 
+def _is_distributed() -> bool:
+    from .tasks.distributed import is_distributed
+
+    return is_distributed()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("train", "compare", "resume"):
+        if args.command in ("train", "compare", "resume") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from .tasks.distributed import init_distributed
 
             init_distributed()  # under torchrun: before run directories are named (rank 0 decides)
@@ -259,14 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error of ours; silence the flush at exit.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        from .tasks.distributed import is_distributed
-
-        if is_distributed():
+        # No process group without torch.distributed imported: a command that never needed torch stays torch-free.
+        if "torch.distributed" in sys.modules and _is_distributed():
             import torch.distributed as dist
 
             dist.destroy_process_group()

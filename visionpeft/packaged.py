@@ -71,8 +71,8 @@ def find_recipe(arg: str | Path) -> Path:
     if name in recipes:
         return recipes[name]
     near = closest(name, recipes, n=4) or closest(name.rpartition("/")[2], recipes, n=4)
-    hint = f"; did you mean {', '.join(near)}?" if near else ""
-    raise ConfigError(f"recipe file not found: {arg} (no such file, and no packaged recipe {name!r}{hint} "
+    hint = f"; did you mean {', '.join(near)}" if near else ""
+    raise ConfigError(f"recipe file not found: {arg} (no such file, and no packaged recipe {name!r}{hint}; "
                       "'visionpeft recipes' lists them)")
 
 
