@@ -21,6 +21,10 @@ from .outputs import make_dir
 
 __all__ = ["main", "build_parser"]
 
+#: TensorBoard's page with curve smoothing off (TensorBoard >= 2.5 reads ``smoothing`` from the URL): validation
+#: curves have one point per epoch, and the default smoothing (0.6) shows a 3-epoch curve's last value well off.
+TB_URL = "http://localhost:6006/?smoothing=0#timeseries"
+
 
 def _runner_of_run(run_dir: Path) -> Any:
     """The runner of the engine that wrote ``run_dir`` (its recipe.yaml's task), from the engine registry."""
@@ -76,7 +80,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     make_dir(recipe.output, "output")
     out = run_compare(recipe)
     if is_main():
-        print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}")
+        print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}\n  then open {TB_URL}")
     return 0
 
 
