@@ -98,8 +98,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.predict import parse_predict_args, predict_run
+    from .tasks.predict_console import PredictConsole
 
-    out = predict_run(Path(args.run_dir), parse_predict_args(args.options))
+    console = PredictConsole()  # a line per image with its speed (a bar and a summary for many), as yolo predict
+    out = predict_run(Path(args.run_dir), parse_predict_args(args.options), on_image=console)
+    console.finish()
     print(f"predictions written to {out / 'predictions.json'}")
     return 0
 
