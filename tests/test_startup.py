@@ -32,16 +32,19 @@ def _heavy_imports(args: list[str], cwd) -> tuple[int, list[str], str]:
     return out.returncode, json.loads(line[len("IMPORTED="):]), out.stderr
 
 
-@pytest.mark.parametrize("args, rc", [
-    (["--help"], 0),
-    (["train", "--help"], 0),
-    (["recipes"], 0),
-    (["train", "no/such/recipe.yaml"], 2),
-    (["compare", "quickstartt"], 2),
+@pytest.mark.parametrize("args, rc, says", [
+    (["--help"], 0, ""),
+    (["train", "--help"], 0, ""),
+    (["recipes"], 0, ""),
+    (["train", "no/such/recipe.yaml"], 2, "recipe file not found"),
+    (["compare", "quickstartt"], 2, "did you mean quickstart"),
+    (["train", "quickstart", "train.epochz=3"], 2, "train.epochz: unknown key; did you mean 'epochs'?"),
+    (["compare", "classification/compare_cnn", "optim.lrr=0.1"], 2, "optim.lrr: unknown key"),
 ])
-def test_cli_starts_without_heavy_imports(args, rc, tmp_path):
+def test_cli_starts_without_heavy_imports(args, rc, says, tmp_path):
     code, imported, err = _heavy_imports(args, tmp_path)
     assert code == rc, err
+    assert says in err
     assert imported == [], f"visionpeft {' '.join(args)} imported {imported}"
 
 

@@ -39,10 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     find_recipe(args.recipe)  # a missing recipe is reported before torch is imported (start-up in ~0.1 s)
     from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # before the task modules: a typo is reported at once
     from .tasks import get_task
     from .tasks.compare import new_run_dir, write_experiment_for
 
-    recipe = load_recipe(args.recipe, args.overrides)
     if not recipe.strategies:
         from .errors import ConfigError
 
@@ -73,10 +74,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     find_recipe(args.recipe)
     from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
     from .tasks.compare import run_compare
     from .tasks.distributed import is_main
 
-    recipe = load_recipe(args.recipe, args.overrides)
     make_dir(recipe.output, "output")
     out = run_compare(recipe)
     if is_main():

@@ -135,12 +135,31 @@ def format_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
     return "; ".join(lines)
 
 
+#: Keys whose validation needs the strategy registry (and so torch): left out of the unknown-key pre-check.
+_STRATEGY_KEYS = ("strategies", "compare", "lr_grid")
+
+
+def _unknown_keys_first(cls: type[BaseModel], doc: dict[str, Any], source: str) -> None:
+    """Report unknown keys (typos) outside the strategy lists before those are validated.
+
+    Validating a strategy list imports every strategy module and torch (seconds); a typo such as
+    ``train.epochz=3`` is then reported in a fraction of a second. Only unknown-key errors stop here; every other
+    problem is reported by the full validation, together with the strategies' own.
+    """
+    try:
+        cls.model_validate({k: v for k, v in doc.items() if k not in _STRATEGY_KEYS})
+    except ValidationError as exc:
+        if any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            raise ConfigError(f"{source}: {format_errors(exc, cls)}") from None
+
+
 def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> BaseRecipe:
     """Validate a recipe mapping with the schema its ``task`` key selects."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(doc).__name__}")
     check_size(doc, source)
     cls = schema_for(str(doc.get("task", "classification")))
+    _unknown_keys_first(cls, doc, source)
     try:
         return cls.model_validate(doc)
     except ValidationError as exc:
