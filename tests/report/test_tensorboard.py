@@ -165,7 +165,7 @@ def test_detection_compare_hparams(shared, tmp_path):
     (cdir,) = (tmp_path / "runs").iterdir()
     values, _ = _check_compare(cdir, ["00-full", "01-freeze"], ("result/map50_95", "mAP50-95"))
     assert values["01-freeze"]["methods"] == "freeze 10 blocks"
-    assert values["01-freeze"]["img_size"] == "64" and values["01-freeze"]["batch_size"] == "4"
+    assert values["01-freeze"]["img_size"] == 64 and values["01-freeze"]["batch_size"] == 4
     assert values["01-freeze"]["model"] == "yolov5nu-cocobackbone.pt"
     acc = EventAccumulator(str(cdir / "01-freeze"))
     acc.Reload()
