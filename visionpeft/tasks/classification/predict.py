@@ -71,6 +71,9 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path,
     ctx = torch.autocast(device_type=device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     records: list[dict] = []
     with torch.no_grad():
+        size = meta["preprocess"].img_size
+        with ctx:  # warm-up, as yolo predict does: the first call's one-off setup is not the model's speed
+            model(torch.zeros(1, 3, size, size, device=device))
         for start in range(0, len(images), BATCH):
             chunk = images[start:start + BATCH]  # decoded batch by batch: an unreadable image is one error naming it
             t0 = time.perf_counter()
