@@ -62,3 +62,19 @@ def test_sidecar_load_line_rebuilds_the_merged_model(toy, tmp_path, model, img_s
     got = torch.load(tmp_path / "y.pt")
     assert got.shape == (2, 3)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, img_size, expect_size", [
+    ("deit_tiny_distilled_patch16_224", 64, True),  # VisionTransformerDistilled(*args, **kwargs) passes it on
+    ("test_vit", 96, True),
+    ("test_efficientnet", 64, False),              # a CNN takes any size: no img_size argument
+])
+def test_create_kwargs_rebuild_the_architecture(name, img_size, expect_size):
+    import timm
+
+    from visionpeft.backends.timm import build_model, create_kwargs
+
+    model = build_model(name, 3, img_size=img_size)
+    kwargs = create_kwargs(model, 3, img_size)
+    assert ("img_size" in kwargs) is expect_size and kwargs["num_classes"] == 3
+    timm.create_model(name, **kwargs).load_state_dict(model.state_dict(), strict=True)

@@ -602,12 +602,27 @@ def create_kwargs(model: nn.Module, num_classes: int, img_size: int | None) -> d
     created for a fixed size (a ViT's position embeddings have one row per patch, so a 64-px ViT's state dict
     does not load into the 224-px default). Nothing else is set by visionpeft (RGB input, timm's defaults).
     """
-    import inspect
-
     kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
-    if img_size is not None and "img_size" in inspect.signature(type(model).__init__).parameters:
+    if img_size is not None and _init_accepts(type(model), "img_size"):
         kwargs["img_size"] = int(img_size)
     return kwargs
+
+
+def _init_accepts(cls: type, name: str) -> bool:
+    """Whether constructing ``cls`` takes keyword ``name``: its ``__init__`` names it, or passes ``**kwargs`` on
+    to a parent that does (timm's ``VisionTransformerDistilled(*args, **kwargs)`` over ``VisionTransformer``)."""
+    import inspect
+
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
 
 
 def load_snippet(name: str, kwargs: dict[str, Any], file: str | Path) -> str:
