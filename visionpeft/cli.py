@@ -95,6 +95,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     out = _runner_of_run(Path(args.run_dir)).merge(Path(args.run_dir), Path(args.output))
     print(f"merged model written to {out}")
+    side = out.with_suffix(".json")
+    if side.is_file():  # a timm run: the Python line that rebuilds it (an Ultralytics checkpoint loads with YOLO(path))
+        print(f"load it in Python: {json.loads(side.read_text()).get('load', '')}")
     return 0
 
 
