@@ -49,6 +49,7 @@ def test_a_path_that_exists_wins(tmp_path, monkeypatch):
     assert packaged_path("datasets/digits.yaml") == "datasets/digits.yaml"  # the local file, not the shipped one
     assert packaged_path("pypi:efficientnet-lite0") == "pypi:efficientnet-lite0"
     assert packaged_path("tf_efficientnet_lite0") == "tf_efficientnet_lite0"
+    assert packaged_path("../assets/datasets/digits.yaml") == "../assets/datasets/digits.yaml"
 
 
 def test_unknown_recipe_names_near_ones(tmp_path, monkeypatch):

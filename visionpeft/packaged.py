@@ -79,7 +79,8 @@ def find_recipe(arg: str | Path) -> Path:
 def packaged_path(value: str) -> str:
     """``value`` unchanged unless it is a relative path missing here that ships under ``visionpeft/assets``."""
     path = Path(value)
-    if not value or path.is_absolute() or ":" in value or path.exists():
+    # ".." never reaches into the package: such a path is relative to where the user is (../shared/...).
+    if not value or path.is_absolute() or ":" in value or ".." in path.parts or path.exists():
         return value
     shipped = ASSETS / path
     return str(shipped) if shipped.exists() else value
