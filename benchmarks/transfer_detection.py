@@ -49,7 +49,7 @@ NEW_METHODS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default=str(REPO / "recipes" / "detection" / "compare.yaml"))
+    p.add_argument("--recipe", default=str(REPO / "visionpeft" / "assets" / "recipes" / "detection" / "compare.yaml"))
     p.add_argument("--data", default=str(SHARED / "data" / "bccd_yolo"), help="dataset folder (copied first)")
     p.add_argument("--model", default=str(SHARED / "weights" / "yolov5nu-cocobackbone.pt"))
     p.add_argument("--epochs", type=int, default=20)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(SHARED / "data" / DATA[args.task], data_dir)
     model = write_transfer_checkpoint(args.task, args.backbone, work / f"yolov5nu-{args.task}-coco.pt", nc=1,
                                       kpt_shape=KPT[args.task])
-    recipe = load_recipe(REPO / "recipes" / args.task / "compare.yaml",
+    recipe = load_recipe(REPO / "visionpeft" / "assets" / "recipes" / args.task / "compare.yaml",
                          overrides(args, data_dir / "data.yaml", model, work / "runs"))
     compare_dir = run_compare(recipe)
     (compare_dir / "benchmark_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")

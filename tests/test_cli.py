@@ -49,6 +49,8 @@ def test_compare_eval_merge(recipe_file, tmp_path, capsys):
     assert top1 == pytest.approx(report["runs"][2]["top1_val"])
     out = tmp_path / "merged.pt"
     assert main(["merge", str(cdir / "02-lora"), "-o", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == f"load it in Python: {json.loads(out.with_suffix('.json').read_text())['load']}"
     sd = torch.load(out, weights_only=True)
     assert not any("lora" in k for k in sd) and "classifier.weight" in sd
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from visionpeft.packaged import RECIPES_DIR
 from visionpeft.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").rglob("*.y*ml"))
+RECIPES = sorted((RECIPES_DIR).rglob("*.y*ml"))
 
 
 def test_recipes_exist():
-    names = {p.relative_to(REPO / "recipes").as_posix() for p in RECIPES}
+    names = {p.relative_to(RECIPES_DIR).as_posix() for p in RECIPES}
     assert "quickstart.yaml" in names
     for required in ("full", "linear_probe", "freeze", "lora_cnn", "lora_vit", "vpt_shallow", "vpt_deep",
                      "bitfit", "compare_cnn", "lora_vit_qv", "bitfit_vit", "linear_probe_vit", "freeze_vit",
@@ -22,7 +23,7 @@ def test_recipes_exist():
         assert f"classification/{required}.yaml" in names
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(RECIPES_DIR).as_posix())
 def test_recipe_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)  # data paths in recipes are relative to the repository root
     recipe = load_recipe(path)

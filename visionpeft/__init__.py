@@ -13,13 +13,16 @@ Typical use::
     visionpeft.load_adapter(base, "out/a", name="a")  # several adapters on one base model ...
     visionpeft.load_adapter(base, "out/b", name="b")
     visionpeft.set_adapter(base, "b")                 # ... switched without reloading it (None: the base)
+
+The public names are imported on first use (PEP 562): ``import visionpeft`` and the ``visionpeft`` command start
+without importing torch, so ``visionpeft --help`` and error messages appear at once.
 """
 
 from __future__ import annotations
 
-from .adapter_io import load_adapter, save_adapter
-from .adapters import active_adapter, list_adapters, set_adapter
-from .api import apply, get_plan, merge
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AdapterMismatchError,
     ConfigError,
@@ -27,12 +30,28 @@ from .errors import (
     TargetNotFoundError,
     VisionPeftError,
 )
-from .params import format_parameter_report, parameter_report
-from .plan import TrainabilityPlan
-from .spec import ModelSpec, PromptSpec, TokenSpec
-from .strategies.importance import GradientProbe
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below imports on first use
+    from .adapter_io import load_adapter, save_adapter
+    from .adapters import active_adapter, list_adapters, set_adapter
+    from .api import apply, get_plan, merge
+    from .params import format_parameter_report, parameter_report
+    from .plan import TrainabilityPlan
+    from .spec import ModelSpec, PromptSpec, TokenSpec
+    from .strategies.importance import GradientProbe
 
 __version__ = "0.1.0"
+
+#: public name -> the submodule that defines it (each needs torch).
+_LAZY: dict[str, str] = {
+    "load_adapter": "adapter_io", "save_adapter": "adapter_io",
+    "active_adapter": "adapters", "list_adapters": "adapters", "set_adapter": "adapters",
+    "apply": "api", "get_plan": "api", "merge": "api",
+    "format_parameter_report": "params", "parameter_report": "params",
+    "TrainabilityPlan": "plan",
+    "ModelSpec": "spec", "PromptSpec": "spec", "TokenSpec": "spec",
+    "GradientProbe": "strategies.importance",
+}
 
 __all__ = [
     "AdapterMismatchError",
@@ -56,3 +75,17 @@ __all__ = [
     "save_adapter",
     "set_adapter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule on first access and cache the name in this module."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'visionpeft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,10 @@ from .outputs import make_dir
 
 __all__ = ["main", "build_parser"]
 
+#: TensorBoard's page with curve smoothing off (TensorBoard >= 2.5 reads ``smoothing`` from the URL): validation
+#: curves have one point per epoch, and the default smoothing (0.6) shows a 3-epoch curve's last value well off.
+TB_URL = "http://localhost:6006/?smoothing=0#timeseries"
+
 
 def _runner_of_run(run_dir: Path) -> Any:
     """The runner of the engine that wrote ``run_dir`` (its recipe.yaml's task), from the engine registry."""
@@ -30,11 +35,15 @@ def _runner_of_run(run_dir: Path) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .packaged import find_recipe
+
+    find_recipe(args.recipe)  # a missing recipe is reported before torch is imported (start-up in ~0.1 s)
     from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # before the task modules: a typo is reported at once
     from .tasks import get_task
     from .tasks.compare import new_run_dir, write_experiment_for
 
-    recipe = load_recipe(args.recipe, args.overrides)
     if not recipe.strategies:
         from .errors import ConfigError
 
@@ -61,15 +70,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .packaged import find_recipe
+
+    find_recipe(args.recipe)
     from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
     from .tasks.compare import run_compare
     from .tasks.distributed import is_main
 
-    recipe = load_recipe(args.recipe, args.overrides)
     make_dir(recipe.output, "output")
     out = run_compare(recipe)
     if is_main():
-        print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}")
+        print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}\n  then open {TB_URL}")
     return 0
 
 
@@ -89,13 +102,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     out = _runner_of_run(Path(args.run_dir)).merge(Path(args.run_dir), Path(args.output))
     print(f"merged model written to {out}")
+    side = out.with_suffix(".json")
+    if side.is_file():  # a timm run: the Python line that rebuilds it (an Ultralytics checkpoint loads with YOLO(path))
+        print(f"load it in Python: {json.loads(side.read_text()).get('load', '')}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.predict import parse_predict_args, predict_run
+    from .tasks.predict_console import PredictConsole
 
-    out = predict_run(Path(args.run_dir), parse_predict_args(args.options))
+    console = PredictConsole()  # a line per image with its speed (a bar and a summary for many), as yolo predict
+    out = predict_run(Path(args.run_dir), parse_predict_args(args.options), on_image=console)
+    console.finish()
     print(f"predictions written to {out / 'predictions.json'}")
     return 0
 
@@ -183,11 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     over = {"nargs": "*", "default": [], "help": "key=value overrides, e.g. train.epochs=3 strategies.0.rank=16"}
     t = sub.add_parser("train", help="train the recipe's strategy list")
-    t.add_argument("recipe")
+    recipe_help = "a recipe file, or the name of a packaged one (quickstart, classification/lora_vit; see recipes)"
+    t.add_argument("recipe", help=recipe_help)
     t.add_argument("overrides", **over)
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compare", help="full fine-tuning + each compare run, then report.{md,json,csv,png}")
-    c.add_argument("recipe")
+    c.add_argument("recipe", help=recipe_help)
     c.add_argument("overrides", **over)
     c.set_defaults(func=cmd_compare)
     rp = sub.add_parser("report", help="rebuild a compare's report.{md,json,csv,png} from its saved runs "
@@ -217,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("options", nargs="*", default=[], help="source=PATH (an image, a folder, a glob; required) "
                     "[merged=false] [conf=0.25] [imgsz=640] [topk=5] [device=cpu] [out=DIR]")
     pr.set_defaults(func=cmd_predict)
+    lst = sub.add_parser("recipes", help="list the recipes that ship with visionpeft (run them by name)")
+    lst.set_defaults(func=cmd_recipes)
     q = sub.add_parser("params", help="parameter report of a model, optionally with strategies applied")
     q.add_argument("model", help="timm model name, or an Ultralytics .pt / model .yaml")
     q.add_argument("--strategy", help="method names (lora or lora,head), a YAML/JSON strategy list such as "
@@ -226,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_params)
     return p
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .packaged import RECIPES_DIR, packaged_recipes, recipe_summary
+
+    recipes = packaged_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, path in recipes.items():
+        print(f"{name:<{width}}  {recipe_summary(path)}")
+    print(f"\n{len(recipes)} recipes in {RECIPES_DIR}; run one by name from any folder "
+          "(visionpeft train classification/lora_vit, visionpeft compare quickstart) or copy and edit it")
+    return 0
 
 
 def _worker_message(exc: BaseException) -> str | None:
@@ -238,10 +272,16 @@ def _worker_message(exc: BaseException) -> str | None:
     return rest if sep and name.replace(".", "").replace("_", "").isalnum() else last
 
 
+def _is_distributed() -> bool:
+    from .tasks.distributed import is_distributed
+
+    return is_distributed()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("train", "compare", "resume"):
+        if args.command in ("train", "compare", "resume") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from .tasks.distributed import init_distributed
 
             init_distributed()  # under torchrun: before run directories are named (rank 0 decides)
@@ -255,14 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error of ours; silence the flush at exit.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        from .tasks.distributed import is_distributed
-
-        if is_distributed():
+        # No process group without torch.distributed imported: a command that never needed torch stays torch-free.
+        if "torch.distributed" in sys.modules and _is_distributed():
             import torch.distributed as dist
 
             dist.destroy_process_group()

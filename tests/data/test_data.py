@@ -20,6 +20,7 @@ from visionpeft.data import (
 )
 from visionpeft.data.toy import make_toy_imagefolder
 from visionpeft.errors import ConfigError
+from visionpeft.packaged import ASSETS
 from visionpeft.recipe.classification import AugmentSection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_folder_descriptor_and_listing(toy):
 
 
 def test_digits_descriptor_is_complete():
-    info = load_descriptor(REPO / "datasets" / "digits.yaml")
+    info = load_descriptor(ASSETS / "datasets" / "digits.yaml")
     s = list_splits(info, {"train": "train", "val": "val"})
     assert info.names == tuple(str(i) for i in range(10))
     assert len(s["train"].samples) == 1442 and len(s["val"].samples) == 355

@@ -20,6 +20,7 @@ pytest.importorskip("ultralytics")
 import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.errors import AdapterMismatchError  # noqa: E402
+from visionpeft.packaged import RECIPES_DIR
 from visionpeft.tasks.detection.merge import build_training_model, rebuild_from_adapter  # noqa: E402
 
 from ..tasks.detection_support import copy_dataset  # noqa: E402
@@ -53,7 +54,7 @@ def work(shared, tmp_path_factory):
     root = tmp_path_factory.mktemp("bccd")
     data = copy_dataset(shared, "bccd_yolo", root)
     weights = shared / "weights" / "yolov5nu-cocobackbone.pt"
-    rc = main(["compare", str(REPO / "recipes" / "detection" / "compare.yaml"), f"data={data}",
+    rc = main(["compare", str(RECIPES_DIR / "detection" / "compare.yaml"), f"data={data}",
                f"model={weights}", f"output={root / 'runs'}", f"compare={RUNS}", *TRAIN])
     assert rc == 0
     (compare_dir,) = (root / "runs").iterdir()

@@ -35,3 +35,12 @@ def hparams_view(logdir: Path) -> tuple[Any, dict[str, dict[str, float]], dict[s
         values[group.name] = {k: (v.string_value if v.HasField("string_value") else v.number_value)
                               for k, v in group.hparams.items()}
     return experiment, metrics, values
+
+
+def tensorboard_runs(logdir: Path) -> list[str]:
+    """The run names TensorBoard lists for ``logdir`` (every folder holding an events file; ``.`` for the root)."""
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    return list(mux.Runs())

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata
+from tensorboard.plugins.hparams import api_pb2, metadata
 
 from visionpeft.logging import RunLogger
 from visionpeft.logging.hparams import HPARAMS, check_hparams
 from visionpeft.logging.tensorboard import write_experiment
 
-from .tb_readback import hparams_view
+from .tb_readback import hparams_view, tensorboard_runs
 
 IDENTITY = ["methods", "strategy", "trainable_params", "trainable_pct"]  # what a compare is about
 
@@ -47,7 +47,7 @@ def test_scalars_text_and_session(tmp_path):
     assert b"freeze 10 blocks -> lora r8" in acc.Tensors("plan/text_summary")[0].tensor_proto.string_val[0]
     content = acc.PluginTagToContent("hparams")
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG]).hparams
-    assert start["trainable_params"].string_value == "1,234" and start["methods"].string_value == "lora r8 + head"
+    assert start["trainable_params"].number_value == 1234 and start["methods"].string_value == "lora r8 + head"
     assert start["trainable_pct"].number_value == pytest.approx(12.34)
     assert metadata.SESSION_END_INFO_TAG in content
 
@@ -55,9 +55,10 @@ def test_scalars_text_and_session(tmp_path):
 def test_unknown_hparam_names_are_refused():
     with pytest.raises(ValueError, match="imgsz"):
         check_hparams({"imgsz": 640})
-    # Whole numbers as readable strings (TensorBoard would print 8 as 8.0000); rates and percentages as numbers.
-    assert check_hparams({"epochs": 3.0, "strategy": 1, "total_params": 2654800, "lr": 0.01}) == {
-        "strategy": "1", "total_params": "2,654,800", "epochs": "3", "lr": 0.01}
+    # Numbers stay numbers (parallel coordinates order their axes), whole ones as whole numbers.
+    checked = check_hparams({"epochs": 3.0, "strategy": 1, "total_params": 2654800, "lr": 0.01})
+    assert checked == {"strategy": "1", "total_params": 2654800, "epochs": 3, "lr": 0.01}
+    assert [type(v) for v in checked.values()] == [str, int, int, float]
 
 
 def test_experiment_declares_what_differs(tmp_path):
@@ -77,7 +78,12 @@ def test_experiment_declares_what_differs(tmp_path):
     assert [(m.name.tag, m.display_name) for m in experiment.metric_infos[:2]] == [
         ("result/top1", "top-1"), ("result/top5", "top-5")]
     assert metrics["01-lora"]["result/top1"] == pytest.approx(0.6)
-    assert values["01-lora"]["methods"] == "lora r8 + head" and values["01-lora"]["trainable_params"] == "700"
+    assert values["01-lora"]["methods"] == "lora r8 + head" and values["01-lora"]["trainable_params"] == 700
+    numeric = {h.name for h in infos if h.type == api_pb2.DATA_TYPE_FLOAT64}
+    assert {"trainable_params", "trainable_pct", "total_params", "lr", "epochs", "img_size", "seed"} <= numeric
+    by_name = {h.name: h for h in infos}
+    assert (by_name["trainable_params"].domain_interval.min_value,
+            by_name["trainable_params"].domain_interval.max_value) == (700, 10_000)
 
 
 def _tiny_classification(tmp_path: Path) -> Path:
@@ -99,6 +105,7 @@ def _check_compare(cdir: Path, runs: list[str], primary: tuple[str, str]) -> tup
 
     experiment, metrics, values = hparams_view(cdir)
     assert sorted(values) == runs  # run names are the run folders (no '/tb' suffix)
+    assert sorted(tensorboard_runs(cdir)) == runs  # and no stray '.' run for the compare folder itself
     infos = list(experiment.hparam_infos)
     differing = [h.name for h in infos if h.differs]
     assert [h.name for h in infos[:len(differing)]] == differing and set(IDENTITY) <= set(differing[:5])
@@ -109,7 +116,7 @@ def _check_compare(cdir: Path, runs: list[str], primary: tuple[str, str]) -> tup
     for run in runs:
         name = run.split("-", 1)[1]
         assert values[run]["strategy"] == name
-        assert values[run]["trainable_params"] == f"{report[name]['trainable_params']:,}"
+        assert values[run]["trainable_params"] == report[name]["trainable_params"]
         assert values[run]["trainable_pct"] == pytest.approx(report[name]["trainable_pct"], abs=1e-4)
         metric = primary[0].split("/")[1]
         assert metrics[run][primary[0]] == pytest.approx(report[name][f"{metric}_val"], abs=1e-6)
@@ -125,7 +132,7 @@ def test_classification_compare_hparams(tmp_path):
     assert cdir.name.startswith("tiny-compare-2")  # not tiny-compare-compare-<time>
     values, _ = _check_compare(cdir, ["00-full", "01-probe", "02-lora"], ("result/top1", "top-1"))
     assert values["02-lora"]["methods"] == "lora r2 + head" and values["01-probe"]["methods"] == "head"
-    assert values["00-full"]["img_size"] == "32" and values["00-full"]["batch_size"] == "8"
+    assert values["00-full"]["img_size"] == 32 and values["00-full"]["batch_size"] == 8
 
 
 def test_failed_compare_leaves_no_empty_folder(tmp_path, monkeypatch):
@@ -158,7 +165,7 @@ def test_detection_compare_hparams(shared, tmp_path):
     (cdir,) = (tmp_path / "runs").iterdir()
     values, _ = _check_compare(cdir, ["00-full", "01-freeze"], ("result/map50_95", "mAP50-95"))
     assert values["01-freeze"]["methods"] == "freeze 10 blocks"
-    assert values["01-freeze"]["img_size"] == "64" and values["01-freeze"]["batch_size"] == "4"
+    assert values["01-freeze"]["img_size"] == 64 and values["01-freeze"]["batch_size"] == 4
     assert values["01-freeze"]["model"] == "yolov5nu-cocobackbone.pt"
     acc = EventAccumulator(str(cdir / "01-freeze"))
     acc.Reload()

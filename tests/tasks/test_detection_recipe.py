@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from visionpeft.errors import ConfigError
+from visionpeft.packaged import RECIPES_DIR
 from visionpeft.recipe import load_recipe, parse_recipe
 from visionpeft.recipe.detection import DetectionRecipe
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "recipes" / "detection").rglob("*.yaml"))
+RECIPES = sorted((RECIPES_DIR / "detection").rglob("*.yaml"))
 BASE = {"task": "detection", "model": "w.pt", "data": "d.yaml"}
 
 
@@ -27,7 +28,7 @@ def test_shipped_recipes_validate(path):
 def test_recipe_set_covers_the_issue():
     names = {p.stem for p in RECIPES}
     assert {"full", "freeze10", "head", "lora", "lora_freeze", "bitfit", "norm", "compare"} <= names
-    runs = load_recipe(REPO / "recipes" / "detection" / "compare.yaml").compare_runs()
+    runs = load_recipe(RECIPES_DIR / "detection" / "compare.yaml").compare_runs()
     assert list(runs)[0] == "full" and len(runs) >= 6
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,26 @@ def test_classification_predict_matches_eval_and_merged_equals_unmerged(cls_run,
     # The run's own eval preprocessing: predict's top-1 on val is exactly eval's top-1.
     hits = [r["predictions"][0]["class"] == Path(r["file"]).parent.name for r in merged["images"]]
     assert sum(hits) / len(hits) == pytest.approx(CLS.evaluate(cls_run, "val")["top1"], abs=1e-9)
+
+
+def test_classification_predict_prints_a_line_per_image_with_speed(cls_run, tmp_path, capsys):
+    images = sorted((cls_run.parent / "toy" / "val" / "class_1").glob("*.png"))[:3]
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for image in images:
+        (folder / image.name).write_bytes(image.read_bytes())
+    assert main(["predict", str(cls_run), f"source={folder}", f"out={tmp_path / 'o'}", "topk=2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    doc = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert len(lines) == 5, lines  # 3 images, the speed line, where the predictions are
+    for i, (line, record) in enumerate(zip(lines, doc["images"])):
+        best, second = record["predictions"]
+        assert re.fullmatch(rf"image {i + 1}/3 {re.escape(record['file'])}: {best['class']} {best['prob']:.2f}, "
+                            rf"{second['class']} {second['prob']:.2f} \d+\.\dms", line), line
+    assert re.fullmatch(r"Speed: [\d.]+ms preprocess, [\d.]+ms inference, [\d.]+ms postprocess per image \(3 images\)",
+                        lines[3]), lines[3]
+    assert set(doc["speed_ms"]) == {"preprocess", "inference", "postprocess"} and doc["speed_ms"]["inference"] > 0
+    assert lines[4] == f"predictions written to {tmp_path / 'o' / 'predictions.json'}"
 
 
 def test_classification_predict_against_a_direct_forward(cls_run, tmp_path):
@@ -185,7 +206,7 @@ def test_detection_predict_merged_equals_unmerged(det_run, shared, tmp_path):
 def test_detection_predict_default_out_and_one_image(det_run, capsys):
     image = det_run.parent.parent / "coco8" / "images" / "val" / "000000000036.jpg"
     assert main(["predict", str(det_run), f"source={image}"]) == 0
-    out = Path(capsys.readouterr().out.strip().split(" to ")[1]).parent
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1].split(" to ")[1]).parent
     assert out.parent == det_run and out.name.startswith("predict-")
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["imgsz"] == 64 and doc["conf"] == 0.25  # the run's training imgsz, Ultralytics' default conf

@@ -36,6 +36,8 @@ from ..spec import ModelSpec, TokenSpec
 __all__ = [
     "PYPI_WEIGHTS",
     "build_model",
+    "create_kwargs",
+    "load_snippet",
     "data_config",
     "efficientnet_lite0_key_map",
     "is_timm_model",
@@ -591,6 +593,46 @@ def timm_spec(model: nn.Module, name: str | None = None) -> ModelSpec:
         extra={"block_members": {g[0]: g for g in groups}, "head_modules": tuple(head)},
     )
     return with_defaults(model, spec)
+
+
+def create_kwargs(model: nn.Module, num_classes: int, img_size: int | None) -> dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments that rebuild ``model``'s architecture with fresh weights.
+
+    What :func:`build_model` changed from timm's defaults: the class count, and the input size of architectures
+    created for a fixed size (a ViT's position embeddings have one row per patch, so a 64-px ViT's state dict
+    does not load into the 224-px default). Nothing else is set by visionpeft (RGB input, timm's defaults).
+    """
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+    if img_size is not None and _init_accepts(type(model), "img_size"):
+        kwargs["img_size"] = int(img_size)
+    return kwargs
+
+
+def _init_accepts(cls: type, name: str) -> bool:
+    """Whether constructing ``cls`` takes keyword ``name``: its ``__init__`` names it, or passes ``**kwargs`` on
+    to a parent that does (timm's ``VisionTransformerDistilled(*args, **kwargs)`` over ``VisionTransformer``)."""
+    import inspect
+
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
+def load_snippet(name: str, kwargs: dict[str, Any], file: str | Path) -> str:
+    """One line of Python that rebuilds the plain model and strict-loads a merged state dict from ``file``."""
+    args = ", ".join([repr(name), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    if str(file).endswith(".safetensors"):
+        head, read = "import timm; from safetensors.torch import load_file", f"load_file({str(file)!r})"
+    else:
+        head, read = "import timm, torch", f"torch.load({str(file)!r}, weights_only=True)"
+    return f"{head}; model = timm.create_model({args}); model.load_state_dict({read}, strict=True)"
 
 
 class _TimmBackend:

@@ -126,9 +126,10 @@ def task_metrics(task: str) -> tuple[Metric, ...]:
 def check_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` restricted to plain types, in :data:`HPARAMS` order; unknown names raise ``ValueError``.
 
-    Whole numbers (counts, sizes, epochs, seed) become strings with thousands separators (``"1,608,432"``):
-    TensorBoard prints every number with five significant digits (``8.0000``, ``2.6548e+6``). ``None`` values
-    are dropped.
+    Numbers stay numbers, whole ones included (counts, sizes, epochs, seed): as text, parallel coordinates and
+    the scatter plots would order ``trainable params`` as strings (``12,810`` between ``103,946`` and
+    ``2,683,050``); TensorBoard's table prints them with five significant digits (``2.6830e+6``), and the
+    exact counts are in ``report.md``. ``None`` values are dropped.
     """
     unknown = sorted(set(values) - set(_BY_NAME))
     if unknown:
@@ -141,7 +142,7 @@ def check_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
         if h.kind is str:
             out[h.name] = str(value)
         elif h.kind is int:
-            out[h.name] = f"{int(value):,}"
+            out[h.name] = int(value)
         else:
             out[h.name] = float(value)
     return out
@@ -192,7 +193,7 @@ def experiment_summary(task: str, sessions: Sequence[Mapping[str, Any]], descrip
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     checked = [check_hparams(s) for s in sessions]
-    types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
+    types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_FLOAT64, float: api_pb2.DATA_TYPE_FLOAT64}
     infos = []
     for h in HPARAMS:
         values = [s[h.name] for s in checked if h.name in s]
@@ -200,8 +201,10 @@ def experiment_summary(task: str, sessions: Sequence[Mapping[str, Any]], descrip
             continue
         info = api_pb2.HParamInfo(name=h.name, display_name=h.display, description=h.description,
                                   type=types[h.kind], differs=not h.derived and len(set(values)) > 1)
-        if h.kind is not float:
-            info.domain_discrete.extend(sorted(set(values), key=lambda v: (len(v), v)))
+        if h.kind is str:
+            info.domain_discrete.extend(sorted(set(values)))
+        else:  # a numeric axis from the smallest to the largest value
+            info.domain_interval.min_value, info.domain_interval.max_value = min(values), max(values)
         infos.append(info)
     metrics = [api_pb2.MetricInfo(
         name=api_pb2.MetricName(tag=m.tag), display_name=m.display, description=m.description,

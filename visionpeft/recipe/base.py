@@ -13,7 +13,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..safe_yaml import brief
-from ..strategies.registry import parse_config
 
 __all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "scalar_name", "FULL_BASELINE",
            "AUTO"]
@@ -44,7 +43,13 @@ def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:
                           f"got {brief(entries)}")
     from ..errors import ConfigError
 
-    out = []
+    out: list[dict[str, Any]] = []
+    if not entries:
+        return out
+    # Imported here: the registry loads every strategy module, and with them torch (each config lives beside its
+    # layers); a recipe whose other keys are wrong is reported without that (visionpeft.recipe.loader).
+    from ..strategies.registry import parse_config
+
     entries = [{"method": e} if isinstance(e, str) else e for e in entries]  # bare names: [lora, head]
     for i, entry in enumerate(entries):
         try:

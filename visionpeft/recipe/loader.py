@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..engines import ENGINES, get_engine, load_attr
 from ..errors import ConfigError, closest
+from ..packaged import PATH_KEYS, find_recipe, packaged_path
 from ..safe_yaml import brief, brief_text, check_size, load_yaml_file
 from .base import BaseRecipe
 
@@ -134,12 +135,31 @@ def format_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
     return "; ".join(lines)
 
 
+#: Keys whose validation needs the strategy registry (and so torch): left out of the unknown-key pre-check.
+_STRATEGY_KEYS = ("strategies", "compare", "lr_grid")
+
+
+def _unknown_keys_first(cls: type[BaseModel], doc: dict[str, Any], source: str) -> None:
+    """Report unknown keys (typos) outside the strategy lists before those are validated.
+
+    Validating a strategy list imports every strategy module and torch (seconds); a typo such as
+    ``train.epochz=3`` is then reported in a fraction of a second. Only unknown-key errors stop here; every other
+    problem is reported by the full validation, together with the strategies' own.
+    """
+    try:
+        cls.model_validate({k: v for k, v in doc.items() if k not in _STRATEGY_KEYS})
+    except ValidationError as exc:
+        if any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            raise ConfigError(f"{source}: {format_errors(exc, cls)}") from None
+
+
 def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> BaseRecipe:
     """Validate a recipe mapping with the schema its ``task`` key selects."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(doc).__name__}")
     check_size(doc, source)
     cls = schema_for(str(doc.get("task", "classification")))
+    _unknown_keys_first(cls, doc, source)
     try:
         return cls.model_validate(doc)
     except ValidationError as exc:
@@ -147,18 +167,23 @@ def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> BaseRecipe:
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> BaseRecipe:
-    """Read the recipe at ``path``, apply ``key=value`` overrides, validate, return the frozen recipe.
+    """Read the recipe ``path`` names, apply ``key=value`` overrides, validate, return the frozen recipe.
 
-    Relative ``data``/``weights`` paths are kept as written (resolved against the working directory,
-    like every CLI path); the resolved recipe saved in a run directory records absolute ones.
+    ``path`` is a file, or the name of a recipe that ships with visionpeft (``quickstart``,
+    ``classification/lora_vit``; see :mod:`visionpeft.packaged`). Relative ``data``/``weights``/``model``
+    paths are read from the working directory, like every CLI path; one that does not exist there but ships under
+    ``visionpeft/assets`` (``datasets/digits.yaml``) is the shipped file. The resolved recipe saved in a run
+    directory records absolute paths.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    path = find_recipe(path)
     doc = load_yaml_file(path) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(doc).__name__}")
-    return parse_recipe(apply_overrides(doc, overrides), source=str(path))
+    doc = apply_overrides(doc, overrides)
+    for key in PATH_KEYS:
+        if isinstance(doc.get(key), str):
+            doc[key] = packaged_path(doc[key])
+    return parse_recipe(doc, source=str(path))
 
 
 def recipe_to_dict(recipe: BaseRecipe) -> dict[str, Any]:

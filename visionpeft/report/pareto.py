@@ -42,7 +42,10 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Path:
     ax.set_xlabel("trainable parameters (log scale)")
     split = metric.rpartition("_")[2]
     words = {"test": "test split", "val": "validation, selection-biased"}
-    ax.set_ylabel(f"{metric} ({words.get(split, split)}; bars: 95% CI over seeds)")
+    # Two short lines: on one line the label is taller than the axes and tight_layout cannot keep it in the figure.
+    bars = any(r.get(f"{metric}_ci_low") is not None for r in rows)
+    ax.set_ylabel(f"{metric}\n({words.get(split, split)}" + ("; bars: 95% CI over seeds)" if bars else ")"),
+                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if any(r["strategy"] == "full" for r in rows):
         ax.legend(loc="lower right", fontsize=8)

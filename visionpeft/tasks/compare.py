@@ -58,8 +58,10 @@ def remove_empty_tree(path: Path) -> bool:
 def write_experiment_for(log_dir: Path, recipe: Any, results: Sequence[RunResult]) -> None:
     """TensorBoard's HParams experiment over ``results`` in ``log_dir`` (rank 0, when TensorBoard is on).
 
-    ``compare`` writes it at the compare directory's root, ``train`` in its run directory; it declares which
-    hyper-parameters differ between the runs (see :mod:`visionpeft.logging.hparams`).
+    ``compare`` writes it into its first run's directory, ``train`` into its run directory; it declares which
+    hyper-parameters differ between the runs (see :mod:`visionpeft.logging.hparams`). TensorBoard takes the
+    experiment from whichever run holds it; written at the compare directory's root it would make that root
+    a run of its own (a stray ``.`` in the run list, with no charts).
     """
     sessions = [r.extra["hparams"] for r in results if r.extra.get("hparams")]
     if not getattr(recipe, "tensorboard", False) or not is_main() or not sessions:
@@ -111,7 +113,7 @@ def run_compare(recipe: Any, compare_dir: Path | None = None) -> Path:
         from ..report.saved import save_runs
 
         every = [r for g in groups for r in (*g.runs, *g.grid_runs)]
-        write_experiment_for(compare_dir, recipe, every)
+        write_experiment_for(every[0].run_dir if every else compare_dir, recipe, every)
         save_runs(compare_dir, groups)  # what 'visionpeft report' rebuilds the report from
         write_report(compare_dir, groups, recipe, task.primary_metric)
     barrier()

@@ -16,14 +16,18 @@ from __future__ import annotations
 import glob
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, closest
 
-__all__ = ["PredictOptions", "parse_predict_args", "list_images", "predict_run", "IMAGE_SUFFIXES"]
+__all__ = ["PredictOptions", "parse_predict_args", "list_images", "predict_run", "IMAGE_SUFFIXES", "OnImage"]
+
+#: Called after each image, in order: ``(index, total, file, predictions, speed)``, ``speed`` in milliseconds per
+#: stage (``preprocess``, ``inference``, ``postprocess``) as Ultralytics' ``Results.speed``.
+OnImage = Callable[[int, int, str, list, dict], None]
 
 #: Image files a source folder or glob contributes (Ultralytics' ``IMG_FORMATS`` minus video).
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
@@ -161,8 +165,11 @@ def _out_dir(run_dir: Path, out: str | None) -> Path:
     return make_dir(path, "predict out")
 
 
-def predict_run(run_dir: str | Path, options: PredictOptions) -> Path:
+def predict_run(run_dir: str | Path, options: PredictOptions, on_image: OnImage | None = None) -> Path:
     """Predict with a run's adapted model; write ``predictions.json`` (and images); return the output folder.
+
+    ``on_image`` sees each image's predictions and speed as they come (the CLI prints them); ``predictions.json``
+    records the mean speed per image (``speed_ms``).
 
     Raises:
         ConfigError: not a run directory, a bad source (missing, no images, an unreadable image, naming it), or
@@ -178,13 +185,23 @@ def predict_run(run_dir: str | Path, options: PredictOptions) -> Path:
     else:
         from .detection.predict import predict_images
     out = _out_dir(run_dir, options.out)
+    speeds: list[dict[str, float]] = []
+
+    def seen(index: int, total: int, file: str, predictions: list, speed: dict) -> None:
+        speeds.append(speed)
+        if on_image is not None:
+            on_image(index, total, file, predictions, speed)
+
     try:
-        records, info = predict_images(run_dir, images, options, out)
+        records, info = predict_images(run_dir, images, options, out, seen)
     except BaseException:
         if not options.out and not any(out.iterdir()):
             out.rmdir()  # a failed predict leaves no empty folder in the run directory
         raise
-    doc = {"run_dir": str(run_dir.resolve()), "task": task, **info, "options": asdict(options), "images": records}
+    from .predict_console import mean_speed
+
+    doc = {"run_dir": str(run_dir.resolve()), "task": task, **info, "options": asdict(options),
+           "speed_ms": mean_speed(speeds), "images": records}
     (out / "predictions.json").write_text(json.dumps(doc, indent=2))
     return out
 

@@ -27,6 +27,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..optim_settings import default_lr
 from .base import GridPoint, RunResult, StrategyRuns, TaskRunner
+from .compare_progress import CompareProgress, count_trainings
+from .distributed import is_main
 
 __all__ = ["with_lr", "run_protocol", "seeds_of", "lr_grids", "lr_source", "AUTO_FACTORS"]
 
@@ -97,21 +99,27 @@ def _lr_dir(lr: float) -> str:
 
 
 def _train(task: TaskRunner, recipe: Any, strategies: list[dict[str, Any]], run_dir: Path, name: str,
-           seed: int) -> RunResult:
+           seed: int, progress: CompareProgress | None = None, detail: str = "") -> RunResult:
     """One training run of ``strategies`` with ``seed`` (everything else from ``recipe``)."""
     seeded = recipe if recipe.seed == seed else recipe.model_copy(update={"seed": seed})
+    if progress is not None:
+        progress.start(name, detail or f"seed {seed}")
     result = task.train(seeded, strategies, run_dir, name)
+    if progress is not None:
+        progress.done()
     result.extra["seed"] = seed
     return result
 
 
 def _sweep(task: TaskRunner, recipe: Any, name: str, strategies: list[dict[str, Any]], grid: list[float],
-           base: Path, seed: int) -> tuple[float, list[RunResult], list[GridPoint]]:
+           base: Path, seed: int, progress: CompareProgress | None = None
+           ) -> tuple[float, list[RunResult], list[GridPoint]]:
     """Train every rate of ``grid`` with ``seed``; return (chosen rate, its runs (chosen first), grid points)."""
     points: list[GridPoint] = []
     results: list[RunResult] = []
     for lr in grid:
-        res = _train(task, recipe, with_lr(strategies, lr), base / _lr_dir(lr), name, seed)
+        res = _train(task, recipe, with_lr(strategies, lr), base / _lr_dir(lr), name, seed, progress,
+                     f"lr {lr:g}, seed {seed}")
         res.extra["lr"] = lr
         results.append(res)
         points.append(GridPoint(lr=lr, val_metric=res.metrics.get(task.primary_metric),
@@ -143,6 +151,7 @@ def run_protocol(task: TaskRunner, recipe: Any, runs: Mapping[str, list[dict[str
     seeds = seeds_of(recipe)
     grids = lr_grids(recipe, runs)
     test = task.has_split(recipe, "test")
+    progress = CompareProgress(count_trainings(runs, seeds, {n: g[0] for n, g in grids.items()}), enabled=is_main())
     out: list[StrategyRuns] = []
     for i, (name, strategies) in enumerate(runs.items()):
         base = Path(compare_dir) / f"{i:02d}-{_slug(name)}"
@@ -151,14 +160,15 @@ def run_protocol(task: TaskRunner, recipe: Any, runs: Mapping[str, list[dict[str
                              lr_source(recipe, strategies))
         first: RunResult | None = None
         if name in grids:
-            entry.lr, swept, entry.grid = _sweep(task, recipe, name, strategies, grids[name][0], base, seeds[0])
+            entry.lr, swept, entry.grid = _sweep(task, recipe, name, strategies, grids[name][0], base, seeds[0],
+                                                 progress)
             first, entry.grid_runs = swept[0], swept[1:]
         for k, seed in enumerate(seeds):
             if k == 0 and first is not None:
                 result = first
             else:
                 run_dir = base if flat else base / f"seed-{seed}"
-                result = _train(task, recipe, with_lr(strategies, entry.lr), run_dir, name, seed)
+                result = _train(task, recipe, with_lr(strategies, entry.lr), run_dir, name, seed, progress)
             result.extra["lr"] = entry.lr
             entry.runs.append(_finish(task, result, test))
         out.append(entry)

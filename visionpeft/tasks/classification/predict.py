@@ -9,6 +9,7 @@ val image gets the class ``eval`` counts for it.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,19 @@ def _read(path: Path) -> Any:
         raise unreadable(str(exc)) from None
 
 
-def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -> tuple[list[dict], dict[str, Any]]:
+def _synced(device: torch.device) -> float:
+    """The time after the device finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path,
+                   on_image: Any = None) -> tuple[list[dict], dict[str, Any]]:
     """One record per image: ``{"file": ..., "predictions": [{"class", "index", "prob"}, ...]}`` (top-k, best first).
+
+    ``on_image(index, total, file, predictions, speed)`` after each image (see :data:`..predict.OnImage`); a
+    batch's times are shared equally by its images.
 
     Raises:
         ConfigError: an Ultralytics-only option (``conf``, ``imgsz``), or an unreadable image (naming it).
@@ -57,17 +69,30 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
     k = min(options.topk or 5, len(classes))
     amp = autocast_dtype(recipe.train.amp, device)
     ctx = torch.autocast(device_type=device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    records = []
+    records: list[dict] = []
     with torch.no_grad():
+        size = meta["preprocess"].img_size
+        with ctx:  # warm-up, as yolo predict does: the first call's one-off setup is not the model's speed
+            model(torch.zeros(1, 3, size, size, device=device))
         for start in range(0, len(images), BATCH):
             chunk = images[start:start + BATCH]  # decoded batch by batch: an unreadable image is one error naming it
+            t0 = time.perf_counter()
             batch = torch.stack([transform(image=_read(p))["image"] for p in chunk]).to(device)
+            t1 = _synced(device)
             with ctx:
                 probs = model(batch).float().softmax(dim=1).cpu()
+            t2 = _synced(device)
             top = probs.topk(k, dim=1)
-            for i, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-                records.append({"file": str(images[start + i]), "predictions": [
-                    {"class": classes[c], "index": c, "prob": p} for c, p in zip(idx, vals)]})
+            new = [{"file": str(path), "predictions": [{"class": classes[c], "index": c, "prob": p}
+                                                       for c, p in zip(idx, vals)]}
+                   for path, vals, idx in zip(chunk, top.values.tolist(), top.indices.tolist())]
+            t3 = time.perf_counter()
+            speed = {k_: 1000 * t / len(chunk) for k_, t in
+                     (("preprocess", t1 - t0), ("inference", t2 - t1), ("postprocess", t3 - t2))}
+            for i, record in enumerate(new):
+                if on_image is not None:
+                    on_image(start + i, len(images), record["file"], record["predictions"], speed)
+            records += new
     pre = meta["preprocess"]
     return records, {**info, "preprocess": {"img_size": pre.img_size, "crop_pct": pre.crop_pct, "mean": list(pre.mean),
                                             "std": list(pre.std), "interpolation": pre.interpolation}}

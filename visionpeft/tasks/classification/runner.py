@@ -475,11 +475,13 @@ class ClassificationTask:
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Fold the adapter into plain weights: a timm state dict (``.safetensors`` or ``.pt``) + ``.json``.
 
-        ``timm.create_model(model, num_classes=K).load_state_dict(<file>, strict=True)`` accepts it.
+        The sidecar's ``load`` line (Python, run where ``merge -o`` was given) rebuilds the architecture with
+        ``create_kwargs`` (class count, and the image size of fixed-size models such as ViTs) and strict-loads it.
         """
         from safetensors.torch import save_file
 
         from ...api import merge as merge_model
+        from ...backends.timm import create_kwargs, load_snippet
         from ...checkpoint import atomic_save
         from ...outputs import check_output_file
 
@@ -498,11 +500,11 @@ class ClassificationTask:
         # timm's data-config keys (timm.data.create_transform(**data_config) rebuilds the eval transform).
         data_config = {"input_size": [3, pre.img_size, pre.img_size], "interpolation": pre.interpolation,
                        "mean": list(pre.mean), "std": list(pre.std), "crop_pct": pre.crop_pct, "crop_mode": "center"}
+        kwargs = create_kwargs(model, meta["extra"]["num_classes"], recipe.augment.img_size)
         out.with_suffix(".json").write_text(json.dumps({
             "timm_model": recipe.model, "num_classes": meta["extra"]["num_classes"],
-            "classes": meta["extra"]["classes"], "data_config": data_config,
-            "load": f"timm.create_model({recipe.model!r}, num_classes={meta['extra']['num_classes']})"
-                    ".load_state_dict(state_dict, strict=True)"}, indent=2, default=list))
+            "classes": meta["extra"]["classes"], "data_config": data_config, "create_kwargs": kwargs,
+            "load": load_snippet(recipe.model, kwargs, out)}, indent=2, default=list))
         return out
 
 

@@ -66,8 +66,10 @@ def _unique_name(used: set[str], path: Path) -> str:
     return name
 
 
-def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -> tuple[list[dict], dict[str, Any]]:
-    """One record per image (``{"file", "predictions"}``) and Ultralytics' annotated images in ``out/images``."""
+def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path,
+                   on_image: Any = None) -> tuple[list[dict], dict[str, Any]]:
+    """One record per image (``{"file", "predictions"}``) and Ultralytics' annotated images in ``out/images``;
+    ``on_image(index, total, file, predictions, speed)`` after each (Ultralytics' ``Results.speed``)."""
     from ...errors import ConfigError
     from ..predict import merged_or_adapted
     from .merge import load_run_model
@@ -76,26 +78,31 @@ def predict_images(run_dir: Path, images: list[Path], options: Any, out: Path) -
         raise ConfigError("predict: topk= applies to classification runs; set conf= to keep fewer detections")
     _check_images(images)
     model, info = merged_or_adapted(load_run_model(run_dir), options.merged)
-    records, extra = ultralytics_predict(model, images, _overrides(run_dir, model, options, out), out)
+    records, extra = ultralytics_predict(model, images, _overrides(run_dir, model, options, out), out, on_image)
     return records, {**info, **extra}
 
 
-def ultralytics_predict(model: nn.Module, images: list[Path], overrides: dict[str, Any], out: Path
-                        ) -> tuple[list[dict], dict[str, Any]]:
-    """Run Ultralytics' predictor for ``model``'s task on ``images``; records and annotated images in ``out``."""
+def ultralytics_predict(model: nn.Module, images: list[Path], overrides: dict[str, Any], out: Path,
+                        on_image: Any = None) -> tuple[list[dict], dict[str, Any]]:
+    """Run Ultralytics' predictor for ``model``'s task on ``images``; records and annotated images in ``out``.
+
+    Results are streamed (``stream=True``), so ``on_image`` sees each image as it is done.
+    """
     from ...errors import ConfigError
 
     task, cls = predictor_class(model)
     predictor = cls(overrides=overrides)
-    results = predictor(source=[str(p) for p in images], model=model)
-    if len(results) != len(images):
-        raise ConfigError(f"predict: Ultralytics returned {len(results)} results for {len(images)} images")
     records, used = [], set()
     draw = task != "classify"
     if draw:
         (out / "images").mkdir(exist_ok=True)
-    for image, result in zip(images, results):
+    for image, result in zip(images, predictor(source=[str(p) for p in images], model=model, stream=True)):
         records.append({"file": str(image), "predictions": result.summary(normalize=False, decimals=5)})
         if draw:
             result.save(filename=str(out / "images" / _unique_name(used, image)))
+        if on_image is not None:
+            speed = {k: float(v or 0.0) for k, v in (result.speed or {}).items()}
+            on_image(len(records) - 1, len(images), str(image), records[-1]["predictions"], speed)
+    if len(records) != len(images):
+        raise ConfigError(f"predict: Ultralytics returned {len(records)} results for {len(images)} images")
     return records, {"ultralytics_task": task, "imgsz": overrides["imgsz"], "conf": float(predictor.args.conf)}

@@ -1,4 +1,4 @@
-"""Export scikit-learn's handwritten digits into ``datasets/digits/`` (ImageFolder PNGs) + ``digits.yaml``.
+"""Export scikit-learn's handwritten digits into ``digits/`` beside this file (ImageFolder PNGs) + ``digits.yaml``.
 
 Run once by the maintainers (needs ``pip install scikit-learn``); the PNGs are committed so the
 quickstart needs neither scikit-learn nor a network. Deterministic: the 8x8 images (values 0..16) are
@@ -6,7 +6,7 @@ scaled to 0..255, upscaled to 32x32 with bicubic interpolation and saved as 8-bi
 within each class, every 5th image (by its index in ``load_digits()``) goes to ``val/``, the rest to
 ``train/``.
 
-    python datasets/export_digits.py
+    python visionpeft/assets/datasets/export_digits.py
 """
 
 from __future__ import annotations
