@@ -11,11 +11,12 @@ after the data was read and the model built, as a traceback from inside torch or
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["parse_device", "check_device", "available_devices", "torch_device", "DEVICE_FORMS"]
 
@@ -59,6 +60,8 @@ def _bad() -> list[Device]:
 
 def available_devices() -> list[str]:
     """What this machine has: ``cpu``, every ``cuda:N``, ``mps`` where it works."""
+    import torch  # here, not at module level: recipe checks import this module and must start fast
+
     out = ["cpu"]
     if torch.cuda.is_available():
         out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -80,6 +83,8 @@ def check_device(value: Any, where: str, *, several: bool = True) -> list[Device
         devices = parse_device(value)
     except ValueError as exc:
         raise ConfigError(f"{where}={value}: {exc}") from None
+    import torch
+
     have = available_devices()
     if len(devices) > 1 and not several:
         raise ConfigError(f"{where}={value}: one device per process here; for several GPUs launch with "
@@ -99,6 +104,8 @@ def check_device(value: Any, where: str, *, several: bool = True) -> list[Device
 def torch_device(value: Any, where: str) -> torch.device:
     """The one ``torch.device`` a single-device setting names, checked (``auto``: this rank's GPU, else CPU)."""
     import os
+
+    import torch
 
     ((kind, index),) = check_device(value, where, several=False)
     if kind == "auto":

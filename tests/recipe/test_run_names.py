@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from visionpeft.cli import main
 from visionpeft.errors import ConfigError
+from visionpeft.packaged import find_recipe
 from visionpeft.recipe import load_recipe
 
 SCALARS = [("2024", "2024"), ("1.5", "1.5"), ("true", "true"), ("no", "false"), ("2024-01-05", "2024-01-05"),
@@ -21,7 +20,7 @@ def test_any_scalar_is_a_name_in_overrides_and_files(tmp_path, recipe, text, nam
     if "detection" in recipe:
         pytest.importorskip("ultralytics")
     assert load_recipe(recipe, [f"name={text}"]).name == name
-    doc = yaml.safe_load(Path(recipe).read_text())
+    doc = yaml.safe_load(find_recipe(recipe).read_text())  # the packaged file the name resolves to
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(doc).replace(f"name: {doc['name']}", f"name: {text}", 1))
     assert load_recipe(path).name == name
