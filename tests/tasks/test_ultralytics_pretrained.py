@@ -17,11 +17,13 @@ import torch
 
 pytest.importorskip("ultralytics")
 
+import visionpeft  # noqa: E402
 from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.errors import ConfigError  # noqa: E402
 from visionpeft.packaged import ASSETS  # noqa: E402
 from visionpeft.recipe import parse_recipe  # noqa: E402
+from visionpeft.tasks.detection.merge import rebuild_from_adapter  # noqa: E402
 
 from .detection_support import capture_setup, copy_dataset, ultralytics_setup  # noqa: E402
 
@@ -63,6 +65,9 @@ def test_shipped_segment_recipe_trains_from_the_tensors_plain_ultralytics_transf
     (run_dir,) = (tmp_path / "runs").iterdir()
     recorded = (run_dir / "recipe.yaml").read_text()
     assert f"pretrained: {ckpt}" in recorded and str(ASSETS / "models" / "yolov5nu-seg.yaml") in recorded
+    # Base rebuilt from the recorded yaml + pretrained, the adapter on top: its fingerprint of every frozen tensor
+    # (layers 0-9, from the checkpoint) holds, else load_adapter raises.
+    assert set(visionpeft.get_plan(rebuild_from_adapter(run_dir)).trainable) == plain["trainable"]
     # A run directory written before: its recipe names a checkpoint of the removed transfer command, now gone.
     # eval (like predict and merge) reads the run's own weights/best.pt, never the base.
     old = recorded.replace(f"pretrained: {ckpt}", "pretrained: null").replace(
