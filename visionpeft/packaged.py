@@ -1,11 +1,11 @@
-"""The recipes and datasets that ship inside the package (``visionpeft/assets``), found by name.
+"""The recipes, datasets and model yamls that ship inside the package (``visionpeft/assets``), found by name.
 
 Rule, as Ultralytics resolves ``coco8.yaml`` or ``yolo11n.yaml``: a path that exists (relative to the working
 directory) always wins; otherwise a recipe argument is looked up by name among the packaged recipes
 (``quickstart``, ``classification/lora_vit``; a leading ``recipes/`` and the ``.yaml`` suffix are optional), and a
-relative ``data`` / ``weights`` / ``model`` path inside a recipe is looked up under ``visionpeft/assets`` (which
-mirrors the repository's layout: ``datasets/digits.yaml``). So the packaged recipes run from any folder after a
-plain install, and the same paths typed in the repository keep meaning what they meant.
+relative ``data`` / ``weights`` / ``model`` / ``pretrained`` path inside a recipe is looked up under
+``visionpeft/assets`` (``datasets/digits.yaml``, ``models/yolov5nu-seg.yaml``). So the packaged recipes run from
+any folder after a plain install.
 
 Imports nothing heavy: ``visionpeft recipes`` and recipe errors start in well under a second.
 """
@@ -18,12 +18,12 @@ from .errors import ConfigError, closest
 
 __all__ = ["ASSETS", "RECIPES_DIR", "packaged_recipes", "recipe_summary", "find_recipe", "packaged_path"]
 
-#: Everything that ships beside the code: ``recipes/`` and ``datasets/``.
+#: Everything that ships beside the code: ``recipes/``, ``datasets/`` and ``models/`` (model yamls).
 ASSETS = Path(__file__).resolve().parent / "assets"
 RECIPES_DIR = ASSETS / "recipes"
 _SUFFIXES = (".yaml", ".yml")
 #: Top-level recipe keys that may hold a file path (each task's schema decides what they mean).
-PATH_KEYS = ("data", "weights", "model")
+PATH_KEYS = ("data", "weights", "model", "pretrained")
 
 
 def packaged_recipes() -> dict[str, Path]:

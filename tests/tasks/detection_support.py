@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,55 @@ def killed_after_first_epoch(monkeypatch) -> Any:
 
     monkeypatch.setattr(trainer_mod, "make_callbacks", killing)
     return original
+
+
+class _SetupDone(Exception):
+    """Raised from a callback to end a plain Ultralytics run once its setup is done."""
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "trainable": {n for n, p in model.named_parameters() if p.requires_grad}}
+
+
+def ultralytics_setup(model: str, project: Path, **args: Any) -> dict[str, Any]:
+    """Plain Ultralytics' model right before its first step: ``{"state": state dict copy, "trainable": names}``.
+
+    ``YOLO(model).train(...)`` is stopped by an ``on_pretrain_routine_end`` callback, i.e. after ``_setup_train``
+    built the model (``pretrained`` transferred), applied ``freeze`` and built the optimizer.
+    """
+    from ultralytics import YOLO
+
+    seen: dict[str, Any] = {}
+
+    def capture(trainer: Any) -> None:
+        seen.update(_snapshot(trainer.model))
+        raise _SetupDone
+
+    yolo = YOLO(model)
+    yolo.add_callback("on_pretrain_routine_end", capture)
+    with contextlib.suppress(_SetupDone):
+        yolo.train(**offline_args(project, **args))
+    return seen
+
+
+def capture_setup(monkeypatch: Any) -> dict[str, Any]:
+    """Every visionpeft Ultralytics run started from here records its adapted model right before its first step
+    (same point as :func:`ultralytics_setup`) into the returned dict."""
+    import visionpeft.tasks.detection.trainer as trainer_mod
+
+    original, seen = trainer_mod.make_callbacks, {}
+
+    def recording(trainer: Any) -> dict[str, Any]:
+        callbacks = dict(original(trainer))
+        after = callbacks.get("on_pretrain_routine_end")
+
+        def on_pretrain_routine_end(tr: Any) -> None:
+            if after is not None:
+                after(tr)
+            seen.update(_snapshot(tr.vp_model()))
+        callbacks["on_pretrain_routine_end"] = on_pretrain_routine_end
+        return callbacks
+
+    monkeypatch.setattr(trainer_mod, "make_callbacks", recording)
+    return seen

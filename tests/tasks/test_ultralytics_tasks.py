@@ -1,5 +1,6 @@
-"""Every Ultralytics task through the engine seam: segment, pose, OBB (on a COCO-pretrained YOLOv5n backbone+neck)
-and classify, each trained with LoRA + head, evaluated, merged, and loaded in plain Ultralytics.
+"""Every Ultralytics task through the engine seam: segment, pose, OBB (the shipped YOLOv5n task yamls with the
+COCO-pretrained YOLOv5n backbone+neck transferred by Ultralytics' ``pretrained``) and classify, each trained with
+LoRA + head, evaluated, merged, and loaded in plain Ultralytics.
 
 One tiny run per task (coco8-seg / coco8-pose / dota8 copied to tmp, labels folded to one class so a few epochs
 at 128 px find something; classify on a 2-class ImageFolder cut from flowers5_128).
@@ -21,16 +22,23 @@ from ultralytics import YOLO  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.backends.ultralytics import build_model  # noqa: E402
-from visionpeft.backends.ultralytics_transfer import write_transfer_checkpoint  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
+from visionpeft.packaged import ASSETS  # noqa: E402
 
-from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
+from .detection_support import capture_setup, copy_dataset, killed_after_first_epoch, ultralytics_setup  # noqa: E402
 
 IMGSZ = 128
 ARGS = (f"{{epochs: 3, imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
         "optimizer: SGD, lr0: 0.01, mosaic: 0.0}")
 DATASETS = {"segment": "coco8-seg", "pose": "coco8-pose", "obb": "dota8"}
 PRIMARY = {"segment": "mask_map50_95", "pose": "pose_map50_95", "obb": "map50_95", "classify": "top1"}
+SUFFIX = {"segment": "seg", "pose": "pose", "obb": "obb"}
+
+
+def _on_coco_backbone(shared, task: str) -> str:
+    """Recipe lines: the shipped YOLOv5n task yaml + the COCO detect checkpoint as Ultralytics' ``pretrained``."""
+    return (f"model: models/yolov5nu-{SUFFIX[task]}.yaml\n"
+            f"pretrained: {shared / 'weights' / 'yolov5nu-cocobackbone.pt'}\n")
 
 
 def _one_class(data):
@@ -60,19 +68,17 @@ def run(request, shared, tmp_path_factory):
     task = request.param
     root = tmp_path_factory.mktemp(task)
     if task == "classify":
-        data, model = _cls_folder(shared, root / "flowers"), "yolov8n-cls.yaml"
+        data, model = _cls_folder(shared, root / "flowers"), "model: yolov8n-cls.yaml\n"
     else:
         data = copy_dataset(shared, DATASETS[task], root)
         _one_class(data)
-        model = write_transfer_checkpoint(task, shared / "weights" / "yolov5nu-cocobackbone.pt",
-                                          root / f"{task}.pt", nc=1,
-                                          kpt_shape=(17, 3))
+        model = _on_coco_backbone(shared, task)
     # No pretrained YOLO classifier exists offline: a frozen random backbone with BatchNorm on its initial running
     # statistics passes (almost) nothing on, so classify also trains the norms with batch statistics.
     strategies = "[{method: lora, rank: 4}" + (", {method: norm, bn: train}" if task == "classify" else "") + \
         ", {method: head}]"
     recipe = root / "r.yaml"
-    recipe.write_text(f"task: {task}\nname: {task}\nmodel: {model}\ndata: {data}\noutput: {root / 'runs'}\n"
+    recipe.write_text(f"task: {task}\nname: {task}\n{model}data: {data}\noutput: {root / 'runs'}\n"
                       f"strategies: {strategies}\nultralytics: {ARGS}\n")
     assert main(["train", str(recipe)]) == 0
     (run_dir,) = (root / "runs").iterdir()
@@ -159,33 +165,42 @@ def test_predict_on_the_trained_run_merged_equals_unmerged(run, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["segment", "pose", "obb"])
-def test_freeze_n_is_ultralytics_freeze_and_holds_for_the_run(task, shared, tmp_path):
-    """``{method: freeze, n: 10}`` trains exactly what Ultralytics' ``freeze=10`` trains (everything outside
-    ``model.0.`` .. ``model.9.`` and ``.dfl``), and the frozen tensors leave the run bit-identical."""
+def test_freeze_n_is_ultralytics_freeze_and_holds_for_the_run(task, shared, tmp_path, monkeypatch):
+    """On a task yaml with Ultralytics' ``pretrained`` detect checkpoint, ``{method: freeze, n: 10}`` starts from
+    the tensors plain Ultralytics starts from and trains exactly what its ``freeze=10`` trains (everything outside
+    ``model.0.`` .. ``model.9.`` and ``.dfl``); the frozen tensors leave the run bit-identical."""
     data = copy_dataset(shared, DATASETS[task], tmp_path)
     _one_class(data)
-    model = write_transfer_checkpoint(task, shared / "weights" / "yolov5nu-cocobackbone.pt", tmp_path / "m.pt", nc=1)
+    ckpt = shared / "weights" / "yolov5nu-cocobackbone.pt"
+    args = dict(epochs=1, imgsz=64, batch=2, nbs=2, warmup_epochs=0, workers=0, device="cpu", amp=False,
+                optimizer="SGD", lr0=0.01)
+    plain = ultralytics_setup(str(ASSETS / "models" / f"yolov5nu-{SUFFIX[task]}.yaml"), tmp_path / "plain",
+                              data=str(data), pretrained=str(ckpt), freeze=10, **args)
+    seen = capture_setup(monkeypatch)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"task: {task}\nname: f\nmodel: {model}\ndata: {data}\noutput: {tmp_path / 'runs'}\n"
-                      "strategies: [{method: freeze, n: 10}]\nultralytics: {epochs: 1, imgsz: 64, batch: 2, nbs: 2, "
-                      "warmup_epochs: 0, workers: 0, device: cpu, amp: false, optimizer: SGD, lr0: 0.01}\n")
+    recipe.write_text(f"task: {task}\nname: f\n{_on_coco_backbone(shared, task)}data: {data}\n"
+                      f"output: {tmp_path / 'runs'}\nstrategies: [{{method: freeze, n: 10}}]\nultralytics: "
+                      f"{json.dumps(args)}\n")
     assert main(["train", str(recipe)]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
-    trained = build_model(run_dir / "weights" / "last.pt")
-    plan = visionpeft.get_plan(trained)
     frozen_prefixes = tuple(f"model.{i}." for i in range(10))
-    expected = {n for n, p in trained.named_parameters() if not n.startswith(frozen_prefixes) and ".dfl" not in n}
-    assert set(plan.trainable) == expected
-    base = build_model(model).state_dict()
+    assert seen["trainable"] == plain["trainable"]
+    assert plain["trainable"] == {n for n in plain["trainable"] | set(seen["trainable"])
+                                  if not n.startswith(frozen_prefixes) and ".dfl" not in n}
+    coco = build_model(ckpt).state_dict()
+    body = [k for k in coco if int(k.split(".")[1]) < 24]  # backbone + neck: transferred by name and shape
+    assert len(body) == 342 and all(torch.equal(seen["state"][k], coco[k].float()) for k in body)
+    trained = build_model(run_dir / "weights" / "last.pt")
+    assert set(visionpeft.get_plan(trained).trainable) == plain["trainable"]
     after = trained.state_dict()
-    body = [k for k in base if k.startswith(frozen_prefixes)]
-    assert body and all(torch.equal(after[k].half(), base[k].half()) for k in body)  # BN statistics included
+    frozen = [k for k in body if k.startswith(frozen_prefixes)]
+    assert frozen and all(torch.equal(after[k].half(), coco[k].half()) for k in frozen)  # BN statistics included
     # The rest trained: the adapter file holds the EMA's trainable tensors in float32.
     from safetensors.torch import load_file
 
     saved = load_file(str(run_dir / "adapter" / "adapter.safetensors"))
-    assert set(saved) >= expected
-    assert any(not torch.equal(saved[k], base[k].float()) for k in expected if k.startswith("model.13."))  # neck C3
+    assert set(saved) >= plain["trainable"]
+    assert any(not torch.equal(saved[k], coco[k].float()) for k in plain["trainable"] if k.startswith("model.13."))
 
 
 def _first_tensor(out):
@@ -243,14 +258,14 @@ def test_merged_checkpoint_validates_in_plain_ultralytics_to_the_reported_metric
 
 
 def test_a_killed_pose_run_resumes(shared, tmp_path, monkeypatch):
-    """``visionpeft resume`` of a pose run killed after its first epoch continues it with the pose trainer."""
+    """``visionpeft resume`` of a pose run killed after its first epoch continues it with the pose trainer, its
+    frozen tensors rebuilt from the model yaml + ``pretrained`` (none taken from last.pt's float16 copies)."""
     import visionpeft.tasks.detection.trainer as trainer_mod
 
     data = copy_dataset(shared, "coco8-pose", tmp_path)
-    model = write_transfer_checkpoint("pose", shared / "weights" / "yolov5nu-cocobackbone.pt", tmp_path / "m.pt",
-                                      nc=1)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"task: pose\nname: p\nmodel: {model}\ndata: {data}\noutput: {tmp_path / 'runs'}\n"
+    recipe.write_text(f"task: pose\nname: p\n{_on_coco_backbone(shared, 'pose')}data: {data}\n"
+                      f"output: {tmp_path / 'runs'}\n"
                       "strategies: [{method: lora, rank: 4}, {method: head}]\nultralytics: {epochs: 2, imgsz: 64, "
                       "batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false}\n")
     original = killed_after_first_epoch(monkeypatch)
@@ -258,7 +273,11 @@ def test_a_killed_pose_run_resumes(shared, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "make_callbacks", original)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "weights" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
+    taken, load = [], trainer_mod.resume.load_resumed_state
+    monkeypatch.setattr(trainer_mod.resume, "load_resumed_state", lambda *a, **k: taken.append(load(*a, **k)) or
+                        taken[-1])
     assert main(["resume", str(run_dir)]) == 0
+    assert taken == [[]]  # a base rebuilt without `pretrained` would differ in every frozen backbone tensor
     result = json.loads((run_dir / "metrics.json").read_text())
     assert result["extra"]["start_epoch"] == 1 and result["extra"]["epochs"] == 2
     assert "pose_map50_95" in result["metrics"]

@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import ConfigError, closest
 
 __all__ = ["resolve_model", "resolve_data", "resolve_cls_data", "is_offline", "asset_url", "datasets_dir",
-           "DATASETS_SUBDIR"]
+           "DATASETS_SUBDIR", "retired_transfer_hint"]
 
 #: Where Ultralytics keeps the dataset yamls it ships, inside its package.
 DATASETS_SUBDIR = ("cfg", "datasets")
@@ -69,6 +69,27 @@ def asset_url(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- models
+#: Checkpoints written by the removed ``python -m visionpeft.backends.ultralytics_transfer TASK SOURCE -o OUT``
+#: (a task model on the COCO YOLOv5n backbone + neck), named as its docs and the former recipes named them.
+_RETIRED = re.compile(r"yolov5nu-(seg|pose|obb)-cocobackbone\.pt$")
+_RETIRED_TASK = {"seg": "segment", "pose": "pose", "obb": "obb"}
+
+
+def retired_transfer_hint(path: str) -> str:
+    """What to write instead of a missing checkpoint of the removed transfer command ('' for any other file).
+
+    Ultralytics' own transfer replaced it: the task's model yaml with ``pretrained`` naming the detect checkpoint.
+    """
+    found = _RETIRED.search(str(path).replace("\\", "/"))
+    if found is None:
+        return ""
+    kind = found.group(1)
+    return (f"; it was written by the removed 'python -m visionpeft.backends.ultralytics_transfer'. Ultralytics "
+            f"transfers the backbone itself now: write 'model: models/yolov5nu-{kind}.yaml' and 'pretrained: "
+            f"../shared/weights/yolov5nu-cocobackbone.pt' instead (as 'yolo {_RETIRED_TASK[kind]} train "
+            f"model=yolov5nu-{kind}.yaml pretrained=yolov5nu.pt')")
+
+
 def resolve_model(value: str | Path, field: str = "model") -> str:
     """A local ``.pt`` file for ``value``: the path itself, or the Ultralytics asset it names (downloaded).
 
@@ -82,8 +103,8 @@ def resolve_model(value: str | Path, field: str = "model") -> str:
     text = str(value).strip()
     if Path(text).expanduser().is_file() or text.lower().endswith(_YAML):
         return text
-    if _has_folder(text) and "://" not in text:
-        raise ConfigError(f"{field}: weight file {text} does not exist")
+    if (_has_folder(text) and "://" not in text) or retired_transfer_hint(text):
+        raise ConfigError(f"{field}: weight file {text} does not exist{retired_transfer_hint(text)}")
     from ultralytics.utils import SETTINGS
     from ultralytics.utils.checks import check_yolov5u_filename
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset

@@ -14,6 +14,14 @@ Example::
     data: ../shared/data/bccd_yolo/data.yaml
     strategies: [{method: lora, rank: 8}, {method: head}]
     ultralytics: {epochs: 5, imgsz: 320, batch: 16, lr0: 0.01}
+
+A task model started from another task's checkpoint names the model yaml and Ultralytics' ``pretrained``
+(``yolo segment train model=yolo11n-seg.yaml pretrained=yolo11n.pt``); Ultralytics' trainer transfers every
+tensor whose name and shape match ("Transferred N/M items")::
+
+    task: segment
+    model: models/yolov5nu-seg.yaml        # shipped in visionpeft/assets/models
+    pretrained: ../shared/weights/yolov5nu-cocobackbone.pt
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..devices import parse_device
 from ..errors import closest
@@ -45,7 +53,7 @@ OWN_KEYS: dict[str, str] = {
     "task": "the top-level 'task' key (detection, segment, pose, obb or classify)",
     "mode": "the CLI command (train / compare / eval)",
     "resume": "'visionpeft resume RUN_DIR' (continues from the run's weights/last.pt)",
-    "pretrained": "the top-level 'model' key (a .pt checkpoint is the pretrained model)",
+    "pretrained": "the top-level 'pretrained' key (with a model yaml: model: yolo11n-seg.yaml, pretrained: yolo11n.pt)",
     "cfg": "the recipe itself",
 }
 
@@ -163,6 +171,13 @@ def _value_problem(key: str, value: Any, known: dict[str, Any]) -> str | None:
     return None
 
 
+def _asset_name(value: str) -> str | None:
+    """``yolo11n`` -> ``yolo11n.pt`` for a bare Ultralytics model name (as ``yolo train model=yolo11n`` takes it)."""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_STEMS
+
+    return f"{value.strip()}.pt" if value.strip() in GITHUB_ASSETS_STEMS else None
+
+
 def _coerce(value: Any) -> Any:
     # YAML 1.1 reads "3e-4" as a string; Ultralytics' float keys would then reject it.
     if isinstance(value, str):
@@ -189,8 +204,14 @@ class DetectionRecipe(BaseRecipe):
 
     Attributes:
         model: an Ultralytics ``.pt`` checkpoint (pretrained weights + architecture) or a model yaml such as
-            ``yolo11n.yaml`` (random init: only for structural tests). Ultralytics' names (``yolo11n.pt``, bare
-            ``yolo11n``) resolve and download as in Ultralytics (:mod:`visionpeft.backends.ultralytics_names`).
+            ``yolo11n.yaml`` (random init, unless ``pretrained`` names weights). Ultralytics' names
+            (``yolo11n.pt``, bare ``yolo11n``) resolve and download as in Ultralytics
+            (:mod:`visionpeft.backends.ultralytics_names`).
+        pretrained: Ultralytics' ``pretrained=``: an Ultralytics ``.pt`` checkpoint (or asset name) whose tensors
+            the trainer copies into the ``model`` yaml wherever name and shape match, as
+            ``yolo train model=yolo11n-seg.yaml pretrained=yolo11n.pt`` does. Set it to start a task model
+            (segment, pose, obb) from another task's checkpoint, e.g. a detector's backbone and neck; the new
+            head stays randomly initialised. Only with a model yaml (a ``.pt`` model is its own weights).
         data: an Ultralytics data yaml (``train``/``val``[/``test``] image folders, ``names``), or the name of one
             Ultralytics ships (``coco8.yaml``, bare ``coco8``), resolved and downloaded as Ultralytics does. Checked
             before training: missing folders, malformed label lines and class ids out of range are errors
@@ -205,6 +226,7 @@ class DetectionRecipe(BaseRecipe):
     """
 
     task: Literal["detection"] = "detection"
+    pretrained: str | None = None
     ultralytics: dict[str, Any] = Field(default_factory=dict)
     check_labels: bool = True
     dataset: DetectionDatasetSection = Field(default_factory=lambda: DetectionDatasetSection())
@@ -219,13 +241,31 @@ class DetectionRecipe(BaseRecipe):
     def _check_model(cls, value: str) -> str:
         if value.lower().endswith((".pt", ".yaml", ".yml")):
             return value
-        from ultralytics.utils.downloads import GITHUB_ASSETS_STEMS
-
-        if value.strip() in GITHUB_ASSETS_STEMS:
-            return f"{value.strip()}.pt"  # a bare Ultralytics model name, as `yolo train model=yolo11n` takes it
+        if (name := _asset_name(value)) is not None:
+            return name
         raise ValueError(
             f"expected an Ultralytics '.pt' checkpoint or a model yaml (e.g. yolo11n.yaml), got {brief(value)}"
         )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _check_pretrained(cls, value: str | None) -> str | None:
+        if value is None or value.lower().endswith(".pt"):
+            return value
+        if (name := _asset_name(value)) is not None:
+            return name
+        raise ValueError(f"expected an Ultralytics '.pt' checkpoint whose tensors the model yaml takes by name and "
+                         f"shape (e.g. yolo11n.pt), got {brief(value)}")
+
+    @model_validator(mode="after")
+    def _pretrained_needs_a_yaml(self) -> DetectionRecipe:
+        # Ultralytics' trainer would load `pretrained` into the .pt model's architecture, silently replacing the
+        # weights the recipe names as its model: one of the two is a mistake.
+        if self.pretrained is not None and not self.model.lower().endswith((".yaml", ".yml")):
+            raise ValueError(f"pretrained: {self.pretrained} goes with a model yaml (model: yolo11n-seg.yaml, "
+                             f"pretrained: yolo11n.pt); the model {self.model} already holds its weights. Remove "
+                             "pretrained, or name the architecture's yaml as the model")
+        return self
 
     @field_validator("data")
     @classmethod

@@ -49,8 +49,8 @@ def rebuild_from_adapter(run_dir: str | Path, base: str | Path | None = None, ad
     """Rebuild a run's model from the base checkpoint and the run's adapter directory.
 
     The base is built as Ultralytics' trainer builds it (the recipe's ``model`` with a head for the data
-    yaml's classes), then :func:`visionpeft.load_adapter` applies the recorded strategies, checks the base
-    fingerprint and loads the tensors.
+    yaml's classes, its ``pretrained`` weights transferred), then :func:`visionpeft.load_adapter` applies the
+    recorded strategies, checks the base fingerprint and loads the tensors.
     """
 
     from ...adapter_io import load_adapter
@@ -65,24 +65,30 @@ def rebuild_from_adapter(run_dir: str | Path, base: str | Path | None = None, ad
     task = get_engine(str(recipe.get("task", "detection"))).ultralytics_task or "detect"
     info = check_data(recipe["data"], check_labels=False, task=task)
     kpt = load_yaml_file(Path(recipe["data"]), "data").get("kpt_shape") if task == "pose" else None
-    model = build_training_model(str(base or recipe["model"]), info.nc, info.names, kpt_shape=kpt)
+    model = build_training_model(str(base or recipe["model"]), info.nc, info.names, kpt_shape=kpt,
+                                 pretrained=None if base else recipe.get("pretrained"))
     load_adapter(model, run_dir / adapter)
     return model.eval()
 
 
-def build_training_model(source: str, nc: int, names: dict[int, str], kpt_shape: Any = None) -> nn.Module:
-    """A model built exactly like the task trainer's ``get_model`` (same nc, keypoint shape, weights loaded)."""
+def build_training_model(source: str, nc: int, names: dict[int, str], kpt_shape: Any = None,
+                         pretrained: str | None = None) -> nn.Module:
+    """A model built exactly like the task trainer's ``get_model`` (same nc, keypoint shape, weights loaded:
+    ``pretrained``'s when given, as Ultralytics' ``setup_model`` takes them, else a ``.pt`` source's own)."""
     from ...backends.ultralytics import build_model, model_from_cfg
 
     extra = {"data_kpt_shape": tuple(kpt_shape)} if kpt_shape else {}
+    weights = None
     if source.lower().endswith((".yaml", ".yml")):
         model = build_model(source, nc=nc) if not extra else _pose_from_yaml(source, nc, extra)
     else:
         weights = build_model(source)
         model = model_from_cfg(weights.yaml, nc=nc, verbose=False, **extra)
-        model.names = dict(names)  # before load(): Ultralytics remaps class rows by name (cls_remap)
+    if pretrained:
+        weights = build_model(pretrained)
+    model.names = dict(names)  # before load(): Ultralytics remaps class rows by name (cls_remap)
+    if weights is not None:
         model.load(weights, verbose=False)
-    model.names = dict(names)
     return model.float()
 
 

@@ -7,8 +7,9 @@ hooks, the attached plan), and it was saved in float16. Applying the strategies 
 twice; adopting it as is would make every frozen tensor a float16-rounded copy of the base, so the adapter's
 base fingerprint would no longer match the base checkpoint. Instead:
 
-1. the plain model is rebuilt from the run's *base* (the ``model`` the run started from, recorded in the
-   checkpoint's training arguments) exactly as a fresh run builds it, and the strategies are applied to it;
+1. the plain model is rebuilt from the run's *base* (the ``model`` the run started from and the ``pretrained``
+   weights Ultralytics transferred into it, both recorded in the checkpoint's training arguments) exactly as a
+   fresh run builds it, and the strategies are applied to it;
 2. the strategies and the trainable set must equal those stored in the checkpoint;
 3. the checkpoint provides what training changed (trainable tensors, statistics of BatchNorm layers in
    ``train`` mode, integer buffers); every frozen tensor stays the base's, after checking that it equals
@@ -31,7 +32,7 @@ from ...errors import ConfigError
 from ...plan import TrainabilityPlan
 
 __all__ = ["saved_strategies", "check_same_strategies", "load_base_weights", "random_init", "load_resumed_state",
-           "restore_frozen", "base_source", "read_checkpoint", "check_resumable", "run_dir_of"]
+           "restore_frozen", "base_source", "weights_source", "read_checkpoint", "check_resumable", "run_dir_of"]
 
 
 def run_dir_of(last: str | Path) -> Path | None:
@@ -87,7 +88,7 @@ def check_resumable(ckpt: dict[str, Any], model: nn.Module, strategies: list[dic
     if saved_names and saved_names != dict(names):
         raise ConfigError(f"{where}: the data's classes {list(names.values())[:5]} differ from the run's "
                           f"{list(saved_names.values())[:5]}; resume with the run's data")
-    source = base_source(model, where)
+    source = weights_source(model, where)
     if not source.lower().endswith((".yaml", ".yml")) and not Path(source).is_file():
         raise ConfigError(
             f"{where}: the base model {source} this run started from is missing; the frozen weights are taken "
@@ -131,6 +132,14 @@ def base_source(model: nn.Module, where: str) -> str:
     if not source:
         raise ConfigError(f"{where}: the checkpoint does not record the base model it was trained from")
     return str(source)
+
+
+def weights_source(model: nn.Module, where: str) -> str:
+    """The file the run's initial tensors came from: Ultralytics' ``pretrained`` when it names one (its
+    ``setup_model`` loads that into the model, by name and shape), else the ``model`` itself."""
+    args = getattr(model, "args", None)
+    pretrained = args.get("pretrained") if isinstance(args, dict) else getattr(args, "pretrained", None)
+    return str(pretrained) if isinstance(pretrained, (str, Path)) else base_source(model, where)
 
 
 def load_base_weights(source: str, where: str) -> nn.Module | None:

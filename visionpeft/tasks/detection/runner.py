@@ -85,7 +85,7 @@ def _train(trainer: Any) -> None:
 
 
 #: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
-FIXED_ON_RESUME = ("task", "model", "seed", "strategies")
+FIXED_ON_RESUME = ("task", "model", "pretrained", "seed", "strategies")
 
 
 def _stamp(path: Path) -> int | None:
@@ -128,9 +128,10 @@ def _with_local_files(recipe: Any, ultralytics_task: str = "detect") -> Any:
     from ...backends.ultralytics_names import resolve_cls_data, resolve_data, resolve_model
 
     resolve = resolve_cls_data if ultralytics_task == "classify" else resolve_data
-    model, data = resolve_model(recipe.model), resolve(recipe.data)
-    return recipe if (model, data) == (recipe.model, recipe.data) else recipe.model_copy(update={"model": model,
-                                                                                             "data": data})
+    files = {"model": resolve_model(recipe.model), "data": resolve(recipe.data),
+             "pretrained": recipe.pretrained and resolve_model(recipe.pretrained, "pretrained")}
+    changed = {k: v for k, v in files.items() if v != getattr(recipe, k)}
+    return recipe.model_copy(update=changed) if changed else recipe
 
 
 class UltralyticsTask:
@@ -175,9 +176,10 @@ class UltralyticsTask:
         recipe = _with_local_files(recipe, self.ultralytics_task)
         info = self._check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
                           skip_bad_images=recipe.dataset.skip_bad_images)
-        if recipe.model.lower().endswith(".pt"):
-            check_checkpoint_file(recipe.model)
-            load_checkpoint(recipe.model)  # refused here, in one line, if it holds more than model classes
+        for weights in (recipe.model, recipe.pretrained or ""):
+            if weights.lower().endswith(".pt"):
+                check_checkpoint_file(weights)
+                load_checkpoint(weights)  # refused here, in one line, if it holds more than model classes
         run_dir = Path(run_dir).resolve()
         fresh = not run_dir.exists()
         make_dir(run_dir, "output")
@@ -200,6 +202,7 @@ class UltralyticsTask:
         resolved = recipe.model_copy(update={
             "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None, "lr_grid": None, "seeds": 1,
             "model": _abs_if_file(recipe.model), "data": _abs_if_file(recipe.data),
+            "pretrained": recipe.pretrained and _abs_if_file(recipe.pretrained),
         })
         save_resolved(resolved, run_dir / "recipe.yaml")
         overrides = {
@@ -208,6 +211,8 @@ class UltralyticsTask:
             "name": run_dir.name, "exist_ok": True, "seed": recipe.seed, "task": self.ultralytics_task,
             "mode": "train",
         }
+        if resolved.pretrained:  # Ultralytics' setup_model loads it into the yaml's model by name and shape
+            overrides["pretrained"] = resolved.pretrained
         trainer_cls = trainer_base.configure(strategies, run_dir=run_dir, tensorboard=recipe.tensorboard,
                                                      run_name=run_name)
         trainer = trainer_cls(overrides=overrides)

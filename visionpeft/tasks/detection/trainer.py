@@ -214,7 +214,7 @@ class PeftTrainerMixin:
         where = f"resume {self.args.resume}"
         self._vp_match_strategies(resume.saved_strategies(saved, where), where)
         source = resume.base_source(saved, where)
-        base = resume.load_base_weights(source, where)
+        base = resume.load_base_weights(resume.weights_source(saved, where), where)
         model = super().get_model(cfg=cfg, weights=base, verbose=verbose)
         random_ids = resume.random_init(model, base)
         self.vp_plan = api.apply(model, self.vp_strategies)
