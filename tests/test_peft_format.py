@@ -365,6 +365,31 @@ def test_import_refusals(changes, message, tmp_path):
     assert visionpeft.get_plan(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"r": None}, r"adapter_config\.json: r: expected a positive integer, got None"),
+    ({"r": "2"}, r"r: expected a positive integer, got '2' \(str\)"),
+    ({"r": 0}, r"r: expected a positive integer, got 0"),
+    ({"lora_alpha": "x"}, r"lora_alpha: expected a finite number, got 'x'"),
+    ({"lora_alpha": float("nan")}, r"lora_alpha: expected a finite number, got nan"),
+    ({"lora_dropout": "0.1"}, r"lora_dropout: expected a number in \[0, 1\)"),
+    ({"use_dora": "false"}, r"use_dora: expected true or false, got 'false'"),
+    ({"peft_type": ["LORA"]}, r"peft_type: expected a string"),
+    ({"modules_to_save": "head"}, r"modules_to_save: expected a list of module names, got 'head'"),
+    ({"rank_pattern": ["qkv"]}, r"rank_pattern: expected a mapping of module-name regex -> a positive integer"),
+    ({"rank_pattern": {"(": 4}}, r"rank_pattern: key '\(' is no regular expression"),
+    ({"alpha_pattern": {"qkv": None}}, r"alpha_pattern: 'qkv': expected a finite number, got None"),
+])
+def test_import_config_field_types(changes, message, tmp_path):
+    """Issue 23 kind 7 for PEFT's file: a field of the wrong type is one line naming it (was a TypeError /
+    ValueError / AttributeError / re.error traceback from wherever it was first used)."""
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["head"]), tmp_path)
+    model = vit()
+    with pytest.raises(ConfigError, match=message) as info:
+        visionpeft.load_adapter(model, _edit_config(directory, **changes))
+    assert "\n" not in str(info.value) and "re-save it with PEFT's save_pretrained" in str(info.value)
+    assert visionpeft.get_plan(model) is None
+
+
 def test_import_refuses_layers_visionpeft_cannot_represent(tmp_path):
     # PEFT's LoRA on a grouped conv (one input conv over all channels) is not visionpeft's conv LoRA.
     torch.manual_seed(0)

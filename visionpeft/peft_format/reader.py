@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..safe_yaml import read_text_file
 from ..strategies.targets import plain_linear_or_conv
+from .fields import field_problem
 from .names import CONFIG_NAME, FACTORS, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, from_peft_key, pattern_value
 
 __all__ = ["PeftAdapter", "read_peft_adapter", "is_peft_dir"]
@@ -80,6 +81,10 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise _refuse(directory, f"{CONFIG_NAME} is not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(config, dict):
         raise _refuse(directory, f"{CONFIG_NAME} holds a {type(config).__name__}, not a mapping")
+    problem = field_problem(config)
+    if problem is not None:
+        raise _refuse(directory, f"{CONFIG_NAME}: {problem}; the file was edited or written by something else: "
+                                 "re-save it with PEFT's save_pretrained")
     kind = config.get("peft_type")
     if kind not in _METHOD:
         raise _refuse(directory, f"peft_type {kind!r} has no visionpeft equivalent (visionpeft reads LORA, including "
