@@ -229,6 +229,20 @@ def test_save_adapter_format_is_checked(tmp_path):
         visionpeft.save_adapter(model, tmp_path / "x", extra={"a": 1}, format="peft")
 
 
+@pytest.mark.parametrize("fmt", ["visionpeft", "peft"])
+def test_save_adapter_into_a_file_is_one_line(fmt, tmp_path):
+    """A file where the folder should go (or above it): one line naming it (was FileExistsError /
+    NotADirectoryError tracebacks in both formats)."""
+    model = vit()
+    visionpeft.apply(model, [{"method": "lora", "rank": 2}])
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "sub"):
+        with pytest.raises(ConfigError, match=rf"cannot create the folder {target}: {blocker} is a file"):
+            visionpeft.save_adapter(model, target, format=fmt)
+    assert blocker.read_text() == "x"
+
+
 # ------------------------------------------------------------------------------------------------ import
 
 

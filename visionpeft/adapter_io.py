@@ -22,6 +22,7 @@ from .adapter_fields import check_adapter_fields
 from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
+from .outputs import make_dir
 from .peft_format import load_peft_adapter, looks_like_peft, save_peft_adapter
 from .plan import TrainabilityPlan
 from .safe_yaml import read_text_file
@@ -141,10 +142,9 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     state = get_state(root)
     if state is None:
         raise ConfigError("save_adapter: the model has no visionpeft strategies applied (visionpeft.apply)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(root, state.plan)
     _check_complete(tensors, state.plan)
+    directory = make_dir(directory, "save_adapter")  # a file in the way: one line, not FileExistsError
     strategies = [c.model_dump(mode="json") for c in state.configs]
     meta = {
         "format": FORMAT,
