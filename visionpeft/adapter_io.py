@@ -290,7 +290,7 @@ def _check_recorded_strategies(meta: dict, header: dict[str, str], directory: Pa
     diffs = [f"{len(recorded)} strategies in {CONFIG_NAME} vs {len(saved)}"] if len(saved) != len(recorded) else []
     for i, (a, b) in enumerate(zip(recorded, saved)):
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
+            if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True):  # 4.0 vs 4 too
                 diffs.append(f"strategies.{i}.{key}: {a.get(key)!r} in {CONFIG_NAME}, {b.get(key)!r} when saved")
     raise AdapterMismatchError(
         f"{directory}: {CONFIG_NAME} does not describe the tensors in {WEIGHTS_NAME}: {'; '.join(diffs[:5])}. "
@@ -372,7 +372,9 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     only_ref = [k for k in ref if k not in cur]
     only_cur = [k for k in cur if k not in ref]
     differ = [k for k in ref if k in cur and ref[k] != cur[k]]
-    problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)])
+    problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)]) or (
+        f"base.sha256 is {str(want['sha256'])[:16]}..., these weights give {have['sha256'][:16]}... while every "
+        "per-tensor fingerprint agrees (adapter.json was edited?)")
     raise AdapterMismatchError(
         f"{directory}: the base weights differ from those the adapter was trained on "
         f"(base {want.get('name')!r}): {problems}. Load the same base checkpoint, or pass "
