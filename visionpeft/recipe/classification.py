@@ -77,7 +77,7 @@ class TrainSection(Section):
         devices = parse_device(value)  # ValueError: pydantic names train.device
         if len(devices) > 1 or isinstance(value, list | tuple):
             raise ValueError("one device per process; for several GPUs launch with torchrun --nproc_per_node=N")
-        return value
+        return "auto" if value is None else value  # null (``train.device=``): auto, as ultralytics.device
 
     @model_validator(mode="before")
     @classmethod
