@@ -404,6 +404,22 @@ def test_import_config_field_types(changes, message, tmp_path):
     assert visionpeft.get_plan(model) is None
 
 
+def test_import_messages_name_the_real_cause(tmp_path):
+    """A CP-decomposed conv names use_effective_conv2d; a saved module the model lacks is named as such (both said
+    'tensor ... is neither a <method> factor nor inside modules_to_save')."""
+    _, directory = peft_saved(resnet, peft.LoHaConfig(r=2, target_modules=["conv1"], use_effective_conv2d=True),
+                              tmp_path)
+    with pytest.raises(ConfigError, match=r"conv1: a CP-decomposed conv \(use_effective_conv2d=True\), which "
+                                          r"visionpeft's loha has no form for"):
+        visionpeft.load_adapter(resnet(), directory)
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["head"]), tmp_path,
+                              "b")
+    plain = nn.Sequential()
+    plain.blocks = vit().blocks  # the same blocks, no 'head'
+    with pytest.raises(ConfigError, match=r"the model has no module 'head' \(saved whole in the file"):
+        visionpeft.load_adapter(plain, directory)
+
+
 def test_import_refuses_layers_visionpeft_cannot_represent(tmp_path):
     # PEFT's LoRA on a grouped conv (one input conv over all channels) is not visionpeft's conv LoRA.
     torch.manual_seed(0)
