@@ -70,6 +70,22 @@ def test_edited_overall_fingerprint_is_named(tmp_path: Path) -> None:
         visionpeft.load_adapter(tiny_cnn(seed=0), directory)
 
 
+@pytest.mark.parametrize("name", [None, "a"])
+def test_converted_base_is_named_as_a_dtype_not_other_weights(tmp_path: Path, name) -> None:
+    """README: convert the base (.half()) before loading named adapters. The fingerprint (float32 bytes) cannot
+    match a float16 base: say so and how to load (was '... tensors differ: the base weights differ')."""
+    _, directory = _trained(tmp_path)
+    half = tiny_cnn(seed=0).half()
+    with pytest.raises(AdapterMismatchError, match=r"saved on a float32 base and this base is float16 .*"
+                                                   r"pass ignore_fingerprint=True"):
+        visionpeft.load_adapter(half, directory, name=name)
+    visionpeft.load_adapter(half, directory, name=name, ignore_fingerprint=True)
+    with pytest.raises(AdapterMismatchError, match=r"tensors differ"):  # other weights and another dtype: not this
+        bad = tiny_cnn(seed=5).half()
+        bad.stem[0].weight.data = bad.stem[0].weight.data.float()
+        visionpeft.load_adapter(bad, directory)
+
+
 def test_fingerprint_override_loads_anyway(tmp_path: Path) -> None:
     model, directory = _trained(tmp_path)
     other = tiny_cnn(seed=5)

@@ -363,6 +363,26 @@ def _listed(groups: list[tuple[str, list[str]]]) -> str:
     return "; ".join(f"{len(items)} {what} {items[:5]}" for what, items in groups if items)
 
 
+def _refuse_converted(directory: Path, ref: dict[str, str], cur: dict[str, str], differ: list[str]) -> None:
+    """Tensors that differ only in dtype (a base converted with ``.half()`` / ``.to(torch.bfloat16)``): their bytes
+    cannot be compared with the recorded ones, so say so instead of 'the base weights differ'."""
+    def shape_dtype(entry: str) -> tuple[str, str]:
+        shape, dtype, _ = (entry.split("|") + ["", ""])[:3]
+        return shape, dtype
+
+    pairs = {(shape_dtype(ref[k])[1], shape_dtype(cur[k])[1]) for k in differ}
+    if not differ or any(shape_dtype(ref[k])[0] != shape_dtype(cur[k])[0] for k in differ) or any(
+            a == b for a, b in pairs):
+        return
+    saved, now = sorted({a for a, _ in pairs}), sorted({b for _, b in pairs})
+    raise AdapterMismatchError(
+        f"{directory}: the adapter was saved on a {'/'.join(saved)} base and this base is {'/'.join(now)} "
+        f"({len(differ)} tensors, e.g. {differ[0]!r}), so its weights cannot be compared with the recorded "
+        "fingerprint. If it is the same checkpoint converted (.half(), .to(dtype)), pass ignore_fingerprint=True; "
+        "otherwise load onto the base in its saved dtype"
+    )
+
+
 def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, directory: Path) -> None:
     want = meta["base"]
     have = base_fingerprint(root, tensors)
@@ -372,6 +392,7 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     only_ref = [k for k in ref if k not in cur]
     only_cur = [k for k in cur if k not in ref]
     differ = [k for k in ref if k in cur and ref[k] != cur[k]]
+    _refuse_converted(directory, ref, cur, differ)
     problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)]) or (
         f"base.sha256 is {str(want['sha256'])[:16]}..., these weights give {have['sha256'][:16]}... while every "
         "per-tensor fingerprint agrees (adapter.json was edited?)")
