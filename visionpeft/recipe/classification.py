@@ -70,6 +70,11 @@ class TrainSection(Section):
     save_every_epoch: bool = True
     compile: bool = False
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads an unquoted 'amp: off' as false
+
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: Any) -> Any:
