@@ -43,3 +43,16 @@ def test_booleans_stay_where_they_belong() -> None:
     r = load_recipe("recipes/quickstart.yaml", [*BASE, "tensorboard=off", "name=true", "train.amp=off"])
     assert r.tensorboard is False and r.name == "true" and r.train.amp == "off"
     assert load_recipe("recipes/quickstart.yaml", [*BASE, "train.amp=bf16"]).train.amp == "bf16"
+
+
+def test_ultralytics_numbers_refuse_booleans() -> None:
+    """Ultralytics' check_cfg takes True for an int / float key (epochs: yes -> 1 epoch, lr0: true -> 1.0);
+    augmentation probabilities keep their on/off reading (mosaic: false is 0.0), boolean keys stay booleans."""
+    pytest.importorskip("ultralytics")
+    for override, key in (("ultralytics.epochs=yes", "epochs"), ("ultralytics.lr0=true", "lr0"),
+                          ("ultralytics.batch=on", "batch"), ("ultralytics.patience=false", "patience")):
+        with pytest.raises(ConfigError, match=rf"ultralytics\.{key}: expected a number, got (true|false) \(a boolean"):
+            load_recipe("recipes/detection/lora.yaml", [override])
+    r = load_recipe("recipes/detection/lora.yaml", ["ultralytics.mosaic=false", "ultralytics.amp=off",
+                                                    "ultralytics.plots=false"])
+    assert r.ultralytics["mosaic"] is False and r.ultralytics["amp"] is False
