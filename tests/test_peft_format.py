@@ -420,6 +420,15 @@ def test_import_messages_name_the_real_cause(tmp_path):
         visionpeft.load_adapter(plain, directory)
 
 
+def test_named_peft_adapter_folder_points_to_its_subfolder(tmp_path):
+    """PEFT writes adapter 'mine' to DIR/mine: loading DIR names the subfolder (was 'no adapter config here')."""
+    wrapped = peft.get_peft_model(vit(), peft.LoraConfig(r=2, target_modules=["qkv"]), adapter_name="mine")
+    wrapped.save_pretrained(str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"HF PEFT adapters are in its subfolders \['mine'\]: pass one of them"):
+        visionpeft.load_adapter(vit(), tmp_path / "out")
+    visionpeft.load_adapter(vit(), tmp_path / "out" / "mine")
+
+
 def test_import_refuses_layers_visionpeft_cannot_represent(tmp_path):
     # PEFT's LoRA on a grouped conv (one input conv over all channels) is not visionpeft's conv LoRA.
     torch.manual_seed(0)

@@ -182,8 +182,12 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``adapter.json`` in ``directory``."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
+        # PEFT saves a non-default adapter name into a subfolder (save_pretrained(DIR) of adapter 'mine': DIR/mine)
+        inside = sorted(p.parent.name for p in Path(directory).glob("*/adapter_config.json")) if Path(
+            directory).is_dir() else []
+        hint = f"; HF PEFT adapters are in its subfolders {inside[:5]}: pass one of them" if inside else ""
         raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter (or by "
-                          "HF PEFT's save_pretrained: adapter_config.json)")
+                          f"HF PEFT's save_pretrained: adapter_config.json){hint}")
     try:
         meta = json.loads(read_text_file(path))
     except (json.JSONDecodeError, RecursionError) as exc:
