@@ -59,6 +59,33 @@ def test_different_base_is_refused_naming_tensors(tmp_path: Path) -> None:
         visionpeft.load_adapter(tiny_cnn(seed=5), directory)
 
 
+def test_edited_overall_fingerprint_is_named(tmp_path: Path) -> None:
+    """base.sha256 edited while every per-tensor fingerprint agrees: the message said '...trained on (...): . Load'."""
+    _, directory = _trained(tmp_path)
+    meta = json.loads((directory / "adapter.json").read_text())
+    meta["base"]["sha256"] = "abc"
+    (directory / "adapter.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterMismatchError, match=r"base\.sha256 is abc\.\.\., these weights give [0-9a-f]{16}\.\.\. "
+                                                   r"while every per-tensor fingerprint agrees"):
+        visionpeft.load_adapter(tiny_cnn(seed=0), directory)
+
+
+@pytest.mark.parametrize("name", [None, "a"])
+def test_converted_base_is_named_as_a_dtype_not_other_weights(tmp_path: Path, name) -> None:
+    """README: convert the base (.half()) before loading named adapters. The fingerprint (float32 bytes) cannot
+    match a float16 base: say so and how to load (was '... tensors differ: the base weights differ')."""
+    _, directory = _trained(tmp_path)
+    half = tiny_cnn(seed=0).half()
+    with pytest.raises(AdapterMismatchError, match=r"saved on a float32 base and this base is float16 .*"
+                                                   r"pass ignore_fingerprint=True"):
+        visionpeft.load_adapter(half, directory, name=name)
+    visionpeft.load_adapter(half, directory, name=name, ignore_fingerprint=True)
+    with pytest.raises(AdapterMismatchError, match=r"tensors differ"):  # other weights and another dtype: not this
+        bad = tiny_cnn(seed=5).half()
+        bad.stem[0].weight.data = bad.stem[0].weight.data.float()
+        visionpeft.load_adapter(bad, directory)
+
+
 def test_fingerprint_override_loads_anyway(tmp_path: Path) -> None:
     model, directory = _trained(tmp_path)
     other = tiny_cnn(seed=5)
@@ -151,6 +178,8 @@ def _edit(directory: Path, **changes: object) -> None:
     [
         ({"s0__alpha": 4.0}, r"strategies\.0\.alpha: 4\.0 in adapter\.json, 2\.0 when saved"),
         ({"s0__rank": 4}, r"strategies\.0\.rank: 4 in adapter\.json, 2 when saved"),
+        ({"s0__rank": 2.0}, r"strategies\.0\.rank: 2\.0 in adapter\.json, 2 when saved"),  # was an empty list
+        ({"s0__use_rslora": 0}, r"strategies\.0\.use_rslora: 0 in adapter\.json, False when saved"),
         ({"s0__use_rslora": True}, r"strategies\.0\.use_rslora"),
         ({"s0__qkv": "qv"}, r"strategies\.0\.qkv"),
         ({"s1__modules": ["fc", "stem"]}, r"strategies\.1\.modules"),

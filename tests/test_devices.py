@@ -65,6 +65,9 @@ def test_recipes_refuse_unknown_forms_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.device: .*one device per process"):
         load_recipe("recipes/quickstart.yaml", ["train.device=[0, 1]"])
     assert load_recipe("recipes/quickstart.yaml", ["train.device=0"]).train.device == 0  # form fine; machine later
+    # null (an empty override) is auto, as ultralytics.device= is (was a two-part union error for str and int)
+    assert load_recipe("recipes/quickstart.yaml", ["train.device="]).train.device == "auto"
+    assert torch_device(" CPU ", "train.device") == torch.device("cpu")
     pytest.importorskip("ultralytics")
     with pytest.raises(ConfigError, match=r"ultralytics\.device: Ultralytics has no 'auto'"):
         load_recipe("recipes/detection/bitfit.yaml", ["ultralytics.device=auto"])

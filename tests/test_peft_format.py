@@ -229,6 +229,20 @@ def test_save_adapter_format_is_checked(tmp_path):
         visionpeft.save_adapter(model, tmp_path / "x", extra={"a": 1}, format="peft")
 
 
+@pytest.mark.parametrize("fmt", ["visionpeft", "peft"])
+def test_save_adapter_into_a_file_is_one_line(fmt, tmp_path):
+    """A file where the folder should go (or above it): one line naming it (was FileExistsError /
+    NotADirectoryError tracebacks in both formats)."""
+    model = vit()
+    visionpeft.apply(model, [{"method": "lora", "rank": 2}])
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "sub"):
+        with pytest.raises(ConfigError, match=rf"cannot create the folder {target}: {blocker} is a file"):
+            visionpeft.save_adapter(model, target, format=fmt)
+    assert blocker.read_text() == "x"
+
+
 # ------------------------------------------------------------------------------------------------ import
 
 
@@ -363,6 +377,56 @@ def test_import_refusals(changes, message, tmp_path):
         visionpeft.load_adapter(model, _edit_config(directory, **changes))
     assert "\n" not in str(info.value)
     assert visionpeft.get_plan(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"r": None}, r"adapter_config\.json: r: expected a positive integer, got None"),
+    ({"r": "2"}, r"r: expected a positive integer, got '2' \(str\)"),
+    ({"r": 0}, r"r: expected a positive integer, got 0"),
+    ({"lora_alpha": "x"}, r"lora_alpha: expected a finite number, got 'x'"),
+    ({"lora_alpha": float("nan")}, r"lora_alpha: expected a finite number, got nan"),
+    ({"lora_dropout": "0.1"}, r"lora_dropout: expected a number in \[0, 1\)"),
+    ({"use_dora": "false"}, r"use_dora: expected true or false, got 'false'"),
+    ({"peft_type": ["LORA"]}, r"peft_type: expected a string"),
+    ({"modules_to_save": "head"}, r"modules_to_save: expected a list of module names, got 'head'"),
+    ({"rank_pattern": ["qkv"]}, r"rank_pattern: expected a mapping of module-name regex -> a positive integer"),
+    ({"rank_pattern": {"(": 4}}, r"rank_pattern: key '\(' is no regular expression"),
+    ({"alpha_pattern": {"qkv": None}}, r"alpha_pattern: 'qkv': expected a finite number, got None"),
+])
+def test_import_config_field_types(changes, message, tmp_path):
+    """Issue 23 kind 7 for PEFT's file: a field of the wrong type is one line naming it (was a TypeError /
+    ValueError / AttributeError / re.error traceback from wherever it was first used)."""
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["head"]), tmp_path)
+    model = vit()
+    with pytest.raises(ConfigError, match=message) as info:
+        visionpeft.load_adapter(model, _edit_config(directory, **changes))
+    assert "\n" not in str(info.value) and "re-save it with PEFT's save_pretrained" in str(info.value)
+    assert visionpeft.get_plan(model) is None
+
+
+def test_import_messages_name_the_real_cause(tmp_path):
+    """A CP-decomposed conv names use_effective_conv2d; a saved module the model lacks is named as such (both said
+    'tensor ... is neither a <method> factor nor inside modules_to_save')."""
+    _, directory = peft_saved(resnet, peft.LoHaConfig(r=2, target_modules=["conv1"], use_effective_conv2d=True),
+                              tmp_path)
+    with pytest.raises(ConfigError, match=r"conv1: a CP-decomposed conv \(use_effective_conv2d=True\), which "
+                                          r"visionpeft's loha has no form for"):
+        visionpeft.load_adapter(resnet(), directory)
+    _, directory = peft_saved(vit, peft.LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["head"]), tmp_path,
+                              "b")
+    plain = nn.Sequential()
+    plain.blocks = vit().blocks  # the same blocks, no 'head'
+    with pytest.raises(ConfigError, match=r"the model has no module 'head' \(saved whole in the file"):
+        visionpeft.load_adapter(plain, directory)
+
+
+def test_named_peft_adapter_folder_points_to_its_subfolder(tmp_path):
+    """PEFT writes adapter 'mine' to DIR/mine: loading DIR names the subfolder (was 'no adapter config here')."""
+    wrapped = peft.get_peft_model(vit(), peft.LoraConfig(r=2, target_modules=["qkv"]), adapter_name="mine")
+    wrapped.save_pretrained(str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"HF PEFT adapters are in its subfolders \['mine'\]: pass one of them"):
+        visionpeft.load_adapter(vit(), tmp_path / "out")
+    visionpeft.load_adapter(vit(), tmp_path / "out" / "mine")
 
 
 def test_import_refuses_layers_visionpeft_cannot_represent(tmp_path):

@@ -44,7 +44,17 @@ def _timm_ema_v3_on(m: nn.Module):
     return ema
 
 
+def _averaged_model_on(m: nn.Module):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    avg = AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(0.999))  # torch's own EMA (a deepcopy of m)
+    avg.module = m
+    return avg
+
+
 WRAPPERS: dict[str, Callable[[nn.Module], object]] = {
+    "torch_averaged_model": _averaged_model_on,
+    "compile(torch_averaged_model)": lambda m: torch.compile(_averaged_model_on(m)),
     "compile": torch.compile,
     "data_parallel": nn.DataParallel,
     "compile(data_parallel)": lambda m: torch.compile(nn.DataParallel(m)),

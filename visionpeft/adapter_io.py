@@ -22,6 +22,7 @@ from .adapter_fields import check_adapter_fields
 from .api import apply, get_state, unwrap
 from .checkpoint import atomic_write
 from .errors import AdapterMismatchError, ConfigError
+from .outputs import make_dir
 from .peft_format import load_peft_adapter, looks_like_peft, save_peft_adapter
 from .plan import TrainabilityPlan
 from .safe_yaml import read_text_file
@@ -141,10 +142,9 @@ def save_adapter(model: Any, directory: str | Path, extra: dict[str, Any] | None
     state = get_state(root)
     if state is None:
         raise ConfigError("save_adapter: the model has no visionpeft strategies applied (visionpeft.apply)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(root, state.plan)
     _check_complete(tensors, state.plan)
+    directory = make_dir(directory, "save_adapter")  # a file in the way: one line, not FileExistsError
     strategies = [c.model_dump(mode="json") for c in state.configs]
     meta = {
         "format": FORMAT,
@@ -182,8 +182,12 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``adapter.json`` in ``directory``."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
+        # PEFT saves a non-default adapter name into a subfolder (save_pretrained(DIR) of adapter 'mine': DIR/mine)
+        inside = sorted(p.parent.name for p in Path(directory).glob("*/adapter_config.json")) if Path(
+            directory).is_dir() else []
+        hint = f"; HF PEFT adapters are in its subfolders {inside[:5]}: pass one of them" if inside else ""
         raise ConfigError(f"{path}: no adapter config here; expected a directory written by save_adapter (or by "
-                          "HF PEFT's save_pretrained: adapter_config.json)")
+                          f"HF PEFT's save_pretrained: adapter_config.json){hint}")
     try:
         meta = json.loads(read_text_file(path))
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -290,7 +294,7 @@ def _check_recorded_strategies(meta: dict, header: dict[str, str], directory: Pa
     diffs = [f"{len(recorded)} strategies in {CONFIG_NAME} vs {len(saved)}"] if len(saved) != len(recorded) else []
     for i, (a, b) in enumerate(zip(recorded, saved)):
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
+            if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True):  # 4.0 vs 4 too
                 diffs.append(f"strategies.{i}.{key}: {a.get(key)!r} in {CONFIG_NAME}, {b.get(key)!r} when saved")
     raise AdapterMismatchError(
         f"{directory}: {CONFIG_NAME} does not describe the tensors in {WEIGHTS_NAME}: {'; '.join(diffs[:5])}. "
@@ -363,6 +367,26 @@ def _listed(groups: list[tuple[str, list[str]]]) -> str:
     return "; ".join(f"{len(items)} {what} {items[:5]}" for what, items in groups if items)
 
 
+def _refuse_converted(directory: Path, ref: dict[str, str], cur: dict[str, str], differ: list[str]) -> None:
+    """Tensors that differ only in dtype (a base converted with ``.half()`` / ``.to(torch.bfloat16)``): their bytes
+    cannot be compared with the recorded ones, so say so instead of 'the base weights differ'."""
+    def shape_dtype(entry: str) -> tuple[str, str]:
+        shape, dtype, _ = (entry.split("|") + ["", ""])[:3]
+        return shape, dtype
+
+    pairs = {(shape_dtype(ref[k])[1], shape_dtype(cur[k])[1]) for k in differ}
+    if not differ or any(shape_dtype(ref[k])[0] != shape_dtype(cur[k])[0] for k in differ) or any(
+            a == b for a, b in pairs):
+        return
+    saved, now = sorted({a for a, _ in pairs}), sorted({b for _, b in pairs})
+    raise AdapterMismatchError(
+        f"{directory}: the adapter was saved on a {'/'.join(saved)} base and this base is {'/'.join(now)} "
+        f"({len(differ)} tensors, e.g. {differ[0]!r}), so its weights cannot be compared with the recorded "
+        "fingerprint. If it is the same checkpoint converted (.half(), .to(dtype)), pass ignore_fingerprint=True; "
+        "otherwise load onto the base in its saved dtype"
+    )
+
+
 def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, directory: Path) -> None:
     want = meta["base"]
     have = base_fingerprint(root, tensors)
@@ -372,7 +396,10 @@ def _check_fingerprint(root: nn.Module, tensors: dict[str, torch.Tensor], meta: 
     only_ref = [k for k in ref if k not in cur]
     only_cur = [k for k in cur if k not in ref]
     differ = [k for k in ref if k in cur and ref[k] != cur[k]]
-    problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)])
+    _refuse_converted(directory, ref, cur, differ)
+    problems = _listed([("tensors differ", differ), ("missing", only_ref), ("unexpected", only_cur)]) or (
+        f"base.sha256 is {str(want['sha256'])[:16]}..., these weights give {have['sha256'][:16]}... while every "
+        "per-tensor fingerprint agrees (adapter.json was edited?)")
     raise AdapterMismatchError(
         f"{directory}: the base weights differ from those the adapter was trained on "
         f"(base {want.get('name')!r}): {problems}. Load the same base checkpoint, or pass "

@@ -102,7 +102,7 @@ def _check_intact(root: nn.Module, bank: _Bank, what: str) -> None:
     if not live.issuperset(bank.plain):
         raise ConfigError(f"{what}: the base model's tensors were moved or replaced (model.to(device), .half(), ...) "
                           "after the first named adapter was loaded; move or convert the base model first, then load "
-                          "the adapters")
+                          "the adapters (onto a converted dtype: with ignore_fingerprint=True)")
     state = get_state(root)
     if state is bank.state:
         return

@@ -7,8 +7,9 @@ Every public entry (``apply``, ``save_adapter``, ``load_adapter``, ``merge``, ``
   attribute access forwards to the original, so code that found the plan through attributes and selected
   tensors by state-dict name selected nothing (an empty adapter file);
 - ``DistributedDataParallel`` / ``DataParallel`` (``.module``, keys prefixed ``module.``);
-- timm's ``ModelEmaV2`` / ``ModelEmaV3`` (``.module``: the averaged copy) and timm's ``ModelEma`` / Ultralytics'
-  ``ModelEMA`` (plain objects holding the averaged copy in ``.ema``);
+- timm's ``ModelEmaV2`` / ``ModelEmaV3`` and torch's own EMA / SWA wrapper ``torch.optim.swa_utils.AveragedModel``
+  (``.module``: the averaged copy) and timm's ``ModelEma`` / Ultralytics' ``ModelEMA`` (plain objects holding the
+  averaged copy in ``.ema``);
 - Ultralytics' ``YOLO`` / ``RTDETR`` ... objects (``.model``: the network).
 
 Wrappers nest (``torch.compile(DDP(model))``), so they are peeled until none is left. Nothing here imports torch's
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from .errors import ConfigError
 
@@ -41,8 +43,10 @@ def _inner(obj: Any) -> Any | None:
             return obj._modules["_orig_mod"]
         if isinstance(obj, nn.parallel.DistributedDataParallel | nn.DataParallel):
             return obj.module
-        if type(obj).__name__.startswith("ModelEma") and isinstance(obj._modules.get("module"), nn.Module):
-            return obj._modules["module"]  # timm ModelEmaV2 / V3
+        if isinstance(obj, AveragedModel) or type(obj).__name__.startswith("ModelEma"):
+            inner = obj._modules.get("module")  # torch AveragedModel (EMA / SWA), timm ModelEmaV2 / V3
+            if isinstance(inner, nn.Module):
+                return inner
         inner = obj._modules.get("model")
         if _ultralytics_model(obj) and isinstance(inner, nn.Module):
             return inner

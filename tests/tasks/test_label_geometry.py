@@ -34,6 +34,9 @@ BAD = [  # (rule, label line, what the message says)
     (POSE3, "0 0.5 0.5 0.2 0.2 0.4 0.4 0.5 0.6 0.6 2", "keypoint 1 has visibility 0.5"),
     (POSE3, "0 0.5 0.5 0.2 0.2 0.4 nan 2 0.6 0.6 2", "not normalised"),
     (POSE2, "0 0.5 0.5 0.2 0.0 0.4 0.4 0.6 0.6", "zero-height"),
+    (DETECT, "nan 0.5 0.5 0.2 0.2", "class id nan out of range"),  # was ValueError: cannot convert float NaN
+    (SEGMENT, "inf 0.1 0.1 0.5 0.5 0.9 0.1", "class id inf out of range"),  # was OverflowError
+    (POSE3, "-inf 0.5 0.5 0.2 0.2 0.4 0.4 2 0.6 0.6 2", "class id -inf out of range"),
 ]
 
 GOOD = [

@@ -160,3 +160,62 @@ def test_detection_stops_at_the_step(shared, tmp_path, monkeypatch, capsys, epoc
         _, ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(t).all() for t in ckpt["ema"].state_dict().values())
     assert json.loads((run / "plan.json").read_text())["trainable_count"] > 0
+
+
+def _poisoned_validation_loss(at_call: int) -> type[nn.CrossEntropyLoss]:
+    class Poisoned(nn.CrossEntropyLoss):
+        """Validation loss (sum reduction) NaN from its ``at_call``-th call on (eval outputs gone non-finite)."""
+
+        calls = 0
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x, y)
+            if self.reduction == "sum":
+                type(self).calls += 1
+                if type(self).calls >= at_call:
+                    return out * math.nan
+            return out
+
+    return Poisoned
+
+
+def test_classification_stops_on_a_non_finite_validation_loss(toy, tmp_path, monkeypatch, capsys):
+    """Train mode can stay finite while eval mode is not (BatchNorm statistics overflowed at a huge rate): the run
+    reported chance accuracy and 'loss nan' and exited 0. It stops before that epoch's checkpoint."""
+    recipe = _cls_recipe(toy, tmp_path / "out")
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", _poisoned_validation_loss(at_call=2))  # 1 val batch/epoch
+    assert main(["train", str(recipe), f"output={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "the validation loss became non-finite after epoch 2/3 (loss nan)" in err
+    (run,) = (tmp_path / "runs").iterdir()
+    last = run / "checkpoints" / "last.pt"
+    assert f"after epoch 1, is kept in {last}" in err and not (run / "metrics.json").exists()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0 and len(state["extra"]["state"]["history"]) == 1
+
+
+def test_detection_stops_on_a_non_finite_validation_loss(shared, tmp_path, monkeypatch, capsys):
+    """Ultralytics' NaN recovery looks at the train loss and the fitness only, and its checkpoint writer turns
+    inf/NaN into numbers: a run whose val losses were NaN finished with mAP 0 and exit 0."""
+    pytest.importorskip("ultralytics")
+    from ultralytics.engine.trainer import BaseTrainer
+
+    recipe = _det_recipe(shared, tmp_path, epochs=2)
+    validate = BaseTrainer.validate
+
+    def poisoned(self):
+        metrics, fitness = validate(self)
+        if int(self.epoch) == 1 and metrics is not None:
+            metrics = {k: (math.nan if k == "val/cls_loss" else v) for k, v in metrics.items()}
+        return metrics, fitness
+
+    monkeypatch.setattr(BaseTrainer, "validate", poisoned)
+    assert main(["train", str(recipe)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("visionpeft:")]
+    assert len(err) == 1, err
+    assert "the validation loss became non-finite after epoch 2/2 (" in err[0] and "val/cls_loss nan" in err[0]
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert f"after epoch 1, is kept in {run / 'weights' / 'last.pt'}" in err[0]
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert [int(float(r["epoch"])) for r in rows] == [1] and not (run / "metrics.json").exists()

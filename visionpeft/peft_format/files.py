@@ -27,6 +27,7 @@ from ..api import apply, get_state, unwrap
 from ..checkpoint import atomic_write
 from ..errors import ConfigError
 from ..foreign import refuse_foreign
+from ..outputs import make_dir
 from ..plan import TrainabilityPlan
 from ..snapshot import atomic
 from ..spec import ModelSpec
@@ -51,8 +52,7 @@ def save_peft_adapter(model: Any, directory: str | Path) -> Path:
     # safetensors metadata: PEFT's own "format" key, plus where the adapter came from (PEFT ignores the rest).
     meta = {"format": "pt", "visionpeft_strategies": json.dumps([c.model_dump(mode="json") for c in state.configs]),
             "visionpeft_base": str(state.spec.name)}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_dir(directory, "save_adapter(format='peft')")  # a file in the way: one line
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(result.tensors, p, metadata=meta))
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(result.config, indent=2)))
     return directory

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..safe_yaml import read_text_file
 from ..strategies.targets import plain_linear_or_conv
+from .fields import field_problem
 from .names import CONFIG_NAME, FACTORS, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, from_peft_key, pattern_value
 
 __all__ = ["PeftAdapter", "read_peft_adapter", "is_peft_dir"]
@@ -80,6 +81,10 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise _refuse(directory, f"{CONFIG_NAME} is not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(config, dict):
         raise _refuse(directory, f"{CONFIG_NAME} holds a {type(config).__name__}, not a mapping")
+    problem = field_problem(config)
+    if problem is not None:
+        raise _refuse(directory, f"{CONFIG_NAME}: {problem}; the file was edited or written by something else: "
+                                 "re-save it with PEFT's save_pretrained")
     kind = config.get("peft_type")
     if kind not in _METHOD:
         raise _refuse(directory, f"peft_type {kind!r} has no visionpeft equivalent (visionpeft reads LORA, including "
@@ -163,12 +168,26 @@ def _split_keys(directory: Path, raw: dict[str, Tensor], method: str, named: dic
             continue
         owner = _saved_owner(rel, named, modules_to_save)
         if owner is None:
-            raise _refuse(directory, f"tensor {rel!r} is neither a {method} factor ({sorted(by_suffix)}) nor inside "
-                                     f"modules_to_save {modules_to_save}")
+            raise _refuse(directory, _unplaced(rel, method, sorted(by_suffix), named, modules_to_save))
         saved.setdefault(owner, {})[rel[len(owner) + 1:]] = tensor
     if not layers:
         raise _refuse(directory, f"no {method} tensors in {WEIGHTS_NAME}")
     return layers, saved
+
+
+def _unplaced(rel: str, method: str, factors: list[str], named: dict[str, nn.Module],
+              modules_to_save: list[str]) -> str:
+    """Why the file's tensor ``rel`` has no place: a CP-decomposed conv, a saved module the model lacks, or neither
+    a factor nor inside ``modules_to_save``."""
+    if rel.rpartition(".")[2] in ("hada_t1", "hada_t2", "lokr_t1", "lokr_t2"):
+        return (f"{rel.rpartition('.')[0]}: a CP-decomposed conv (use_effective_conv2d=True), which visionpeft's "
+                f"{method} has no form for")
+    parts = rel.split(".")
+    for module in (".".join(parts[:i]) for i in range(1, len(parts))):
+        if module not in named and any(module.endswith(m) for m in modules_to_save):
+            return (f"the model has no module {module!r} (saved whole in the file, modules_to_save "
+                    f"{modules_to_save}); load it onto the base model the adapter was trained on")
+    return f"tensor {rel!r} is neither a {method} factor ({factors}) nor inside modules_to_save {modules_to_save}"
 
 
 def _saved_owner(key: str, named: dict[str, nn.Module], modules_to_save: list[str]) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..safe_yaml import brief
+from ..strict_numbers import refuse_bool_numbers
 
 __all__ = ["Section", "BaseRecipe", "validate_strategy_list", "parse_lr_grid", "scalar_name", "FULL_BASELINE",
            "AUTO"]
@@ -25,6 +26,11 @@ class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        return refuse_bool_numbers(cls, data)  # rank: true / lr: yes would become 1
 
 
 def validate_strategy_list(entries: Any, where: str) -> list[dict[str, Any]]:

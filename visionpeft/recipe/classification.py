@@ -70,6 +70,11 @@ class TrainSection(Section):
     save_every_epoch: bool = True
     compile: bool = False
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads an unquoted 'amp: off' as false
+
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: Any) -> Any:
@@ -77,7 +82,7 @@ class TrainSection(Section):
         devices = parse_device(value)  # ValueError: pydantic names train.device
         if len(devices) > 1 or isinstance(value, list | tuple):
             raise ValueError("one device per process; for several GPUs launch with torchrun --nproc_per_node=N")
-        return value
+        return "auto" if value is None else value  # null (``train.device=``): auto, as ultralytics.device
 
     @model_validator(mode="before")
     @classmethod

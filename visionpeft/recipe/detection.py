@@ -100,6 +100,12 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
             out[key] = _coerce(value)
             if (msg := _non_finite(out[key])) is not None:  # before check_cfg, which takes inf for a float
                 problems.append(f"{where}.{key}: {msg} (got {brief(out[key])})")
+            default = known[key]
+            if isinstance(out[key], bool) and isinstance(default, int | float) and not isinstance(default, bool) \
+                    and key not in _AUG_PROBABILITIES:
+                # check_cfg takes True for an int / float (epochs: yes -> 1, lr0: true -> 1.0)
+                problems.append(f"{where}.{key}: expected a number, got {str(out[key]).lower()} (a boolean; YAML "
+                                "reads true/false/yes/no/on/off as booleans)")
     if problems:
         raise ValueError("; ".join(problems))
     try:
@@ -119,6 +125,10 @@ _OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "M
 #: Ultralytics ``imgsz`` bounds: below 32 the stride-32 heads have no cells; above 8192 one mosaic image alone
 #: needs gigabytes (OpenCV's "Insufficient memory").
 IMGSZ_RANGE = (32, 8192)
+
+
+#: Augmentation probabilities, where ``mosaic: false`` (0.0) / ``fliplr: true`` (1.0) mean what they say.
+_AUG_PROBABILITIES = frozenset({"mosaic", "mixup", "cutmix", "copy_paste", "fliplr", "flipud", "bgr"})
 
 
 def _is_int(value: Any) -> bool:

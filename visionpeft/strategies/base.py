@@ -6,10 +6,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..spec import ModelSpec
+from ..strict_numbers import refuse_bool_numbers
 from .region import Claims, FrozenRegion
 
 if TYPE_CHECKING:
@@ -31,6 +32,11 @@ class StrategyConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        return refuse_bool_numbers(cls, data)  # rank: true / lr: yes would become 1
     method: str
     # -- optimizer settings of the owned parameters (visionpeft.optim_settings)
     lr: float | None = Field(None, gt=0)

@@ -6,6 +6,11 @@ up to three times and on the first epoch carries on regardless (Ultralytics task
 it raises :class:`~visionpeft.errors.TrainingDivergedError` before its update is applied where the loop allows
 it; nothing is written after it, so the last checkpoint and the metrics of every finished epoch stay as they
 were, and the CLI exits with status 2 and one line naming the epoch, the batch and the loss.
+
+The validation loss is checked the same way after each epoch (:func:`check_val_loss`): training in train mode can
+stay finite while what the model computes in eval mode is not (BatchNorm running statistics that overflowed, an
+EMA copy gone non-finite), and the run then reported chance accuracy / mAP 0 and exited 0. It stops before that
+epoch's checkpoint, adapter or metrics are written.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 from ..errors import TrainingDivergedError
 from .distributed import is_distributed
 
-__all__ = ["loss_is_finite", "check_loss", "kept_checkpoint"]
+__all__ = ["loss_is_finite", "check_loss", "check_val_loss", "kept_checkpoint"]
 
 
 def loss_is_finite(loss: torch.Tensor | float) -> bool:
@@ -52,6 +57,26 @@ def check_loss(loss: torch.Tensor | float, *, epoch: int, epochs: int, batch: in
     raise TrainingDivergedError(
         f"training stopped: the loss became {_num(value)} at epoch {epoch}/{epochs}, batch {batch}"
         + (f" ({shown})" if shown else "") + (f"; {kept_text}" if kept_text else "")
+        + ". Lower the learning rate (optim.lr / a strategy's lr / ultralytics.lr0), turn off mixed precision, or "
+        "check the data"
+    )
+
+
+def check_val_loss(losses: Mapping[str, float] | None, *, epoch: int, epochs: int,
+                   device: torch.device | str | None = None, kept: Callable[[], str] | None = None) -> None:
+    """Raise :class:`TrainingDivergedError` unless every validation loss of ``epoch`` (counted from 1) is finite.
+
+    ``losses``: name -> value (``None`` or empty on a rank without metrics: Ultralytics validates on rank 0 only);
+    under DDP all ranks agree (``device``: where the flag is reduced, the rank's GPU under NCCL).
+    """
+    values = [float(v) for v in (losses or {}).values()]
+    if loss_is_finite(torch.tensor(values or [0.0], device=device)):
+        return
+    shown = ", ".join(f"{k} {_num(v)}" for k, v in (losses or {}).items())
+    kept_text = kept() if kept is not None else ""
+    raise TrainingDivergedError(
+        f"training stopped: the validation loss became non-finite after epoch {epoch}/{epochs} ({shown}): the "
+        "model's weights or normalisation statistics are no longer finite" + (f"; {kept_text}" if kept_text else "")
         + ". Lower the learning rate (optim.lr / a strategy's lr / ultralytics.lr0), turn off mixed precision, or "
         "check the data"
     )

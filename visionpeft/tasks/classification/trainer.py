@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..divergence import check_loss
+from ..divergence import check_loss, check_val_loss
 from .metrics import Accumulator
 
 __all__ = ["Hook", "Trainer", "TrainState", "autocast_dtype", "evaluate_model"]
@@ -119,6 +119,9 @@ class Trainer:
             before = self.state.train_time
             self.train_epoch()
             metrics = self.evaluate(self.val_loader)
+            # Before this epoch's history, checkpoint or metrics: a model whose eval outputs are not finite.
+            check_val_loss({"loss": metrics["loss"]}, epoch=epoch + 1, epochs=self.cfg.epochs, device=self.device,
+                           kept=self.kept)
             self.state.history.append({"epoch": epoch, "train_seconds": self.state.train_time - before,
                                        "elapsed_seconds": elapsed0 + time.perf_counter() - t0,
                                        **{k: v for k, v in metrics.items() if "/" not in k}})

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ...errors import PlanViolationError
-from ..divergence import check_loss, kept_checkpoint
+from ..divergence import check_loss, check_val_loss, kept_checkpoint
 
 __all__ = ["PerfMeter", "SavedTensorMeter", "ULTRA_METRICS", "metrics_from_ultralytics", "make_callbacks"]
 
@@ -242,6 +242,15 @@ def check_train_loss(tr: Any) -> None:
         parts = None
     check_loss(tr.loss, epoch=int(tr.epoch) + 1, epochs=int(tr.epochs), batch=getattr(tr, "vp_batch", 0),
                parts=parts, kept=lambda: kept_checkpoint(Path(tr.last), int(tr.epoch)))
+
+
+def check_val_losses(tr: Any, metrics: dict[str, Any] | None) -> None:
+    """Raise :class:`TrainingDivergedError` if a validation loss (``val/box_loss`` ...) of this epoch is not finite,
+    before Ultralytics saves the epoch (its checkpoint writer turns inf/NaN into finite numbers, and its NaN
+    recovery looks at the train loss and fitness only, so the run finished with mAP 0 and exit 0)."""
+    losses = {k: v for k, v in (metrics or {}).items() if k.startswith("val/") and "loss" in k}
+    check_val_loss(losses, epoch=int(tr.epoch) + 1, epochs=int(tr.epochs), device=getattr(tr, "device", None),
+                   kept=lambda: kept_checkpoint(Path(tr.last), int(tr.epoch)))
 
 
 def on_train_epoch_end(tr: Any) -> None:

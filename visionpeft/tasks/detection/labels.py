@@ -19,6 +19,7 @@ visibility flag (``ndim`` 3) must be 0, 1 or 2 (COCO's not labelled / hidden / v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def check_label_file(path: Path, nc: int, rule: LabelRule = LabelRule()) -> int:
             coords = [float(v) for v in parts[1:]]
         except ValueError:
             raise ConfigError(f"{where}: malformed label line {brief(line)}: every field must be a number") from None
-        if cls_f != int(cls_f) or not 0 <= cls_f < nc:
+        if not math.isfinite(cls_f) or cls_f != int(cls_f) or not 0 <= cls_f < nc:  # int(nan) raises
             raise ConfigError(
                 f"{where}: class id {parts[0]} out of range: the data yaml has {nc} classes (ids 0..{nc - 1})"
             )

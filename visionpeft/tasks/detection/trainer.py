@@ -63,7 +63,7 @@ from ...checkpoint import STAGING_DIR, atomic_write, remove_stale_temporaries
 from ...errors import ConfigError
 from ...plan import TrainabilityPlan
 from . import resume
-from .callbacks import PerfMeter, check_train_loss, make_callbacks, write_json
+from .callbacks import PerfMeter, check_train_loss, check_val_losses, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
 
 __all__ = ["PeftTrainerMixin", "PeftDetectionTrainer", "PeftSegmentationTrainer", "PeftPoseTrainer", "PeftOBBTrainer",
@@ -311,6 +311,12 @@ class PeftTrainerMixin:
         """Ultralytics' update, refused for a non-finite loss: the NaN never reaches the weights or the EMA."""
         check_train_loss(self)
         super().optimizer_step()  # type: ignore[misc]
+
+    def validate(self) -> Any:
+        """Ultralytics' validation; a non-finite validation loss stops the run before this epoch is saved."""
+        metrics, fitness = super().validate()  # type: ignore[misc]
+        check_val_losses(self, metrics)
+        return metrics, fitness
 
     def save_model(self) -> Any:
         """Ultralytics' checkpoints, each written to a temporary file and renamed over the old one.
