@@ -10,8 +10,10 @@ from visionpeft.errors import ConfigError
 from visionpeft.packaged import find_recipe
 from visionpeft.recipe import load_recipe
 
-SCALARS = [("2024", "2024"), ("1.5", "1.5"), ("true", "true"), ("no", "false"), ("2024-01-05", "2024-01-05"),
-           ("0", "0"), ("-3", "-3"), ("'007'", "007"), ("run 1", "run 1")]
+# A name is the scalar as written (YAML would turn 2024.10 into 2024.1, 1e3 into 1000.0 and no into false).
+SCALARS = [("2024", "2024"), ("1.5", "1.5"), ("true", "true"), ("no", "no"), ("2024-01-05", "2024-01-05"),
+           ("0", "0"), ("-3", "-3"), ("'007'", "007"), ("run 1", "run 1"), ("1e3", "1e3"), ("2024.10", "2024.10"),
+           ("0x1F", "0x1F")]
 
 
 @pytest.mark.parametrize(("text", "name"), SCALARS, ids=[t for t, _ in SCALARS])

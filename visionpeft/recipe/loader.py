@@ -6,6 +6,7 @@ YAML is read with ``yaml.safe_load`` only: a recipe can never execute code.
 from __future__ import annotations
 
 import copy
+import datetime
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,28 @@ def apply_overrides(doc: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
-        _set_path(out, key.strip(), _parse_value(raw))
+        value = _parse_value(raw)
+        if key.strip() == "name" and _typed_scalar(value):
+            value = raw.strip()  # a name is the text as written: name=1e3 stays "1e3", not "1000.0"
+        _set_path(out, key.strip(), value)
     return out
+
+
+def _typed_scalar(value: Any) -> bool:
+    """A scalar YAML turned into a number, bool or date (its written text is lost in ``str(value)``)."""
+    return isinstance(value, bool | int | float | datetime.date)
+
+
+def _written_name(path: Path) -> str | None:
+    """The top-level ``name:`` scalar exactly as written in the file (``2024.10``, ``no``, ``1e3``), read from
+    YAML's node tree (``yaml.compose``: no objects are constructed), or None when there is none."""
+    node = yaml.compose(path.read_text())
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if key.value == "name" and isinstance(value, yaml.ScalarNode):
+            return value.value
+    return None
 
 
 def _fields_at(cls: type[BaseModel], loc: Sequence[Any]) -> list[str]:
@@ -179,6 +200,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> BaseRecipe:
     doc = load_yaml_file(path) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(doc).__name__}")
+    if _typed_scalar(doc.get("name")):
+        doc["name"] = _written_name(path)  # name: 2024.10 names the run "2024.10" (YAML would say 2024.1)
     doc = apply_overrides(doc, overrides)
     for key in PATH_KEYS:
         if isinstance(doc.get(key), str):
