@@ -125,7 +125,7 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Namespace) -> str:
-    from visionpeft.report.compare import markdown_table
+    from visionpeft.report.markdown import markdown_table
 
     ultra = report["recipe"].get("ultralytics", {})
     env = report.get("environment", {})

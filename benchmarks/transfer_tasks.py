@@ -113,7 +113,7 @@ def conclusions(rows: list[dict[str, Any]], primary: str) -> list[str]:
 
 def write_section(args: argparse.Namespace, compare_dir: Path, random_init: dict[str, Any] | None) -> None:
     """The task's Markdown section from the compare directory's runs (+ the random-init run)."""
-    from visionpeft.report.compare import markdown_table
+    from visionpeft.report.markdown import markdown_table
     from visionpeft.tasks import get_task
 
     saved = compare_dir / "benchmark_args.json"

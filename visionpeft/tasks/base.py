@@ -159,6 +159,11 @@ class TaskRunner(Protocol):
         """Whether ``recipe``'s data has a ``split`` (``test``) a finished run can be evaluated on."""
         ...
 
+    @property
+    def image_suffixes(self) -> frozenset[str]:
+        """The image files its image reader reads (lower-case suffixes with the dot): what ``predict`` accepts."""
+        ...
+
     def load_model(self, run_dir: Path) -> Any:
         """The run's adapted model (best epoch), in eval mode (``visionpeft export``)."""
         ...

@@ -405,6 +405,13 @@ class ClassificationTask:
                 "optimizer": r.optim.name, "img_size": s.data_cfg.img_size, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
+    @property
+    def image_suffixes(self) -> frozenset[str]:
+        """What the classification folder reader lists (:data:`visionpeft.data.samples.IMAGE_EXTENSIONS`)."""
+        from ...data.samples import IMAGE_EXTENSIONS
+
+        return IMAGE_EXTENSIONS
+
     def load_model(self, run_dir: Path) -> nn.Module:
         """The run's adapted model (adapter of the best epoch loaded), eval mode."""
         return self.load_run(run_dir)[1]

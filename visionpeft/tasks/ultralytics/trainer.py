@@ -43,7 +43,6 @@ through ``visionpeft train`` (the detection task runner).
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 from pathlib import Path
@@ -60,17 +59,10 @@ from ...plan import TrainabilityPlan
 from . import resume
 from .callbacks import PerfMeter, check_train_loss, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
+from .merge import merged_copy
 
 # Also the generated ``Peft<UltralyticsTrainer>`` classes (``PeftDetectionTrainer``...; see :data:`TRAINERS`).
-__all__ = ["PeftTrainerMixin", "TRAINERS", "trainer_for", "MergingValidator", "merged_copy", "split_groups_by_owner"]
-
-
-def merged_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of an adapted model with every strategy folded into plain weights (safe to fuse)."""
-    out = copy.deepcopy(unwrap_model(model))
-    if api.get_state(out) is not None:
-        api.merge(out)
-    return out
+__all__ = ["PeftTrainerMixin", "TRAINERS", "trainer_for", "MergingValidator", "split_groups_by_owner"]
 
 
 class PeftTrainerMixin:
@@ -430,9 +422,9 @@ class PeftTrainerMixin:
     def _vp_write_merged(self, merged: nn.Module, source: Path) -> None:
         """Ship-ready output (rank 0): a plain Ultralytics checkpoint, loadable without visionpeft."""
         if RANK in {-1, 0}:
-            from .merge import save_plain_checkpoint
+            from ...backends import backend_named
 
-            save_plain_checkpoint(merged, self.wdir / "merged.pt",
+            backend_named("ultralytics").export_merged(merged, self.wdir / "merged.pt",
                                   {"merged_from": str(source), "strategies": self.vp_strategies})
 
 
