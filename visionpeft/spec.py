@@ -95,3 +95,8 @@ class ModelSpec:
         for name, value in (("stem", ()), ("tokens", None)):
             state.setdefault(name, value)
         self.__dict__.update(state)
+
+
+#: What checkpoints of adapted models pickle from this module (the checkpoint loader's allow-list reads it). A spec
+#: saved before the roles existed names its token role by the former class name.
+CHECKPOINT_CLASSES: tuple[Any, ...] = (ModelSpec, TokenSpec, (TokenSpec, "visionpeft.spec.PromptSpec"))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..tasks.base import RunResult, StrategyRuns
+from ..results import RunResult, StrategyRuns
 from .aggregate import as_groups, grid_rows, has_test, headline, metric_names, seed_rows, strategy_rows
 
 __all__ = ["write_report", "report_rows", "environment"]

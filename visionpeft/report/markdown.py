@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..tasks.base import StrategyRuns
+from ..results import StrategyRuns
 
 __all__ = ["report_markdown", "protocol_lines", "display_rows"]
 

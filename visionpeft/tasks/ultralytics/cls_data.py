@@ -33,7 +33,7 @@ def check_cls_data(data: str | Path, *, splits: tuple[str, ...] = ("train", "val
             class folders themselves, so an image cannot be left out without changing the dataset; fix or remove
             the file the error names.
     """
-    from .images import DataInfo, check_images, image_suffixes
+    from .images import DataInfo, image_suffixes, readable_images
 
     root = Path(data)
     if not root.is_dir():
@@ -62,7 +62,7 @@ def check_cls_data(data: str | Path, *, splits: tuple[str, ...] = ("train", "val
                 raise ConfigError(f"data: {cls}: no images (suffixes {sorted(image_suffixes())[:6]}...)")
             images += found
         if check_images:
-            images, skipped[split] = check_images(images, False, f"{folder}")
+            images, skipped[split] = readable_images(images, False, f"{folder}")
         out[split] = images
     del skip_bad_images  # folder datasets cannot leave files out: bad images are always errors (see above)
     return DataInfo(source=root, names=names, splits=out, skipped=skipped)

@@ -19,7 +19,7 @@ from ...errors import ConfigError
 from ...safe_yaml import brief, brief_text, load_yaml_file, read_text_file
 from ...ultralytics_tasks import UltralyticsTask
 from ...ultralytics_tasks import get as task_row
-from .images import DataInfo, image_suffixes
+from .images import DataInfo, image_suffixes, readable_images
 from .labels import check_label_file
 
 __all__ = ["check_data", "label_path", "resolve_task_data", "model_kwargs", "write_without_skipped"]
@@ -164,7 +164,7 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
             raise ConfigError(f"{path}: missing '{split}:' (an image folder relative to the yaml, e.g. images/{split})")
         out[split] = _split_images(doc[split], root, path, split)
         if check_images:
-            out[split], skipped[split] = check_images(out[split], skip_bad_images, f"{path}: {split}")
+            out[split], skipped[split] = readable_images(out[split], skip_bad_images, f"{path}: {split}")
         if check_labels:
             boxes[split] = sum(
                 check_label_file(lp, len(names), rule) for lp in map(label_path, out[split]) if lp.is_file()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 
-__all__ = ["DataInfo", "image_suffixes", "image_problem", "check_images", "READABLE_MODES"]
+__all__ = ["DataInfo", "image_suffixes", "image_problem", "readable_images", "READABLE_MODES"]
 
 
 @cache
@@ -68,7 +68,7 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def check_images(images: list[Path], skip_bad: bool, where: str) -> tuple[list[Path], list[Path]]:
+def readable_images(images: list[Path], skip_bad: bool, where: str) -> tuple[list[Path], list[Path]]:
     """(readable images, skipped ones); without ``skip_bad`` the first unreadable image is an error."""
     good, bad = [], []
     for image in images:
