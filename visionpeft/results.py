@@ -27,7 +27,7 @@ class RunResult:
         strategy: run name (``full``, ``lora``, ...).
         trainable_params / total_params / trainable_pct: from the trainability plan.
         metrics: final validation metrics of the best checkpoint, e.g. ``{"top1": 0.91, "top5": 0.99}``.
-        peak_mem_mb: peak accelerator memory (CUDA) or peak resident memory growth (CPU) during training.
+        peak_mem_mb: one training step's memory footprint of the model, MiB (see :mod:`visionpeft.profiling`).
         train_img_per_s: training throughput over the whole run.
         train_seconds: wall time of the training loop (validation included).
         adapter_bytes: size of the saved adapter file.

@@ -126,6 +126,7 @@ class PeftTrainerMixin:
         self.vp_plan: TrainabilityPlan | None = None
         self.vp_run_dir = Path(self.vp_run_dir_cfg) if self.vp_run_dir_cfg else Path(self.save_dir)
         self.vp_perf = PerfMeter()
+        self.vp_updates = 0
         self.vp_logger = None
         # A DDP launcher (self.ddp) trains nothing itself: its workers log; of those, rank 0 only.
         if self.vp_tensorboard and RANK in {-1, 0} and not self.ddp:
@@ -297,6 +298,7 @@ class PeftTrainerMixin:
         """Ultralytics' update, refused for a non-finite loss: the NaN never reaches the weights or the EMA."""
         check_train_loss(self)
         super().optimizer_step()  # type: ignore[misc]
+        self.vp_updates += 1  # the memory meter measures the first step after the first update
 
     def save_model(self) -> Any:
         """Ultralytics' checkpoints, each written to a temporary file and renamed over the old one.
