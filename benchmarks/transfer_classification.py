@@ -248,7 +248,7 @@ def write_markdown(path: Path, args: argparse.Namespace, reports: dict[str, dict
 
 def update_docs(path: Path, section: str) -> None:
     """Replace this script's section of ``path`` (or append it), leaving other sections alone."""
-    from visionpeft.report.sections import replace_marked_section
+    from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
     replace_marked_section(path, START, END, section)
 

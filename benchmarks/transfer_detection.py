@@ -151,7 +151,7 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Na
 
 def update_docs(path: Path, section: str) -> None:
     """Replace this script's section of ``path`` (or append it), leaving other sections alone."""
-    from visionpeft.report.sections import replace_marked_section
+    from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
     replace_marked_section(path, START, END, section)
 

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     section = Path(args.out).read_text()
     print(section)
     if args.update_docs:
-        from visionpeft.report.sections import replace_marked_section
+        from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
         replace_marked_section(Path(args.update_docs), START, END, section)
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ be
     from .api import apply, get_plan, merge
     from .params import format_parameter_report, parameter_report
     from .plan import TrainabilityPlan
-    from .spec import ModelSpec, PromptSpec, TokenSpec
+    from .spec import ModelSpec, TokenSpec
     from .strategies.importance import GradientProbe
 
 __version__ = "0.1.0"
@@ -49,7 +49,7 @@ _LAZY: dict[str, str] = {
     "apply": "api", "get_plan": "api", "merge": "api",
     "format_parameter_report": "params", "parameter_report": "params",
     "TrainabilityPlan": "plan",
-    "ModelSpec": "spec", "PromptSpec": "spec", "TokenSpec": "spec",
+    "ModelSpec": "spec", "TokenSpec": "spec",
     "GradientProbe": "strategies.importance",
 }
 
@@ -59,7 +59,6 @@ __all__ = [
     "GradientProbe",
     "ModelSpec",
     "PlanViolationError",
-    "PromptSpec",
     "TargetNotFoundError",
     "TokenSpec",
     "TrainabilityPlan",

@@ -36,8 +36,6 @@ class TokenSpec:
     patch_size: int = 16
 
 
-#: The former name of :class:`TokenSpec` (the same class), kept so existing code and checkpoints work.
-PromptSpec = TokenSpec
 
 
 @dataclass(frozen=True)
@@ -81,11 +79,6 @@ class ModelSpec:
     ssf_targets: tuple[str, ...] | None = None
     mlp_modules: tuple[str, ...] | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def prompt(self) -> TokenSpec | None:
-        """The former name of :attr:`tokens` (where VPT puts its prompts)."""
-        return self.tokens
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle a spec, including one saved before the roles existed (``prompt`` became ``tokens``)."""

@@ -358,8 +358,10 @@ class PeftTrainerMixin:
         """Save the EMA model's adapter (what Ultralytics validates and checkpoints) to ``<run_dir>/<name>``."""
         if RANK not in {-1, 0}:
             return None
+        from ...adapter_io import save_adapter
+
         source = self.ema.ema if self.ema is not None else self.vp_model()
-        return api_save_adapter(source, self.vp_run_dir / name, {"epoch": int(self.epoch) + 1})
+        return save_adapter(source, self.vp_run_dir / name, extra={"epoch": int(self.epoch) + 1})
 
     def vp_write_plan(self) -> None:
         if RANK in {-1, 0} and self.vp_plan is not None:
@@ -546,12 +548,6 @@ def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: 
         for (owner, lr, wd), params in split.items():
             out.append({**group, "params": params, "owner": owner, "lr": lr, "weight_decay": wd})
     return out
-
-
-def api_save_adapter(model: nn.Module, directory: Path, extra: dict[str, Any]) -> Path:
-    from ...adapter_io import save_adapter
-
-    return save_adapter(model, directory, extra=extra)
 
 
 def _peft_trainer(base: type) -> type[PeftTrainerMixin]:
