@@ -13,7 +13,8 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.errors import ConfigError, PlanViolationError  # noqa: E402
-from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.merge import merged_copy
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
 from .detection_support import offline_args  # noqa: E402
 
