@@ -38,7 +38,7 @@ from visionpeft.tasks.ultralytics import callbacks as vp_callbacks  # noqa: E402
 from visionpeft.tasks.ultralytics.ddp import ENV_VAR, launch_env, rewrap_ddp, settings_from_env  # noqa: E402
 from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import offline_args  # noqa: E402
+from ..ultralytics_support import offline_args  # noqa: E402
 
 STRATEGIES = [{"method": "freeze", "n": 2}, {"method": "lora", "rank": 4, "alpha": 8}, {"method": "head"}]
 

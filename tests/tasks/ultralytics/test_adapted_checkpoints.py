@@ -25,7 +25,7 @@ import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.tasks.ultralytics.merge import merged_copy  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 IMGSZ = 128
 

@@ -16,7 +16,7 @@ from visionpeft.errors import ConfigError, PlanViolationError  # noqa: E402
 from visionpeft.tasks.ultralytics.merge import merged_copy
 from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import offline_args  # noqa: E402
+from ..ultralytics_support import offline_args  # noqa: E402
 
 STRATEGIES = [{"method": "freeze", "n": 2}, {"method": "lora", "rank": 4, "alpha": 8}, {"method": "head"}]
 

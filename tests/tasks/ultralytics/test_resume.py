@@ -29,7 +29,7 @@ import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.tasks.ultralytics import trainer as trainer_mod  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 STRATEGIES = "[{method: freeze, n: 2}, {method: lora, rank: 4, alpha: 8}]"
 ORIGINAL_CALLBACKS = trainer_mod.make_callbacks

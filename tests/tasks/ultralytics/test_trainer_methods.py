@@ -21,7 +21,7 @@ from visionpeft.tasks.ultralytics.merge import (
 )
 from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import offline_args  # noqa: E402
+from ..ultralytics_support import offline_args  # noqa: E402
 
 
 @pytest.mark.parametrize("method", [{"method": "ssf"}, {"method": "dora", "rank": 4},

@@ -20,8 +20,8 @@ from torch import nn
 from visionpeft.cli import main
 from visionpeft.data.toy import make_toy_imagefolder
 
-from .detection_support import copy_dataset
-from .test_classification_train import DETERMINISTIC
+from .classification.test_train import DETERMINISTIC
+from .ultralytics_support import copy_dataset
 
 
 def _poisoned_cross_entropy(at: int, value: float) -> type[nn.CrossEntropyLoss]:

@@ -17,7 +17,7 @@ import visionpeft  # noqa: E402
 from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
+from ..ultralytics_support import copy_dataset, killed_after_first_epoch  # noqa: E402
 
 
 def test_rtdetr_trains_resumes_with_its_own_trainer_and_merges(shared, tmp_path, monkeypatch):
