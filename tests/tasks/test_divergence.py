@@ -112,8 +112,8 @@ def _poison_detection_loss(monkeypatch, epoch0: int, batch: int) -> None:
 
     original = trainer_mod.make_callbacks
 
-    def poisoning(trainer):
-        callbacks = dict(original(trainer))
+    def poisoning():
+        callbacks = dict(original())
         batch_start = callbacks["on_train_batch_start"]
 
         def on_train_batch_start(tr):

@@ -95,7 +95,7 @@ def test_launcher_exports_settings_and_keeps_the_run_dir(coco8, weights, tmp_pat
 
 def record_worker(tr) -> None:
     """on_train_end inside the worker process: what it re-created (pickled by reference into the state)."""
-    own = vp_callbacks.make_callbacks(tr)
+    own = vp_callbacks.make_callbacks()
     report = {
         "class": type(tr).__name__, "strategies": tr.vp_strategies, "run_dir": str(tr.vp_run_dir),
         "plan": visionpeft.get_plan(tr.model).strategies, "trainable": tr.vp_plan.trainable_count,

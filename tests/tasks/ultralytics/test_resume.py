@@ -47,8 +47,8 @@ class Probe:
         self.optimizer_setup: dict = {}
         self.epochs_run: list[int] = []
 
-    def __call__(self, trainer):
-        callbacks = dict(ORIGINAL_CALLBACKS(trainer))
+    def __call__(self):
+        callbacks = dict(ORIGINAL_CALLBACKS())
         pretrain_end, fit_epoch_end = callbacks["on_pretrain_routine_end"], callbacks["on_fit_epoch_end"]
 
         def on_pretrain_routine_end(tr):

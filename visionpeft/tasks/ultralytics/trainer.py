@@ -136,7 +136,7 @@ class PeftTrainerMixin(ModelSetupMixin, OptimizerMixin, CheckpointMixin, FinalEv
             from ...logging.tensorboard import RunLogger
 
             self.vp_logger = RunLogger(self.vp_run_dir)
-        for event, fn in make_callbacks(self).items():
+        for event, fn in make_callbacks().items():
             # A DDP worker receives the launcher's callbacks (ours included) from Ultralytics: add them once.
             if fn not in self.callbacks.get(event, []):
                 self.add_callback(event, fn)
