@@ -493,6 +493,7 @@ class ClassificationTask:
         from ...api import merge as merge_model
         from ...backends import backend_named
         from ...backends.timm import create_kwargs, load_snippet
+        from ...engines import get_engine
         from ...outputs import check_output_file
 
         out = Path(out)
@@ -501,7 +502,7 @@ class ClassificationTask:
         check_output_file(out, "merge -o")
         recipe, model, _, meta = self.load_run(run_dir)
         merge_model(model)
-        backend_named("timm").export_merged(model, out)
+        backend_named(get_engine(recipe.task).backend).export_merged(model, out)
         pre = meta["preprocess"]
         # timm's data-config keys (timm.data.create_transform(**data_config) rebuilds the eval transform).
         data_config = {"input_size": [3, pre.img_size, pre.img_size], "interpolation": pre.interpolation,
