@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import visionpeft
 from visionpeft.cli import main
 from visionpeft.errors import ConfigError
 from visionpeft.recipe import load_recipe
+
+#: Recipes ship as package data; ``load_recipe`` finds ``recipes/...`` there when no such file exists here.
+ASSETS = Path(visionpeft.__file__).parent / "assets"
 
 SCALARS = [("2024", "2024"), ("1.5", "1.5"), ("true", "true"), ("no", "false"), ("2024-01-05", "2024-01-05"),
            ("0", "0"), ("-3", "-3"), ("'007'", "007"), ("run 1", "run 1")]
@@ -21,7 +25,7 @@ def test_any_scalar_is_a_name_in_overrides_and_files(tmp_path, recipe, text, nam
     if "detection" in recipe:
         pytest.importorskip("ultralytics")
     assert load_recipe(recipe, [f"name={text}"]).name == name
-    doc = yaml.safe_load(Path(recipe).read_text())
+    doc = yaml.safe_load((ASSETS / recipe).read_text())
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(doc).replace(f"name: {doc['name']}", f"name: {text}", 1))
     assert load_recipe(path).name == name
