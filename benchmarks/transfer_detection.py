@@ -17,7 +17,7 @@ Every run trains at Ultralytics' ``lr0`` (``optimizer: auto`` picks it from the 
 no per-method default rate; give a row its own rate with ``lr`` on its entries, or a grid with ``lr_grid``.
 
 Memory on CPU is visionpeft's per-step estimate (parameters + gradients + optimizer state + the tensors
-autograd saves for one batch), on CUDA the allocator's peak; see ``visionpeft.tasks.detection.callbacks``.
+autograd saves for one batch), on CUDA the allocator's peak; see ``visionpeft.tasks.ultralytics.callbacks``.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Namespace) -> str:
-    from visionpeft.report.compare import markdown_table
+    from visionpeft.report.markdown import markdown_table
 
     ultra = report["recipe"].get("ultralytics", {})
     env = report.get("environment", {})
@@ -151,7 +151,7 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Na
 
 def update_docs(path: Path, section: str) -> None:
     """Replace this script's section of ``path`` (or append it), leaving other sections alone."""
-    from visionpeft.report.sections import replace_marked_section
+    from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
     replace_marked_section(path, START, END, section)
 

@@ -60,7 +60,7 @@ def _bad() -> list[Device]:
 
 def available_devices() -> list[str]:
     """What this machine has: ``cpu``, every ``cuda:N``, ``mps`` where it works."""
-    import torch  # here, not at module level: recipe checks import this module and must start fast
+    import torch  # here, not at import: recipe validation (parse_device) must not load torch
 
     out = ["cpu"]
     if torch.cuda.is_available():
@@ -79,12 +79,12 @@ def check_device(value: Any, where: str, *, several: bool = True) -> list[Device
         several: whether the setting may name several GPUs (Ultralytics: one DDP worker each); classification
             trains on one device per process (several GPUs: launch with torchrun).
     """
+    import torch  # here, not at import: recipe validation (parse_device) must not load torch
+
     try:
         devices = parse_device(value)
     except ValueError as exc:
         raise ConfigError(f"{where}={value}: {exc}") from None
-    import torch
-
     have = available_devices()
     if len(devices) > 1 and not several:
         raise ConfigError(f"{where}={value}: one device per process here; for several GPUs launch with "
@@ -105,7 +105,7 @@ def torch_device(value: Any, where: str) -> torch.device:
     """The one ``torch.device`` a single-device setting names, checked (``auto``: this rank's GPU, else CPU)."""
     import os
 
-    import torch
+    import torch  # here, not at import: recipe validation (parse_device) must not load torch
 
     ((kind, index),) = check_device(value, where, several=False)
     if kind == "auto":

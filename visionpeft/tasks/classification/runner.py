@@ -21,12 +21,13 @@ from ...checkpoint import (
 from ...data import build_data, list_recipe_splits, resolve_data_config
 from ...data.loaders import make_loader
 from ...errors import ConfigError
+from ...examples import write_examples
 from ...logging.tensorboard import RunLogger
 from ...recipe import save_resolved
+from ...recipe.classification import ClassificationRecipe
 from ..base import EPOCH_BASE, RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from ..divergence import kept_checkpoint
-from ..examples import write_examples
 from . import features as feat
 from .compiled import compile_failure, compile_in_place
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
@@ -38,8 +39,8 @@ from .trainer import Trainer, autocast_dtype, evaluate_model
 
 __all__ = ["ClassificationTask", "FIXED_ON_RESUME", "RESUME_OVERRIDABLE"]
 
-#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
-FIXED_ON_RESUME = ("task", "model", "weights", "pretrained", "head_init_std", "seed", "strategies")
+#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them (the schema's).
+FIXED_ON_RESUME = ClassificationRecipe.FIXED_ON_RESUME
 
 #: The only keys a resume may override: where and how fast training goes on, never what it computes. Everything
 #: else (data, dataset.*, augment.*, optim.*, the other train.* keys, ``train.epochs`` included: the restored LR
@@ -405,6 +406,17 @@ class ClassificationTask:
                 "optimizer": r.optim.name, "img_size": s.data_cfg.img_size, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
+    @property
+    def image_suffixes(self) -> frozenset[str]:
+        """What the classification folder reader lists (:data:`visionpeft.data.samples.IMAGE_EXTENSIONS`)."""
+        from ...data.samples import IMAGE_EXTENSIONS
+
+        return IMAGE_EXTENSIONS
+
+    def load_model(self, run_dir: Path) -> nn.Module:
+        """The run's adapted model (adapter of the best epoch loaded), eval mode."""
+        return self.load_run(run_dir)[1]
+
     @staticmethod
     def load_run(run_dir: Path) -> tuple[Any, nn.Module, Any, dict[str, Any]]:
         """Rebuild a finished run's model: ``(recipe, model with adapter loaded, plan, adapter meta)``.
@@ -428,7 +440,7 @@ class ClassificationTask:
         ``split`` is a role or a split name: ``val``, ``test`` and ``train`` mean the recipe's
         ``dataset.val_split`` / ``test_split`` / ``train_split``; any other name is used as it is.
         ``save_examples``: also write every image's label and top-1 prediction to ``<split>_examples.json`` in
-        the run directory (:mod:`visionpeft.tasks.examples`; one process only: under DDP nothing is written).
+        the run directory (:mod:`visionpeft.examples`; one process only: under DDP nothing is written).
 
         Validated as training validated: the same eval transform and batch size, the same autocast precision
         (``train.amp``) and, for a ``cache_features`` run, the backbone's features computed in float32 and the
@@ -478,11 +490,10 @@ class ClassificationTask:
         The sidecar's ``load`` line (Python, run where ``merge -o`` was given) rebuilds the architecture with
         ``create_kwargs`` (class count, and the image size of fixed-size models such as ViTs) and strict-loads it.
         """
-        from safetensors.torch import save_file
-
         from ...api import merge as merge_model
+        from ...backends import backend_named
         from ...backends.timm import create_kwargs, load_snippet
-        from ...checkpoint import atomic_save
+        from ...engines import get_engine
         from ...outputs import check_output_file
 
         out = Path(out)
@@ -491,11 +502,7 @@ class ClassificationTask:
         check_output_file(out, "merge -o")
         recipe, model, _, meta = self.load_run(run_dir)
         merge_model(model)
-        sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        if out.suffix == ".safetensors":
-            save_file(sd, str(out))
-        else:
-            atomic_save(sd, out)
+        backend_named(get_engine(recipe.task).backend).export_merged(model, out)
         pre = meta["preprocess"]
         # timm's data-config keys (timm.data.create_transform(**data_config) rebuilds the eval transform).
         data_config = {"input_size": [3, pre.img_size, pre.img_size], "interpolation": pre.interpolation,
