@@ -27,7 +27,7 @@ from visionpeft.tasks.ultralytics.merge import rebuild_from_adapter  # noqa: E40
 
 from ..ultralytics_support import capture_setup, copy_dataset, ultralytics_setup  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ARGS = dict(epochs=1, imgsz=64, batch=4, nbs=4, warmup_epochs=0, workers=0, device="cpu", amp=False,
             fraction=0.05, optimizer="SGD", lr0=0.01)
 
