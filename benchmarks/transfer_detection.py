@@ -17,7 +17,7 @@ Every run trains at Ultralytics' ``lr0`` (``optimizer: auto`` picks it from the 
 no per-method default rate; give a row its own rate with ``lr`` on its entries, or a grid with ``lr_grid``.
 
 Memory on CPU is visionpeft's per-step estimate (parameters + gradients + optimizer state + the tensors
-autograd saves for one batch), on CUDA the allocator's peak; see ``visionpeft.tasks.detection.callbacks``.
+autograd saves for one batch), on CUDA the allocator's peak; see ``visionpeft.tasks.ultralytics.callbacks``.
 """
 
 from __future__ import annotations

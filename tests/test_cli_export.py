@@ -74,8 +74,8 @@ def test_export_detection_run_for_peft(shared, tmp_path, capsys):
     started from computes what the run's model computes."""
     from tests.tasks.detection_support import copy_dataset
     from visionpeft.safe_yaml import load_yaml_file
-    from visionpeft.tasks.detection.data import check_data
-    from visionpeft.tasks.detection.merge import build_training_model, load_run_model
+    from visionpeft.tasks.ultralytics.data import check_data
+    from visionpeft.tasks.ultralytics.merge import build_training_model, load_run_model
 
     data = copy_dataset(shared, "coco8", tmp_path)
     recipe = tmp_path / "det.yaml"

@@ -153,7 +153,7 @@ def test_detection_groups_split_per_owner_keep_ultralytics_kinds():
     from ultralytics.engine.trainer import BaseTrainer
     from ultralytics.nn.tasks import DetectionModel
 
-    from visionpeft.tasks.detection.trainer import split_groups_by_owner
+    from visionpeft.tasks.ultralytics.trainer import split_groups_by_owner
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
@@ -197,7 +197,7 @@ def test_detection_and_classification_decay_the_same_tensors(strategies):
     from ultralytics.nn.tasks import DetectionModel
 
     from visionpeft.optim_settings import param_settings
-    from visionpeft.tasks.detection.trainer import split_groups_by_owner
+    from visionpeft.tasks.ultralytics.trainer import split_groups_by_owner
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
@@ -229,7 +229,7 @@ def test_detection_rates_follow_the_same_rule_as_classification():
     from ultralytics.nn.tasks import DetectionModel
 
     from visionpeft.optim_settings import param_settings
-    from visionpeft.tasks.detection.trainer import split_groups_by_owner
+    from visionpeft.tasks.ultralytics.trainer import split_groups_by_owner
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)

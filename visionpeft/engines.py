@@ -5,8 +5,8 @@ trains / resumes / evaluates / merges its runs, which backend builds its model, 
 Ultralytics task it drives. The CLI, ``compare``, the recipe loader and the run-directory reader look engines up
 here and nowhere else (``visionpeft.tasks.TASKS`` and ``visionpeft.recipe.TASK_SCHEMAS`` are views of this table).
 
-Adding an Ultralytics task is one :class:`Engine` line below plus, if its label files differ from boxes and
-polygons, a label rule in ``visionpeft/tasks/detection/data.py`` (see ``docs/architecture.md``).
+The Ultralytics engines are made from the rows of :data:`visionpeft.ultralytics_tasks.TASKS` (one per task,
+Ultralytics' task names): adding an Ultralytics task adds a row there, not a line here (``docs/architecture.md``).
 
 Nothing is imported at import time: schemas and runners are ``"module:attribute"`` strings, imported on use.
 """
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import ultralytics_tasks
 from .errors import ConfigError, closest
 
-__all__ = ["Engine", "ENGINES", "get_engine", "engine_of_run", "load_attr", "ULTRALYTICS_TASKS"]
+__all__ = ["Engine", "ENGINES", "get_engine", "engine_of_run", "load_attr"]
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class Engine:
     """One backend x task.
 
     Attributes:
-        task: the recipe's ``task`` value (``classification``, ``detection``, ``segment``...).
+        task: the recipe's ``task`` value (``classification``, ``detect``, ``segment``...).
         schema: ``"module:Class"`` of the recipe schema (a :class:`~visionpeft.recipe.base.BaseRecipe`).
         runner: ``"module:attribute"`` of its :class:`~visionpeft.tasks.base.TaskRunner` instance.
         backend: ``"timm"`` or ``"ultralytics"``: which module of ``visionpeft.backends`` builds its models.
-        ultralytics_task: Ultralytics' own task name (``detect``, ``segment``, ``pose``, ``obb``, ``classify``)
-            for Ultralytics engines, ``None`` otherwise.
+        ultralytics_task: Ultralytics' own task name (a row of :data:`visionpeft.ultralytics_tasks.TASKS`) for
+            Ultralytics engines, ``None`` otherwise.
+        predict: ``"module:function"`` that predicts with a run's model (``visionpeft predict``).
     """
 
     task: str
@@ -41,27 +43,23 @@ class Engine:
     runner: str
     backend: str
     ultralytics_task: str | None = None
+    predict: str = ""
 
 
-_UL_SCHEMA = "visionpeft.recipe.detection:{}"
-_UL_RUNNER = "visionpeft.tasks.detection:ENGINE_RUNNERS.{}"
+def _engines() -> dict[str, Engine]:
+    """timm classification, then one engine per row of :data:`visionpeft.ultralytics_tasks.TASKS`."""
+    out = {"classification": Engine("classification", "visionpeft.recipe.classification:ClassificationRecipe",
+                                    "visionpeft.tasks.classification:TASK", "timm",
+                                    predict="visionpeft.tasks.classification.predict:predict_images")}
+    for name in ultralytics_tasks.TASKS:
+        out[name] = Engine(name, "visionpeft.recipe.ultralytics:UltralyticsRecipe",
+                           f"visionpeft.tasks.ultralytics:RUNNERS.{name}", "ultralytics", name,
+                           predict="visionpeft.tasks.ultralytics.predict:predict_images")
+    return out
 
-#: task name -> engine. Recipes say ``task: <key>``.
-ENGINES: dict[str, Engine] = {
-    "classification": Engine("classification", "visionpeft.recipe.classification:ClassificationRecipe",
-                             "visionpeft.tasks.classification:TASK", "timm"),
-    "detection": Engine("detection", _UL_SCHEMA.format("DetectionRecipe"), "visionpeft.tasks.detection:TASK",
-                        "ultralytics", "detect"),
-    "segment": Engine("segment", _UL_SCHEMA.format("SegmentRecipe"), _UL_RUNNER.format("segment"), "ultralytics",
-                      "segment"),
-    "pose": Engine("pose", _UL_SCHEMA.format("PoseRecipe"), _UL_RUNNER.format("pose"), "ultralytics", "pose"),
-    "obb": Engine("obb", _UL_SCHEMA.format("OBBRecipe"), _UL_RUNNER.format("obb"), "ultralytics", "obb"),
-    "classify": Engine("classify", _UL_SCHEMA.format("ClassifyRecipe"), _UL_RUNNER.format("classify"),
-                       "ultralytics", "classify"),
-}
 
-#: Ultralytics task name -> the engine (recipe task) that drives it.
-ULTRALYTICS_TASKS: dict[str, str] = {e.ultralytics_task: name for name, e in ENGINES.items() if e.ultralytics_task}
+#: task name -> engine. Recipes say ``task: <key>`` (``detection``, the former name of ``detect``, still reads).
+ENGINES: dict[str, Engine] = _engines()
 
 
 def get_engine(task: str, where: str = "task") -> Engine:
@@ -70,12 +68,12 @@ def get_engine(task: str, where: str = "task") -> Engine:
     Raises:
         ConfigError: unknown task, naming the available ones and the closest match.
     """
-    if task not in ENGINES:
-        alias = ULTRALYTICS_TASKS.get(str(task))
-        hint = [alias] if alias else closest(str(task), ENGINES, n=1)
+    name = ultralytics_tasks.canonical(str(task))
+    if name not in ENGINES:
+        hint = closest(str(task), ENGINES, n=1)
         raise ConfigError(f"{where}: unknown task {task!r}; available: {sorted(ENGINES)}"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    return ENGINES[task]
+    return ENGINES[name]
 
 
 def load_attr(spec: str, what: str) -> Any:

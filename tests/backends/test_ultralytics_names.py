@@ -26,7 +26,7 @@ from visionpeft.backends.ultralytics_names import (  # noqa: E402
 )
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.errors import ConfigError  # noqa: E402
-from visionpeft.tasks.detection.data import check_data  # noqa: E402
+from visionpeft.tasks.ultralytics.data import check_data  # noqa: E402
 
 RELEASE = "https://github.com/ultralytics/assets/releases/download"
 

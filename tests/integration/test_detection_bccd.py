@@ -21,7 +21,7 @@ import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.errors import AdapterMismatchError  # noqa: E402
 from visionpeft.packaged import RECIPES_DIR
-from visionpeft.tasks.detection.merge import build_training_model, rebuild_from_adapter  # noqa: E402
+from visionpeft.tasks.ultralytics.merge import build_training_model, rebuild_from_adapter  # noqa: E402
 
 from ..tasks.detection_support import copy_dataset  # noqa: E402
 

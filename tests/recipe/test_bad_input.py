@@ -9,7 +9,7 @@ import pytest
 
 from visionpeft.errors import ConfigError
 from visionpeft.recipe import apply_overrides, load_recipe
-from visionpeft.recipe.detection import validate_ultralytics_args
+from visionpeft.recipe.ultralytics import validate_ultralytics_args
 from visionpeft.safe_yaml import MAX_DEPTH, brief, load_yaml_text
 
 HEAD = "model: test_efficientnet\ndata: datasets/digits.yaml\n"

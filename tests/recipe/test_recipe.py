@@ -79,13 +79,13 @@ def test_errors_name_the_field(tmp_path, override, pattern):
 
 
 def test_unknown_task_and_missing_required(tmp_path):
-    with pytest.raises(ConfigError, match=r"task: unknown task 'detetcion'.*did you mean 'detection'"):
+    with pytest.raises(ConfigError, match=r"task: unknown task 'detetcion'.*did you mean 'detect'"):
         load_recipe(write(tmp_path, {**BASE, "task": "detetcion"}))
     with pytest.raises(ConfigError, match=r"model: Field required"):
         load_recipe(write(tmp_path, {k: v for k, v in BASE.items() if k != "model"}))
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
-    assert set(TASK_SCHEMAS) >= {"classification", "detection"}
+    assert set(TASK_SCHEMAS) >= {"classification", "detect"}
 
 
 def test_yaml_is_never_executed(tmp_path):

@@ -45,7 +45,7 @@ def make_dataset(root: Path, labels: dict[str, list[str]], names: list[str], yam
 def killed_after_first_epoch(monkeypatch) -> Any:
     """Make every Ultralytics run started from here raise ``KeyboardInterrupt`` (as Ctrl-C) right after its first
     epoch's checkpoint; returns the original ``make_callbacks`` so the test can restore it before resuming."""
-    import visionpeft.tasks.detection.trainer as trainer_mod
+    import visionpeft.tasks.ultralytics.trainer as trainer_mod
 
     original = trainer_mod.make_callbacks
 

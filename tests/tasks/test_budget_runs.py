@@ -77,7 +77,7 @@ def test_resume_takes_the_recorded_ranks(toy, tmp_path, monkeypatch):
 
 
 def test_detection_refuses_importance_before_any_data_is_read():
-    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+    from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer
 
     with pytest.raises(ConfigError, match=r"strategies.0.allocation: importance is not available for detection.*"
                                           "use allocation: uniform"):
@@ -90,8 +90,8 @@ def test_uniform_budget_trains_in_ultralytics_and_reloads(coco8, weights, tmp_pa
     the trainer builds, recorded in the adapter, and the trained adapter reloads onto a fresh base exactly."""
     pytest.importorskip("ultralytics")
     import visionpeft
-    from visionpeft.tasks.detection.merge import build_training_model
-    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+    from visionpeft.tasks.ultralytics.merge import build_training_model
+    from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer
 
     from .detection_support import offline_args
 

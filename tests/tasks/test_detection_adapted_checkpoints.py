@@ -23,7 +23,7 @@ from ultralytics import YOLO  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
-from visionpeft.tasks.detection.trainer import merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.trainer import merged_copy  # noqa: E402
 
 from .detection_support import copy_dataset  # noqa: E402
 

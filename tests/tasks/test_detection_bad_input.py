@@ -17,7 +17,7 @@ pytest.importorskip("ultralytics")
 
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.errors import ConfigError  # noqa: E402
-from visionpeft.tasks.detection.data import check_data  # noqa: E402
+from visionpeft.tasks.ultralytics.data import check_data  # noqa: E402
 
 from .detection_support import make_dataset  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from visionpeft.errors import ConfigError
-from visionpeft.tasks.detection.data import check_data, label_path
+from visionpeft.tasks.ultralytics.data import check_data, label_path
 
 from .detection_support import copy_dataset, make_dataset
 

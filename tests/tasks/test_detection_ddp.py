@@ -34,9 +34,9 @@ import ultralytics.engine.trainer as ultra_trainer  # noqa: E402
 from ultralytics.utils.dist import generate_ddp_file  # noqa: E402
 
 import visionpeft  # noqa: E402
-from visionpeft.tasks.detection import callbacks as vp_callbacks  # noqa: E402
-from visionpeft.tasks.detection.ddp import ENV_VAR, launch_env, rewrap_ddp, settings_from_env  # noqa: E402
-from visionpeft.tasks.detection.trainer import PeftDetectionTrainer  # noqa: E402
+from visionpeft.tasks.ultralytics import callbacks as vp_callbacks  # noqa: E402
+from visionpeft.tasks.ultralytics.ddp import ENV_VAR, launch_env, rewrap_ddp, settings_from_env  # noqa: E402
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
 from .detection_support import offline_args  # noqa: E402
 
@@ -72,7 +72,7 @@ def test_launcher_exports_settings_and_keeps_the_run_dir(coco8, weights, tmp_pat
         code = (
             "import json\nfrom ultralytics.utils.patches import torch_load\n"
             f"state = torch_load({str(script.with_suffix('.pt'))!r}, map_location='cpu')\n"
-            "cls = state['trainer']\nfrom visionpeft.tasks.detection.trainer import PeftDetectionTrainer\n"
+            "cls = state['trainer']\nfrom visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer\n"
             "print(json.dumps({'subclass': issubclass(cls, PeftDetectionTrainer), 'configured': cls.vp_configured,"
             " 'strategies': cls.vp_strategies, 'run_dir': cls.vp_run_dir_cfg, 'run_name': cls.vp_run_name,"
             " 'device': state['args']['device'], 'save_dir': state['args']['save_dir']}))"
@@ -154,7 +154,7 @@ def test_ultralytics_83_script_imports_by_name(coco8, weights, tmp_path):
     run_dir = tmp_path / "old"
     trainer = _configured(run_dir)(overrides=offline_args(tmp_path, model=weights, data=str(coco8), name="old"))
     module, name = type(trainer).__module__, type(trainer).__name__
-    assert (module, name) == ("visionpeft.tasks.detection.trainer", "PeftDetectionTrainer")
+    assert (module, name) == ("visionpeft.tasks.ultralytics.trainer", "PeftDetectionTrainer")
     script = tmp_path / "ddp_83.py"
     script.write_text(ULTRALYTICS_83_SCRIPT.format(overrides=vars(trainer.args), module=module, name=name))
     code = f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')"

@@ -15,8 +15,8 @@ import torch
 pytest.importorskip("ultralytics")
 
 import visionpeft  # noqa: E402
-from visionpeft.tasks.detection.merge import build_training_model  # noqa: E402
-from visionpeft.tasks.detection.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.merge import build_training_model  # noqa: E402
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
 
 from .detection_support import offline_args  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 from visionpeft.errors import ConfigError
 from visionpeft.packaged import RECIPES_DIR
 from visionpeft.recipe import load_recipe, parse_recipe
-from visionpeft.recipe.detection import DetectionRecipe
+from visionpeft.recipe.ultralytics import UltralyticsRecipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((RECIPES_DIR / "detection").rglob("*.yaml"))
@@ -19,7 +19,7 @@ BASE = {"task": "detection", "model": "w.pt", "data": "d.yaml"}
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
     recipe = load_recipe(path)
-    assert isinstance(recipe, DetectionRecipe)
+    assert isinstance(recipe, UltralyticsRecipe)
     assert recipe.model.endswith(".pt") and recipe.data.endswith("data.yaml")
     assert recipe.ultralytics["epochs"] >= 1 and "imgsz" in recipe.ultralytics
     assert recipe.compare_runs()  # every recipe also works with `visionpeft compare`

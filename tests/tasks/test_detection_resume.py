@@ -27,7 +27,7 @@ from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
-from visionpeft.tasks.detection import trainer as trainer_mod  # noqa: E402
+from visionpeft.tasks.ultralytics import trainer as trainer_mod  # noqa: E402
 
 from .detection_support import copy_dataset  # noqa: E402
 
@@ -237,7 +237,7 @@ def test_python_api_resume_takes_strategies_from_the_checkpoint(killed_and_resum
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
-    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+    from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer
 
     _, _, killed, _ = killed_and_resumed
     ckpt, _ = torch_safe_load(recipe.parent / "killed_last.pt")
@@ -257,8 +257,8 @@ def test_python_api_resume_takes_strategies_from_the_checkpoint(killed_and_resum
 
 def _adapted_pair(weights, seed):
     """A base built like the trainer's (2 classes: random new class convs) + strategies, and its base file."""
-    from visionpeft.tasks.detection.merge import build_training_model
-    from visionpeft.tasks.detection.resume import random_init
+    from visionpeft.tasks.ultralytics.merge import build_training_model
+    from visionpeft.tasks.ultralytics.resume import random_init
 
     base, _ = load_checkpoint(weights)
     torch.manual_seed(seed)
@@ -280,7 +280,7 @@ def _as_checkpoint(model, plan):
 
 def test_load_resumed_state_keeps_the_base_and_checks_it(weights):
     from visionpeft.errors import ConfigError
-    from visionpeft.tasks.detection.resume import load_resumed_state
+    from visionpeft.tasks.ultralytics.resume import load_resumed_state
 
     original, plan, _ = _adapted_pair(weights, seed=1)
     saved = _as_checkpoint(original, plan)
@@ -307,7 +307,7 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
     """A run killed while Ultralytics writes last.pt keeps the previous, intact last.pt."""
     from ultralytics.engine.trainer import BaseTrainer
 
-    from visionpeft.tasks.detection.trainer import PeftDetectionTrainer
+    from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer
 
     trainer = object.__new__(PeftDetectionTrainer)  # only the attributes save_model uses
     trainer.wdir = tmp_path / "weights"

@@ -10,7 +10,7 @@ pytest.importorskip("ultralytics")
 
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.tasks import get_task  # noqa: E402
-from visionpeft.tasks.detection.trainer import PeftDetectionTrainer  # noqa: E402
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
 from .detection_support import copy_dataset, offline_args  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(recipe, tmp_path, capsys, shared):
 
 def test_failed_start_leaves_no_run_dir(recipe, tmp_path, capsys, monkeypatch):
     """A start that fails before its first epoch ends (here: out of memory) leaves no run directory."""
-    import visionpeft.tasks.detection.runner as runner
+    import visionpeft.tasks.ultralytics.runner as runner
 
     def out_of_memory(trainer):
         raise MemoryError("Insufficient memory")

@@ -13,7 +13,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.errors import ConfigError, PlanViolationError  # noqa: E402
-from visionpeft.tasks.detection.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
 
 from .detection_support import offline_args  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_outputs_adapter_plan_and_tensorboard(lora_run, weights, coco8):
         assert (run_dir / name / "adapter.safetensors").is_file() and (run_dir / name / "adapter.json").is_file()
     assert (run_dir / "plan.json").is_file()
     # The last adapter reproduces the EMA model on a fresh base built the trainer's way (fingerprint checked).
-    from visionpeft.tasks.detection.merge import build_training_model
+    from visionpeft.tasks.ultralytics.merge import build_training_model
 
     fresh = build_training_model(weights, 80, trainer.data["names"])
     visionpeft.load_adapter(fresh, run_dir / "adapter_last")

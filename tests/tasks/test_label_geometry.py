@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from visionpeft.errors import ConfigError
-from visionpeft.tasks.detection.labels import LabelRule, check_label_file
+from visionpeft.tasks.ultralytics.labels import BoxRule, LabelRule, OBBRule, PoseRule, check_label_file
 
-SEGMENT, DETECT, OBB = LabelRule("segment"), LabelRule("detect"), LabelRule("obb")
-POSE3, POSE2 = LabelRule("pose", (2, 3)), LabelRule("pose", (2, 2))
+SEGMENT, DETECT, OBB = BoxRule(), BoxRule(), OBBRule()
+POSE3, POSE2 = PoseRule((2, 3)), PoseRule((2, 2))
 
 BAD = [  # (rule, label line, what the message says)
     (SEGMENT, "0 0.1 0.1 0.5 0.5 0.9 0.9", "degenerate polygon"),             # the example: diagonal
@@ -48,7 +48,7 @@ GOOD = [
 ]
 
 
-@pytest.mark.parametrize(("rule", "line", "what"), BAD, ids=[f"{r.task}:{line}" for r, line, _ in BAD])
+@pytest.mark.parametrize(("rule", "line", "what"), BAD, ids=[f"{type(r).__name__}:{line}" for r, line, _ in BAD])
 def test_degenerate_geometry_is_refused_with_file_and_line(tmp_path: Path, rule: LabelRule, line: str,
                                                            what: str) -> None:
     path = tmp_path / "x.txt"
@@ -58,7 +58,7 @@ def test_degenerate_geometry_is_refused_with_file_and_line(tmp_path: Path, rule:
     assert f"{path}:1: " in str(info.value) and what in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize(("rule", "line"), GOOD, ids=[f"{r.task}:{line}" for r, line in GOOD])
+@pytest.mark.parametrize(("rule", "line"), GOOD, ids=[f"{type(r).__name__}:{line}" for r, line in GOOD])
 def test_good_geometry_passes(tmp_path: Path, rule: LabelRule, line: str) -> None:
     path = tmp_path / "x.txt"
     path.write_text(f"{line}\n")
@@ -66,8 +66,8 @@ def test_good_geometry_passes(tmp_path: Path, rule: LabelRule, line: str) -> Non
 
 
 @pytest.mark.parametrize(("name", "rule"), [("coco8", DETECT), ("coco8-seg", SEGMENT), ("package-seg-small", SEGMENT),
-                                            ("dota8", OBB), ("coco8-pose", LabelRule("pose", (17, 3))),
-                                            ("tiger-pose", LabelRule("pose", (12, 2))), ("bccd_yolo", DETECT)])
+                                            ("dota8", OBB), ("coco8-pose", PoseRule((17, 3))),
+                                            ("tiger-pose", PoseRule((12, 2))), ("bccd_yolo", DETECT)])
 def test_real_datasets_still_pass(shared: Path, name: str, rule: LabelRule) -> None:
     import yaml
 

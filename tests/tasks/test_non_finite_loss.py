@@ -108,7 +108,7 @@ def _poison_detection_loss(monkeypatch, epoch0: int, batch: int) -> None:
     """Multiply the model's training loss by NaN at (0-based epoch, 1-based batch)."""
     from ultralytics.utils.torch_utils import unwrap_model
 
-    import visionpeft.tasks.detection.trainer as trainer_mod
+    import visionpeft.tasks.ultralytics.trainer as trainer_mod
 
     original = trainer_mod.make_callbacks
 

@@ -236,7 +236,7 @@ def test_adapters_that_cannot_be_folded_predict_unmerged():
 def test_every_ultralytics_task_predicts_through_its_own_predictor(shared, tmp_path, yaml, predictor, key):
     """Written against the model's task: segment / pose / obb / classify models take the same path."""
     tasks = pytest.importorskip("ultralytics.nn.tasks")
-    from visionpeft.tasks.detection.predict import predictor_class, ultralytics_predict
+    from visionpeft.tasks.ultralytics.predict import predictor_class, ultralytics_predict
 
     cfg = tasks.yaml_model_load(yaml)
     model_cls = {"segment": tasks.SegmentationModel, "pose": tasks.PoseModel, "obb": tasks.OBBModel,

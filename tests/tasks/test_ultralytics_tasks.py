@@ -227,7 +227,7 @@ print(json.dumps({k: float(v) for k, v in results.results_dict.items()}))
 def test_merged_checkpoint_validates_in_plain_ultralytics_to_the_reported_metrics(run, tmp_path):
     """``YOLO(merged.pt).val(...)`` in a process where visionpeft cannot be imported, with the settings the run's
     final validation recorded, gives the run's metrics (up to the float16 rounding of the saved weights)."""
-    from visionpeft.tasks.detection.callbacks import metrics_from_ultralytics
+    from visionpeft.tasks.ultralytics.callbacks import metrics_from_ultralytics
 
     task, run_dir, data = run
     recorded = json.loads((run_dir / "metrics.json").read_text())
@@ -237,14 +237,14 @@ def test_merged_checkpoint_validates_in_plain_ultralytics_to_the_reported_metric
     proc = subprocess.run([sys.executable, "-c", _PLAIN_VAL, str(run_dir / "weights" / "merged.pt"),
                            json.dumps(args)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    plain = metrics_from_ultralytics(json.loads(proc.stdout.strip().splitlines()[-1]))
+    plain = metrics_from_ultralytics(json.loads(proc.stdout.strip().splitlines()[-1]), task)
     assert plain.keys() == recorded["metrics"].keys()
     assert plain == pytest.approx(recorded["metrics"], abs=0.02)
 
 
 def test_a_killed_pose_run_resumes(shared, tmp_path, monkeypatch):
     """``visionpeft resume`` of a pose run killed after its first epoch continues it with the pose trainer."""
-    import visionpeft.tasks.detection.trainer as trainer_mod
+    import visionpeft.tasks.ultralytics.trainer as trainer_mod
 
     data = copy_dataset(shared, "coco8-pose", tmp_path)
     model = write_transfer_checkpoint("pose", shared / "weights" / "yolov5nu-cocobackbone.pt", tmp_path / "m.pt",

@@ -1,11 +1,11 @@
 """Ultralytics backend: build YOLO / RT-DETR models of every supported task and describe them to the strategies.
 
-Only this module (and ``visionpeft/tasks/detection``) imports Ultralytics, always lazily inside functions,
+Only this module (and ``visionpeft/tasks/ultralytics``) imports Ultralytics, always lazily inside functions,
 so ``import visionpeft`` stays cheap and works without Ultralytics installed.
 
-Supported Ultralytics tasks (:data:`SUPPORTED_TASKS`): ``detect`` (YOLO and RT-DETR), ``segment``, ``pose``,
-``obb``, ``classify``. The model class of each comes from Ultralytics' own table (``YOLO.task_map``,
-``RTDETR.task_map``), see :func:`task_classes`.
+Supported Ultralytics tasks: the rows of :data:`visionpeft.ultralytics_tasks.TASKS` (``detect``, YOLO and RT-DETR,
+``segment``, ``pose``, ``obb``, ``classify``). The classes of each come from Ultralytics' own table
+(``YOLO.task_map``, ``RTDETR.task_map``), see :func:`task_classes`.
 
 Public names:
   * :func:`build_model` - an Ultralytics model from a ``.pt`` checkpoint or a model yaml, with clear errors for
@@ -20,13 +20,18 @@ Public names:
 
 from __future__ import annotations
 
+import copy
+import json
 import pickletools
 import zipfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from .. import ultralytics_tasks
 from ..errors import ConfigError
 from ..spec import ModelSpec
 
@@ -38,8 +43,8 @@ __all__ = [
     "model_task",
     "is_rtdetr",
     "task_classes",
-    "SUPPORTED_TASKS",
     "check_checkpoint_file",
+    "save_plain_checkpoint",
     "unwrap_yolo",
     "LORA_TARGETS",
 ]
@@ -89,18 +94,9 @@ def is_ultralytics_model(model: Any) -> bool:
             or any(cls.__name__ == "ClassificationModel" for cls in type(model).__mro__) and hasattr(model, "model"))
 
 
-#: Ultralytics tasks visionpeft trains (``Model.task_map`` keys); RT-DETR models are ``detect``.
-SUPPORTED_TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb", "classify")
-
-
 def is_rtdetr(model: Any) -> bool:
     """Whether ``model`` is an RT-DETR model (``RTDETRDetectionModel``; Ultralytics trains it with its own trainer)."""
     return any(cls.__name__ == "RTDETRDetectionModel" for cls in type(model).__mro__)
-
-
-#: Ultralytics model class -> its task (most specific first: the task models subclass ``DetectionModel``).
-_CLASS_TASKS = (("SegmentationModel", "segment"), ("PoseModel", "pose"), ("OBBModel", "obb"),
-                ("ClassificationModel", "classify"), ("DetectionModel", "detect"))
 
 
 def model_task(model: Any) -> str:
@@ -109,11 +105,8 @@ def model_task(model: Any) -> str:
     from ultralytics.nn.tasks import guess_model_task
 
     model = unwrap_yolo(model)
-    names = {cls.__name__ for cls in type(model).__mro__}
-    for cls_name, task in _CLASS_TASKS:
-        if cls_name in names:
-            return task
-    return guess_model_task(model)
+    found = ultralytics_tasks.task_of_classes([cls.__name__ for cls in type(model).__mro__])
+    return found if found is not None else guess_model_task(model)
 
 
 def task_classes(task: str, rtdetr: bool = False) -> dict[str, Any]:
@@ -243,13 +236,12 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
 
 def _check_task(found: str, wanted: str | None, what: str) -> None:
     """A model of an unsupported task, or of another task than the engine's, is an error naming both."""
-    from ..engines import ULTRALYTICS_TASKS
-
-    if found not in SUPPORTED_TASKS:
-        raise ConfigError(f"{what} of task {found!r}; visionpeft trains Ultralytics tasks {list(SUPPORTED_TASKS)}")
-    if wanted is not None and found != wanted:
+    supported = list(ultralytics_tasks.TASKS)
+    if found not in supported:
+        raise ConfigError(f"{what} of task {found!r}; visionpeft trains Ultralytics tasks {supported}")
+    if wanted is not None and found != ultralytics_tasks.canonical(wanted):
         raise ConfigError(f"{what} of task {found!r}, but the recipe's task trains {wanted!r} models; set "
-                          f"task: {ULTRALYTICS_TASKS.get(found, found)} or give a {wanted!r} model")
+                          f"task: {found} or give a {wanted!r} model")
 
 
 def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = None) -> nn.Module:
@@ -348,11 +340,9 @@ def ultralytics_spec(model: Any) -> ModelSpec:
     last = n_layers - 1
     head: tuple[str, ...] = (f"model.{last}",)
     targets = LORA_TARGETS
-    exclude = (
-        r"re:model\.0(?:\..*)?",
-        rf"re:model\.{last}\.(?:one2one_)?cv[234]\.\d+\.2(?:\..*)?",
-        rf"re:model\.{last}\.dfl(?:\..*)?",
-    )
+    row = ultralytics_tasks.TASKS.get(model_task(model))
+    head_exclude = tuple(p.replace("{last}", str(last)) for p in (row.head_exclude if row else ()))
+    exclude = (r"re:model\.0(?:\..*)?", *head_exclude, rf"re:model\.{last}\.dfl(?:\..*)?")
     if is_rtdetr(model):
         head, targets = _rtdetr_roles(model, last)
     has_dfl = any(".dfl" in n for n, _ in model.named_parameters())
@@ -393,6 +383,43 @@ def _rtdetr_roles(model: nn.Module, last: int) -> tuple[tuple[str, ...], tuple[s
     return head, (*LORA_TARGETS, decoder)
 
 
+# ------------------------------------------------------------------------------------------ merged output
+def _assert_plain(model: nn.Module) -> None:
+    """No visionpeft class, attribute or hook may be left: the file must load without visionpeft."""
+    leftovers = [n for n, m in model.named_modules() if type(m).__module__.startswith("visionpeft")]
+    hooks = [n for n, m in model.named_modules() if m._forward_pre_hooks or m._forward_hooks]
+    attrs = [n for n, m in model.named_modules() if any(k.startswith("_visionpeft") for k in vars(m))]
+    if leftovers or hooks or attrs:
+        raise ConfigError(
+            f"merge left visionpeft state behind: modules {leftovers[:3]}, hooks {hooks[:3]}, attributes "
+            f"{attrs[:3]}; this strategy cannot be merged into a plain checkpoint"
+        )
+
+
+def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save a merged Ultralytics model in Ultralytics' checkpoint layout (fp16, like Ultralytics' own)."""
+    import ultralytics
+
+    _assert_plain(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = getattr(model, "args", {})
+    model = copy.deepcopy(model)  # the caller's model keeps its float32 weights
+    if hasattr(model, "criterion"):
+        model.criterion = None  # training-only state, as Ultralytics strips it
+    ckpt = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ultralytics.__version__,
+        "model": None,
+        "ema": model.half(),
+        "train_args": dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {}),
+        # Plain data only (JSON string): loading this file must not need visionpeft.
+        "visionpeft": json.dumps(extra or {}, default=str),
+    }
+    torch.save(ckpt, out)
+    return out
+
+
 class _UltralyticsBackend:
     """The Ultralytics :class:`~visionpeft.backends.Backend` (``BACKEND``): the functions of this module."""
 
@@ -415,8 +442,6 @@ class _UltralyticsBackend:
 
     def export_merged(self, model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """A merged model as a plain Ultralytics checkpoint (``YOLO(out)`` loads it without visionpeft)."""
-        from ..tasks.detection.merge import save_plain_checkpoint
-
         return save_plain_checkpoint(unwrap_yolo(model), out, extra)
 
 

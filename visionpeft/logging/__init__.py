@@ -1,6 +1,6 @@
 """Run loggers (TensorBoard) and the HParams vocabulary shared by every task."""
 
-from .hparams import HPARAMS, METRICS
+from .hparams import HPARAMS, task_metrics
 from .tensorboard import RunLogger
 
-__all__ = ["RunLogger", "HPARAMS", "METRICS"]
+__all__ = ["RunLogger", "HPARAMS", "task_metrics"]

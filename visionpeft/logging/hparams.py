@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HParam", "Metric", "HPARAMS", "METRICS", "task_metrics", "check_hparams", "session_start_summary",
+__all__ = ["HParam", "Metric", "HPARAMS", "task_metrics", "check_hparams", "session_start_summary",
            "session_end_summary", "experiment_summary"]
 
 
@@ -75,52 +75,36 @@ _PERF = (
            "detection: whole run), images per second", training=True),
 )
 
-#: Metric columns per task, the primary metric first (TensorBoard ticks the first five).
-METRICS: dict[str, tuple[Metric, ...]] = {
-    "classification": (
-        Metric("result/top1", "top-1", "validation top-1 accuracy of the kept (best-epoch) model, fraction 0-1"),
-        Metric("result/top5", "top-5", "validation top-5 accuracy of the kept model, fraction 0-1"),
-        Metric("result/loss", "val loss", "validation cross-entropy of the kept model"),
-        *_PERF,
-        Metric("result/mean_class_acc", "mean class acc", "mean per-class accuracy of the kept model, 0-1"),
-    ),
-    "detection": (
-        Metric("result/map50_95", "mAP50-95", "box mAP at IoU 0.50:0.95 of the kept (best) model, 0-1"),
-        Metric("result/map50", "mAP50", "box mAP at IoU 0.50 of the kept model, fraction 0-1"),
-        Metric("result/precision", "precision", "box precision of the kept model, fraction 0-1"),
-        *_PERF,
-        Metric("result/recall", "recall", "box recall of the kept model, fraction 0-1"),
-    ),
-    "segment": (
-        Metric("result/mask_map50_95", "mask mAP50-95", "mask mAP at IoU 0.50:0.95 of the kept model, 0-1"),
-        Metric("result/mask_map50", "mask mAP50", "mask mAP at IoU 0.50 of the kept model, 0-1"),
-        Metric("result/map50_95", "box mAP50-95", "box mAP at IoU 0.50:0.95 of the kept model, 0-1"),
-        *_PERF,
-    ),
-    "pose": (
-        Metric("result/pose_map50_95", "pose mAP50-95", "keypoint (OKS) mAP 0.50:0.95 of the kept model, 0-1"),
-        Metric("result/pose_map50", "pose mAP50", "keypoint (OKS) mAP at 0.50 of the kept model, 0-1"),
-        Metric("result/map50_95", "box mAP50-95", "box mAP at IoU 0.50:0.95 of the kept model, 0-1"),
-        *_PERF,
-    ),
-    "obb": (
-        Metric("result/map50_95", "OBB mAP50-95", "oriented-box mAP at IoU 0.50:0.95 of the kept model, 0-1"),
-        Metric("result/map50", "OBB mAP50", "oriented-box mAP at IoU 0.50 of the kept model, 0-1"),
-        *_PERF,
-    ),
-    "classify": (
-        Metric("result/top1", "top-1", "validation top-1 accuracy of the kept (best) model, fraction 0-1"),
-        Metric("result/top5", "top-5", "validation top-5 accuracy of the kept model, fraction 0-1"),
-        *_PERF,
-    ),
-}
+#: The timm classification task's metric columns, the primary metric first (TensorBoard ticks the first five).
+_CLASSIFICATION: tuple[Metric, ...] = (
+    Metric("result/top1", "top-1", "validation top-1 accuracy of the kept (best-epoch) model, fraction 0-1"),
+    Metric("result/top5", "top-5", "validation top-5 accuracy of the kept model, fraction 0-1"),
+    Metric("result/loss", "val loss", "validation cross-entropy of the kept model"),
+    *_PERF,
+    Metric("result/mean_class_acc", "mean class acc", "mean per-class accuracy of the kept model, 0-1"),
+)
+
+#: Engines with their own loop (not Ultralytics tasks) -> their metric columns.
+_LOOPS: dict[str, tuple[Metric, ...]] = {"classification": _CLASSIFICATION}
 
 
 def task_metrics(task: str) -> tuple[Metric, ...]:
-    """The metric columns of ``task`` (an engine name of :mod:`visionpeft.engines`); ``ValueError`` otherwise."""
-    if task not in METRICS:
-        raise ValueError(f"no TensorBoard metrics for task {task!r}; known: {sorted(METRICS)}")
-    return METRICS[task]
+    """The metric columns of ``task`` (an engine name of :mod:`visionpeft.engines`), the primary metric first.
+
+    An Ultralytics task's columns are its row's ``hparams_order`` (:data:`visionpeft.ultralytics_tasks.TASKS`),
+    with the peak memory and throughput columns after the third; ``ValueError`` for an unknown task.
+    """
+    from .. import ultralytics_tasks
+
+    if task in _LOOPS:
+        return _LOOPS[task]
+    name = ultralytics_tasks.canonical(task)
+    if name not in ultralytics_tasks.TASKS:
+        raise ValueError(f"no TensorBoard metrics for task {task!r}; known: "
+                         f"{sorted([*_LOOPS, *ultralytics_tasks.TASKS])}")
+    own = [Metric(f"result/{m.name}", m.label, m.description)
+           for m in ultralytics_tasks.TASKS[name].hparams_metrics()]
+    return (*own[:3], *_PERF, *own[3:])
 
 
 def check_hparams(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -159,6 +159,10 @@ class TaskRunner(Protocol):
         """Whether ``recipe``'s data has a ``split`` (``test``) a finished run can be evaluated on."""
         ...
 
+    def load_model(self, run_dir: Path) -> Any:
+        """The run's adapted model (best epoch), in eval mode (``visionpeft export``)."""
+        ...
+
     def val_curve(self, run_dir: Path) -> list[list[float]]:
         """``[[elapsed_seconds, primary validation metric], ...]`` per epoch of a finished run (wall time since
         training started, validation included)."""

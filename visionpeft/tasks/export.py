@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 
@@ -27,16 +26,6 @@ def _check_out(out: Path) -> Path:
         what = "a file" if not out.is_dir() else "a folder that is not empty"
         raise ConfigError(f"export -o: {out} is {what}; give a new or empty folder")
     return make_dir(out, "export -o")
-
-
-def _run_model(run_dir: Path, task: str) -> Any:
-    if task == "classification":
-        from .classification import TASK
-
-        return TASK.load_run(run_dir)[1]
-    from .detection.merge import load_run_model
-
-    return load_run_model(run_dir)
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
@@ -61,8 +50,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
             shutil.copy2(adapter / name, out / name)
         return out
     from ..peft_format import export_peft
+    from . import get_task
 
-    model = _run_model(run_dir, task)
+    model = get_task(task).load_model(run_dir)
     export_peft(model)  # refuses (one line) before the output folder exists
     _check_out(out)
     return save_adapter(model, out, format="peft")

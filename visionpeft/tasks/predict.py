@@ -175,15 +175,13 @@ def predict_run(run_dir: str | Path, options: PredictOptions, on_image: OnImage 
         ConfigError: not a run directory, a bad source (missing, no images, an unreadable image, naming it), or
             an option the task does not take.
     """
-    from ..engines import engine_of_run
+    from ..engines import engine_of_run, load_attr
 
     run_dir = Path(run_dir)
-    task = engine_of_run(run_dir).task
+    engine = engine_of_run(run_dir)
+    task = engine.task
     images = list_images(options.source)
-    if task == "classification":
-        from .classification.predict import predict_images
-    else:
-        from .detection.predict import predict_images
+    predict_images = load_attr(engine.predict, f"predict for task {task!r}")
     out = _out_dir(run_dir, options.out)
     speeds: list[dict[str, float]] = []
 

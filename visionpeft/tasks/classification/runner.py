@@ -405,6 +405,10 @@ class ClassificationTask:
                 "optimizer": r.optim.name, "img_size": s.data_cfg.img_size, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
+    def load_model(self, run_dir: Path) -> nn.Module:
+        """The run's adapted model (adapter of the best epoch loaded), eval mode."""
+        return self.load_run(run_dir)[1]
+
     @staticmethod
     def load_run(run_dir: Path) -> tuple[Any, nn.Module, Any, dict[str, Any]]:
         """Rebuild a finished run's model: ``(recipe, model with adapter loaded, plan, adapter meta)``.

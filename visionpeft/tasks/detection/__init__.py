@@ -1,18 +1,6 @@
-"""Ultralytics engines: YOLO / RT-DETR models fine-tuned with visionpeft strategies, Ultralytics being the engine.
+"""Former name of :mod:`visionpeft.tasks.ultralytics`, kept for code written against it.
 
-``TASK`` is the runner ``visionpeft.tasks.get_task("detection")`` returns; :data:`ENGINE_RUNNERS` holds one runner
-per Ultralytics engine of :mod:`visionpeft.engines` (``detection``, ``segment``, ``pose``, ``obb``, ``classify``).
-Importing this package does not import Ultralytics; the trainer, data checks and merge modules do, when used.
+``docs/detection.md`` showed ``from visionpeft.tasks.detection.trainer import PeftDetectionTrainer`` for training
+from Python, so that path keeps working (:mod:`.trainer`); nothing persisted refers to this package (checkpoints
+pickle model and strategy classes only, see :mod:`visionpeft.backends.safe_load`).
 """
-
-from .runner import DetectionTask, UltralyticsTask
-
-__all__ = ["TASK", "ENGINE_RUNNERS", "DetectionTask", "UltralyticsTask"]
-
-TASK = UltralyticsTask("detection")
-
-#: engine name -> its runner.
-ENGINE_RUNNERS: dict[str, UltralyticsTask] = {
-    "detection": TASK,
-    **{name: UltralyticsTask(name) for name in ("segment", "pose", "obb", "classify")},
-}

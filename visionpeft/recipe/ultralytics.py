@@ -1,4 +1,4 @@
-"""The detection recipe: an Ultralytics YOLO model, a data yaml, strategies and Ultralytics' own arguments.
+"""The Ultralytics recipe (every Ultralytics task): a model, its data, strategies and Ultralytics' own arguments.
 
 Ultralytics stays the engine, so its training arguments (``imgsz``, ``batch``, ``epochs``, ``lr0``,
 ``mosaic``...) are not re-declared here: they go in the ``ultralytics:`` section, where each key is checked
@@ -6,9 +6,13 @@ against Ultralytics' own argument list (``ultralytics.cfg.DEFAULT_CFG_DICT``) an
 (``ultralytics.cfg.check_cfg``). Keys visionpeft owns at the top level (``model``, ``data``, ``name``,
 ``seed``, the output folder, freezing) are refused there with a pointer to the right place.
 
+One schema serves every row of the task table (:data:`visionpeft.ultralytics_tasks.TASKS`): ``task`` names the row
+(Ultralytics' task name; ``detection``, the former name of ``detect``, is read as ``detect``), and the row's data
+format decides what ``data`` must be (a data yaml or a dataset folder).
+
 Example::
 
-    task: detection
+    task: detect
     name: bccd-lora
     model: ../shared/weights/yolov5nu-cocobackbone.pt
     data: ../shared/data/bccd_yolo/data.yaml
@@ -19,17 +23,17 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from .. import ultralytics_tasks
 from ..devices import parse_device
 from ..errors import closest
 from ..safe_yaml import brief, brief_text
 from .base import BaseRecipe, Section
 
-__all__ = ["DetectionRecipe", "SegmentRecipe", "PoseRecipe", "OBBRecipe", "ClassifyRecipe",
-           "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
+__all__ = ["UltralyticsRecipe", "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
            "DEFAULT_ULTRALYTICS_ARGS"]
 
 #: Ultralytics arguments visionpeft sets itself, and where the recipe sets them instead.
@@ -42,7 +46,7 @@ OWN_KEYS: dict[str, str] = {
     "exist_ok": "visionpeft (each run gets its own directory)",
     "seed": "the top-level 'seed' key",
     "freeze": "a strategy: {method: freeze, n: 10} (exactly Ultralytics' freeze=10)",
-    "task": "the top-level 'task' key (detection, segment, pose, obb or classify)",
+    "task": "the top-level 'task' key (detect, segment, pose, obb or classify)",
     "mode": "the CLI command (train / compare / eval)",
     "resume": "'visionpeft resume RUN_DIR' (continues from the run's weights/last.pt)",
     "pretrained": "the top-level 'model' key (a .pt checkpoint is the pretrained model)",
@@ -184,17 +188,20 @@ class DetectionDatasetSection(Section):
     skip_bad_images: bool = False
 
 
-class DetectionRecipe(BaseRecipe):
-    """An Ultralytics detector fine-tuned with visionpeft strategies, Ultralytics being the engine.
+class UltralyticsRecipe(BaseRecipe):
+    """An Ultralytics model of any task fine-tuned with visionpeft strategies, Ultralytics being the engine.
 
     Attributes:
+        task: Ultralytics' task name, a row of :data:`visionpeft.ultralytics_tasks.TASKS` (``detect``, ``segment``,
+            ``pose``, ``obb``, ``classify``); ``detection`` is read as ``detect``.
         model: an Ultralytics ``.pt`` checkpoint (pretrained weights + architecture) or a model yaml such as
             ``yolo11n.yaml`` (random init: only for structural tests). Ultralytics' names (``yolo11n.pt``, bare
             ``yolo11n``) resolve and download as in Ultralytics (:mod:`visionpeft.backends.ultralytics_names`).
         data: an Ultralytics data yaml (``train``/``val``[/``test``] image folders, ``names``), or the name of one
             Ultralytics ships (``coco8.yaml``, bare ``coco8``), resolved and downloaded as Ultralytics does. Checked
             before training: missing folders, malformed label lines and class ids out of range are errors
-            naming the file and line.
+            naming the file and line. ``classify`` (a task whose data format is a folder): a folder with
+            ``train/`` and ``val/`` (or ``test/``) holding one sub-folder per class.
         ultralytics: Ultralytics training arguments passed through unchanged (``epochs``, ``imgsz``,
             ``batch``, ``lr0``, ``optimizer``, ``mosaic``, ``fraction``, ``device``, ``amp``, ``workers``...).
             visionpeft's defaults where they differ: ``plots: false``, ``deterministic: true``.
@@ -204,10 +211,20 @@ class DetectionRecipe(BaseRecipe):
             the run's ``data.json``) instead of stopping with an error naming the first one.
     """
 
-    task: Literal["detection"] = "detection"
+    task: str = "detect"
     ultralytics: dict[str, Any] = Field(default_factory=dict)
     check_labels: bool = True
     dataset: DetectionDatasetSection = Field(default_factory=lambda: DetectionDatasetSection())
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _check_task(cls, value: Any) -> str:
+        if not isinstance(value, str) or ultralytics_tasks.canonical(value) not in ultralytics_tasks.TASKS:
+            known = sorted(ultralytics_tasks.TASKS)
+            hint = closest(str(value), known, n=1)
+            raise ValueError(f"expected an Ultralytics task {known}, got {brief(value)}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        return ultralytics_tasks.canonical(value)
 
     @field_validator("ultralytics", mode="before")
     @classmethod
@@ -229,7 +246,13 @@ class DetectionRecipe(BaseRecipe):
 
     @field_validator("data")
     @classmethod
-    def _check_data(cls, value: str) -> str:
+    def _check_data(cls, value: str, info: ValidationInfo) -> str:
+        task = info.data.get("task")
+        if task is not None and ultralytics_tasks.get(task).data_format == "folder":
+            if value.lower().endswith((".yaml", ".yml")):
+                raise ValueError(f"expected a classification dataset folder (train/<class>/*.jpg, val/<class>/*.jpg), "
+                                 f"got the yaml {brief(value)}")
+            return value
         bare_name = "/" not in value and "\\" not in value  # an Ultralytics name: coco8 -> coco8.yaml
         if not value.lower().endswith((".yaml", ".yml")) and not bare_name:
             raise ValueError(f"expected an Ultralytics data yaml (e.g. path/to/data.yaml), got {brief(value)}")
@@ -238,49 +261,3 @@ class DetectionRecipe(BaseRecipe):
     def train_args(self) -> dict[str, Any]:
         """Ultralytics arguments for a run: visionpeft's defaults, then the recipe's ``ultralytics`` section."""
         return {**DEFAULT_ULTRALYTICS_ARGS, **self.ultralytics}
-
-
-class SegmentRecipe(DetectionRecipe):
-    """Ultralytics instance segmentation (``task: segment``): a ``*-seg`` model, polygon labels.
-
-    Same keys as :class:`DetectionRecipe`; metrics are box and mask mAP (the primary one is mask mAP50-95).
-    """
-
-    task: Literal["segment"] = "segment"  # type: ignore[assignment]
-
-
-class PoseRecipe(DetectionRecipe):
-    """Ultralytics pose estimation (``task: pose``): a ``*-pose`` model, a data yaml with ``kpt_shape``.
-
-    Same keys as :class:`DetectionRecipe`; metrics are box and pose mAP (the primary one is pose mAP50-95).
-    """
-
-    task: Literal["pose"] = "pose"  # type: ignore[assignment]
-
-
-class OBBRecipe(DetectionRecipe):
-    """Ultralytics oriented boxes (``task: obb``): an ``*-obb`` model, 4-corner labels.
-
-    Same keys as :class:`DetectionRecipe`; metrics are OBB mAP (primary mAP50-95).
-    """
-
-    task: Literal["obb"] = "obb"  # type: ignore[assignment]
-
-
-class ClassifyRecipe(DetectionRecipe):
-    """Ultralytics image classification (``task: classify``): a ``*-cls`` model, an ImageFolder-style folder.
-
-    ``data`` is a folder with ``train/`` and ``val/`` (or ``test/``) holding one sub-folder per class, as
-    Ultralytics' classification trainer reads it. Metrics are ``top1`` (primary) and ``top5``. For timm
-    classifiers use ``task: classification``.
-    """
-
-    task: Literal["classify"] = "classify"  # type: ignore[assignment]
-
-    @field_validator("data")
-    @classmethod
-    def _check_data(cls, value: str) -> str:
-        if value.lower().endswith((".yaml", ".yml")):
-            raise ValueError(f"expected a classification dataset folder (train/<class>/*.jpg, val/<class>/*.jpg), "
-                             f"got the yaml {brief(value)}")
-        return value

@@ -11,7 +11,7 @@ a warning; here the first broken line is an error naming the file and line. Rule
   corners' enclosing box ``cx cy w h`` (within [-0.01, 1.01]): a corner may stick out of the image (upstream
   DOTA8 has corners at 1.015) as long as that box is normalised.
 
-Geometry, the same for every task (:func:`_check_geometry`): a box must have width and height; a polygon (segment
+Geometry, the same for every task (``LabelRule.check_geometry``): a box must have width and height; a polygon (segment
 and detect polygons, OBB corners) must enclose an area: points that all lie on one line (zero width, zero height,
 or collinear along a diagonal) are degenerate; a pose label's box must have an extent and each keypoint's
 visibility flag (``ndim`` 3) must be 0, 1 or 2 (COCO's not labelled / hidden / visible).
@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ...errors import ConfigError
 from ...safe_yaml import brief, read_text_file
 
-__all__ = ["LabelRule", "check_label_file"]
+__all__ = ["LabelRule", "BoxRule", "OBBRule", "PoseRule", "check_label_file"]
 
 # Ultralytics accepts coordinates a hair outside [0, 1] from rounding in converters; so do we.
 _COORD_TOL = 1e-6
@@ -39,48 +40,102 @@ _VISIBILITY = (0.0, 1.0, 2.0)
 
 @dataclass(frozen=True)
 class LabelRule:
-    """The label format of one Ultralytics task.
+    """The label-line format of one Ultralytics task (a row's ``label_rule`` names its class).
 
     Attributes:
-        task: ``detect``, ``segment``, ``pose`` or ``obb``.
-        kpt_shape: ``(nkpt, ndim)`` for pose (from the data yaml's ``kpt_shape``), else ``None``.
+        tol: how far outside [0, 1] a coordinate may lie (rounding in converters; OBB corners: Ultralytics' 0.01).
     """
 
-    task: str = "detect"
-    kpt_shape: tuple[int, int] | None = None
+    tol: ClassVar[float] = _COORD_TOL
+
+    @classmethod
+    def from_data(cls, doc: dict[str, Any], path: Path) -> LabelRule:
+        """The rule for the data yaml ``doc`` (read from ``path``)."""
+        return cls()
 
     def expected(self) -> str:
-        if self.task == "pose" and self.kpt_shape:
-            n, d = self.kpt_shape
-            return f"'class cx cy w h' + {n} keypoints x {d} values ({5 + n * d} numbers, kpt_shape {[n, d]})"
-        if self.task == "obb":
-            return "'class x1 y1 x2 y2 x3 y3 x4 y4' (9 numbers: class and 4 corners)"
+        """The line format, for error messages."""
+        raise NotImplementedError
+
+    def fields_ok(self, n: int) -> bool:
+        """Whether a line of ``n`` numbers (class id included) has the format."""
+        raise NotImplementedError
+
+    def points(self, coords: list[float]) -> list[float]:
+        """The coordinates that must lie in the image."""
+        return coords
+
+    def check_geometry(self, coords: list[float], where: str, line: str) -> None:
+        """No empty box or polygon (see the module docstring)."""
+        _check_extent(coords, where, line)
+        if len(coords) > 4:  # a polygon (segment / detect) or OBB corners
+            _check_area(coords, where, line)
+
+
+@dataclass(frozen=True)
+class BoxRule(LabelRule):
+    """``detect`` / ``segment``: a box ``class cx cy w h`` or a polygon ``class x1 y1 x2 y2 ...``."""
+
+    def expected(self) -> str:
         return "'class cx cy w h' (5 numbers) or a polygon 'class x1 y1 x2 y2 ...'"
 
     def fields_ok(self, n: int) -> bool:
-        if self.task == "pose" and self.kpt_shape:
-            return n == 5 + self.kpt_shape[0] * self.kpt_shape[1]
-        if self.task == "obb":
-            return n == 9
         return n == 5 or (n > 6 and n % 2 == 1)
 
+
+@dataclass(frozen=True)
+class OBBRule(LabelRule):
+    """``obb``: ``class x1 y1 x2 y2 x3 y3 x4 y4``; the range applies to the corners' enclosing box."""
+
+    tol: ClassVar[float] = _OBB_TOL
+
+    def expected(self) -> str:
+        return "'class x1 y1 x2 y2 x3 y3 x4 y4' (9 numbers: class and 4 corners)"
+
+    def fields_ok(self, n: int) -> bool:
+        return n == 9
+
     def points(self, coords: list[float]) -> list[float]:
-        """The coordinates that must lie in the image (pose: box and keypoint x/y, not the visibility flags)."""
-        if self.task == "pose" and self.kpt_shape:
-            ndim = self.kpt_shape[1]
-            kpts = coords[4:]
-            return coords[:4] + [v for i, v in enumerate(kpts) if i % ndim < 2]
-        if self.task == "obb":
-            xs, ys = coords[0::2], coords[1::2]
-            w, h = max(xs) - min(xs), max(ys) - min(ys)
-            return [min(xs) + w / 2, min(ys) + h / 2, w, h]
-        return coords
+        xs, ys = coords[0::2], coords[1::2]
+        w, h = max(xs) - min(xs), max(ys) - min(ys)
+        return [min(xs) + w / 2, min(ys) + h / 2, w, h]
 
 
-def check_label_file(path: Path, nc: int, rule: LabelRule = LabelRule()) -> int:
+@dataclass(frozen=True)
+class PoseRule(LabelRule):
+    """``pose``: ``class cx cy w h`` + ``nkpt * ndim`` keypoint values.
+
+    Attributes:
+        kpt_shape: ``(nkpt, ndim)``, the data yaml's ``kpt_shape``.
+    """
+
+    kpt_shape: tuple[int, int] = (17, 3)
+
+    @classmethod
+    def from_data(cls, doc: dict[str, Any], path: Path) -> LabelRule:
+        return cls(_kpt_shape(doc, path))
+
+    def expected(self) -> str:
+        n, d = self.kpt_shape
+        return f"'class cx cy w h' + {n} keypoints x {d} values ({5 + n * d} numbers, kpt_shape {[n, d]})"
+
+    def fields_ok(self, n: int) -> bool:
+        return n == 5 + self.kpt_shape[0] * self.kpt_shape[1]
+
+    def points(self, coords: list[float]) -> list[float]:
+        """Box and keypoint x/y, not the visibility flags."""
+        ndim = self.kpt_shape[1]
+        return coords[:4] + [v for i, v in enumerate(coords[4:]) if i % ndim < 2]
+
+    def check_geometry(self, coords: list[float], where: str, line: str) -> None:
+        _check_extent(coords[:4], where, line)
+        _check_visibility(coords[4:], self.kpt_shape, where, line)
+
+
+def check_label_file(path: Path, nc: int, rule: LabelRule = BoxRule()) -> int:
     """Validate one YOLO label file against ``rule``; return its row count."""
     rows = 0
-    tol = _OBB_TOL if rule.task == "obb" else _COORD_TOL
+    tol = rule.tol
     for lineno, raw in enumerate(read_text_file(path, "label file").splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -101,20 +156,19 @@ def check_label_file(path: Path, nc: int, rule: LabelRule = LabelRule()) -> int:
             )
         if any(not (-tol <= v <= 1 + tol) for v in rule.points(coords)):
             raise ConfigError(f"{where}: coordinates {brief(parts[1:])} are not normalised to [0, 1]")
-        _check_geometry(rule, coords, where, line)
+        rule.check_geometry(coords, where, line)
         rows += 1
     return rows
 
 
-def _check_geometry(rule: LabelRule, coords: list[float], where: str, line: str) -> None:
-    """Every task's geometry rule (see the module docstring): no empty box, polygon or keypoint flag."""
-    if rule.task == "pose" and rule.kpt_shape:
-        _check_extent(coords[:4], where, line)
-        _check_visibility(coords[4:], rule.kpt_shape, where, line)
-        return
-    _check_extent(coords, where, line)
-    if len(coords) > 4:  # a polygon (segment / detect) or OBB corners
-        _check_area(coords, where, line)
+def _kpt_shape(doc: dict[str, Any], path: Path) -> tuple[int, int]:
+    """A pose data yaml's ``kpt_shape: [nkpt, ndim]`` (``ndim`` 2 or 3)."""
+    shape = doc.get("kpt_shape")
+    if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape)
+            or shape[1] not in (2, 3)):
+        raise ConfigError(f"{path}: kpt_shape: expected [keypoints, 2 or 3] such as [17, 3] for a pose dataset, "
+                          f"got {brief(shape)}")
+    return int(shape[0]), int(shape[1])
 
 
 def _check_visibility(kpts: list[float], kpt_shape: tuple[int, int], where: str, line: str) -> None:

@@ -18,9 +18,11 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...safe_yaml import brief, brief_text, load_yaml_file, read_text_file
-from .labels import LabelRule, check_label_file
+from ...ultralytics_tasks import UltralyticsTask
+from ...ultralytics_tasks import get as task_row
+from .labels import check_label_file
 
-__all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES"]
+__all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES", "resolve_task_data", "model_kwargs"]
 
 IMG_SUFFIXES = frozenset(
     {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic", ".avif", ".jp2"}
@@ -171,6 +173,23 @@ def _check_images(images: list[Path], skip_bad: bool, where: str) -> tuple[list[
     return good, bad
 
 
+def resolve_task_data(data: str | Path, row: UltralyticsTask) -> str:
+    """Ultralytics' own dataset names (``coco8``, ``imagenette160``) -> the local yaml / folder, as it resolves them
+    for the task's data format; paths unchanged."""
+    from ...backends.ultralytics_names import resolve_cls_data, resolve_data
+
+    return resolve_cls_data(data) if row.data_format == "folder" else resolve_data(data)
+
+
+def model_kwargs(data: str | Path, row: UltralyticsTask) -> dict[str, Any]:
+    """Keywords of the task's model class taken from the data yaml, as the task trainer's ``get_model`` passes
+    them (pose: ``data_kpt_shape``); ``{}`` for tasks without any."""
+    if not row.model_data_keys:
+        return {}
+    doc = _read_yaml(Path(resolve_task_data(data, row)))
+    return {kw: tuple(doc[key]) if isinstance(doc.get(key), list) else doc.get(key) for key, kw in row.model_data_keys}
+
+
 def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val"),
                check_images: bool = False, skip_bad_images: bool = False, task: str = "detect") -> DataInfo:
     """Validate an Ultralytics data yaml of ``task`` (and its labels and images); ``classify``: a dataset folder.
@@ -188,18 +207,19 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
     Raises:
         ConfigError: naming the yaml key, folder, image, or label file and line that is wrong.
     """
-    from ...backends.ultralytics_names import resolve_cls_data, resolve_data
+    from ...engines import load_attr
 
-    if task == "classify":
+    row = task_row(task)
+    if row.data_format == "folder":
         from .cls_data import check_cls_data
 
-        return check_cls_data(resolve_cls_data(data), splits=splits, check_images=check_images or check_labels,
+        return check_cls_data(resolve_task_data(data, row), splits=splits, check_images=check_images or check_labels,
                               skip_bad_images=skip_bad_images)
-    path = Path(resolve_data(data))  # Ultralytics' own names (coco8.yaml) -> its dataset yaml; paths unchanged
+    path = Path(resolve_task_data(data, row))  # Ultralytics' own names (coco8.yaml) -> its dataset yaml
     doc = _read_yaml(path)
     names = _names(doc, path)
     root = _root(doc, path)
-    rule = LabelRule(task, _kpt_shape(doc, path) if task == "pose" else None)
+    rule = load_attr(str(row.label_rule), f"the label rule of task {row.name!r}").from_data(doc, path)
     wanted = list(splits) + [s for s in ("test",) if s in doc and s not in splits and doc[s]]
     out: dict[str, list[Path]] = {}
     boxes: dict[str, int] = {}
@@ -220,16 +240,6 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
                     f"such as {label_path(out[split][0])}, beside an 'images' folder in a 'labels' folder)"
                 )
     return DataInfo(yaml_path=path, names=names, splits=out, boxes=boxes, skipped=skipped)
-
-
-def _kpt_shape(doc: dict[str, Any], path: Path) -> tuple[int, int]:
-    """A pose data yaml's ``kpt_shape: [nkpt, ndim]`` (``ndim`` 2 or 3)."""
-    shape = doc.get("kpt_shape")
-    if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape)
-            or shape[1] not in (2, 3)):
-        raise ConfigError(f"{path}: kpt_shape: expected [keypoints, 2 or 3] such as [17, 3] for a pose dataset, "
-                          f"got {brief(shape)}")
-    return int(shape[0]), int(shape[1])
 
 
 def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:

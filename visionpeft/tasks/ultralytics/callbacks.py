@@ -18,39 +18,15 @@ import torch
 from ...errors import PlanViolationError
 from ..divergence import check_loss, kept_checkpoint
 
-__all__ = ["PerfMeter", "SavedTensorMeter", "ULTRA_METRICS", "metrics_from_ultralytics", "make_callbacks"]
+__all__ = ["PerfMeter", "SavedTensorMeter", "metrics_from_ultralytics", "make_callbacks"]
 
-#: Ultralytics' box metric keys -> visionpeft's metric names (also the TensorBoard ``val/<name>`` tags).
-ULTRA_METRICS: dict[str, str] = {
-    "metrics/mAP50(B)": "map50",
-    "metrics/mAP50-95(B)": "map50_95",
-    "metrics/precision(B)": "precision",
-    "metrics/recall(B)": "recall",
-}
+def metrics_from_ultralytics(metrics: dict[str, Any] | None, task: str) -> dict[str, float]:
+    """visionpeft's metric names from Ultralytics' metric dict, as the task's row of
+    :data:`visionpeft.ultralytics_tasks.TASKS` names them (detect: ``map50``, ``map50_95``, ``precision``,
+    ``recall``; segment / pose add ``mask_*`` / ``pose_*``; classify: ``top1``, ``top5``)."""
+    from ...ultralytics_tasks import get
 
-
-#: Ultralytics' metric suffix -> visionpeft's prefix: boxes (detect, obb, and the box part of segment/pose),
-#: masks, keypoints.
-_KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
-_TOPK = {"metrics/accuracy_top1": "top1", "metrics/accuracy_top5": "top5"}
-
-
-def metrics_from_ultralytics(metrics: dict[str, Any] | None) -> dict[str, float]:
-    """visionpeft's metric names from Ultralytics' metric dict, for every task.
-
-    Boxes: ``map50``, ``map50_95``, ``precision``, ``recall`` (detect, obb; also segment and pose);
-    masks (segment): ``mask_map50`` ... ``mask_recall``; keypoints (pose): ``pose_map50`` ... ``pose_recall``;
-    classify: ``top1``, ``top5``.
-    """
-    metrics = metrics or {}
-    out: dict[str, float] = {}
-    for kind, prefix in _KIND_PREFIX.items():  # boxes first, each as map50, map50_95, precision, recall
-        for theirs, ours in ULTRA_METRICS.items():
-            key = theirs.replace("(B)", f"({kind})")
-            if key in metrics:
-                out[prefix + ours] = float(metrics[key])
-    out.update({ours: float(metrics[theirs]) for theirs, ours in _TOPK.items() if theirs in metrics})
-    return out
+    return get(task).from_ultralytics(metrics)
 
 
 class SavedTensorMeter:
@@ -270,7 +246,7 @@ def on_fit_epoch_end(tr: Any) -> None:
     log = tr.vp_logger
     if log is None or not tr.metrics:
         return
-    metrics = metrics_from_ultralytics(tr.metrics)
+    metrics = metrics_from_ultralytics(tr.metrics, tr.args.task)
     if getattr(tr, "vp_final_eval", False):
         log.scalars({f"result/{k}": v for k, v in metrics.items()}, getattr(tr, "vp_last_step", _step(tr)))
         log.flush()

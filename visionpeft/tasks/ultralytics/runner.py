@@ -1,17 +1,17 @@
 """The Ultralytics-engine :class:`~visionpeft.tasks.base.TaskRunner`: ``train`` / ``evaluate`` / ``merge`` a run dir.
 
-One class, :class:`UltralyticsTask`, serves every Ultralytics engine of :mod:`visionpeft.engines` (``detection``,
-``segment``, ``pose``, ``obb``, ``classify``); the engine's Ultralytics task picks the label rules, the trainer
-class (:func:`.trainer.trainer_for`; RT-DETR models get RT-DETR's trainer), the validator and the metrics
-(:data:`TASK_METRICS`).
+One class, :class:`UltralyticsRunner`, serves every Ultralytics task; its row of the task table
+(:data:`visionpeft.ultralytics_tasks.TASKS`) gives the label rule, the data format and the metrics, and
+Ultralytics' ``task_map`` the trainer class (:func:`.trainer.trainer_for`; RT-DETR models get RT-DETR's trainer)
+and the validator.
 
 Run directory (Ultralytics' own files plus visionpeft's)::
 
     recipe.yaml            resolved recipe of this run (its strategies, absolute model/data paths)
     adapter/               adapter of the best epoch (safetensors + json with the base fingerprint)
     adapter_last/          adapter of the last epoch
-    metrics.json           RunResult: counts, the task's metrics (TASK_METRICS) of the merged best model, timing,
-                           memory,
+    metrics.json           RunResult: counts, the task's metrics (its row's ``metrics``) of the merged best model,
+                           timing, memory,
                            the final validation's settings (extra.val: what 'visionpeft eval' reuses)
                            (written by the trainer on rank 0 at the end of training)
     plan.json              trainability plan
@@ -33,29 +33,16 @@ from ...devices import check_device
 from ...errors import ConfigError
 from ...outputs import make_dir
 from ...safe_yaml import load_yaml_file
+from ...ultralytics_tasks import canonical
+from ...ultralytics_tasks import get as task_row
 from ..base import RunResult, load_run_recipe
 from .callbacks import write_json
 
 if TYPE_CHECKING:
-    from ...recipe.detection import DetectionRecipe
+    from ...recipe.ultralytics import UltralyticsRecipe
     from .data import DataInfo
 
-__all__ = ["UltralyticsTask", "DetectionTask", "TASK_METRICS"]
-
-#: Ultralytics task -> (primary metric, metric names) in visionpeft's vocabulary (see
-#: :func:`.callbacks.metrics_from_ultralytics`).
-_BOX = ("map50", "map50_95", "precision", "recall")
-TASK_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "detect": ("map50_95", _BOX),
-    "segment": ("mask_map50_95", (*_BOX, "mask_map50", "mask_map50_95", "mask_precision", "mask_recall")),
-    "pose": ("pose_map50_95", (*_BOX, "pose_map50", "pose_map50_95", "pose_precision", "pose_recall")),
-    "obb": ("map50_95", _BOX),
-    "classify": ("top1", ("top1", "top5")),
-}
-
-#: Ultralytics task -> the ``results.csv`` column of its primary metric.
-_CURVE_COLUMNS = {"detect": "metrics/mAP50-95(B)", "obb": "metrics/mAP50-95(B)", "segment": "metrics/mAP50-95(M)",
-                  "pose": "metrics/mAP50-95(P)", "classify": "metrics/accuracy_top1"}
+__all__ = ["UltralyticsRunner"]
 
 
 def _abs_if_file(path: str) -> str:
@@ -93,12 +80,12 @@ def _stamp(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-def _read_run_recipe(run_dir: Path, task: str = "detection") -> dict[str, Any]:
+def _read_run_recipe(run_dir: Path, task: str = "detect") -> dict[str, Any]:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no recipe.yaml; expected a run directory written by 'visionpeft train'")
     doc = load_yaml_file(path)
-    if not isinstance(doc, dict) or doc.get("task") != task:
+    if not isinstance(doc, dict) or canonical(str(doc.get("task"))) != task:
         raise ConfigError(f"{path}: not a {task} run (task {doc.get('task') if isinstance(doc, dict) else None!r})")
     return doc
 
@@ -125,36 +112,31 @@ def _data_for_run(info: Any, data: str, out_dir: Path) -> str:
 def _with_local_files(recipe: Any, ultralytics_task: str = "detect") -> Any:
     """``recipe`` with Ultralytics' own names (``yolo11n.pt``, ``coco8.yaml``) resolved to the local files (downloaded
     as Ultralytics would); the run records those files, so ``resume`` / ``eval`` / ``merge`` use the same ones."""
-    from ...backends.ultralytics_names import resolve_cls_data, resolve_data, resolve_model
+    from ...backends.ultralytics_names import resolve_model
+    from .data import resolve_task_data
 
-    resolve = resolve_cls_data if ultralytics_task == "classify" else resolve_data
-    model, data = resolve_model(recipe.model), resolve(recipe.data)
+    model, data = resolve_model(recipe.model), resolve_task_data(recipe.data, task_row(ultralytics_task))
     return recipe if (model, data) == (recipe.model, recipe.data) else recipe.model_copy(update={"model": model,
                                                                                              "data": data})
 
 
-class UltralyticsTask:
-    """An Ultralytics engine (YOLO / RT-DETR) with visionpeft strategies (see :mod:`.trainer`).
+class UltralyticsRunner:
+    """The runner of one Ultralytics task (YOLO / RT-DETR models) with visionpeft strategies (see :mod:`.trainer`).
 
     Args:
-        task: the engine's name in :data:`visionpeft.engines.ENGINES` (``detection``, ``segment``, ``pose``,
-            ``obb``, ``classify``).
+        task: Ultralytics' task name, a row of :data:`visionpeft.ultralytics_tasks.TASKS` (``detection``, the former
+            name of ``detect``, is accepted).
     """
 
-    def __init__(self, task: str = "detection") -> None:
-        from ...engines import get_engine
-
-        engine = get_engine(task)
-        if engine.ultralytics_task is None:
-            raise ConfigError(f"task {task!r} is not an Ultralytics engine")
-        self.task = task
-        self.ultralytics_task = engine.ultralytics_task
-        self.primary_metric, self.metric_names = TASK_METRICS[self.ultralytics_task]
+    def __init__(self, task: str = "detect") -> None:
+        self.row = task_row(task)
+        self.task = self.ultralytics_task = self.row.name
+        self.primary_metric, self.metric_names = self.row.primary, self.row.metric_names
 
     def _check_data(self, data: str, **kwargs: Any) -> DataInfo:
         from .data import check_data
 
-        return check_data(data, task=self.ultralytics_task, **kwargs)
+        return check_data(data, task=self.row.name, **kwargs)
 
     def _trainer_class(self, model: str) -> type:
         """The task's trainer class; an RT-DETR model trains with RT-DETR's own trainer."""
@@ -164,7 +146,7 @@ class UltralyticsTask:
         built = build_model(model, task=self.ultralytics_task)  # a model of another task: one clear line
         return trainer_for(self.ultralytics_task, rtdetr=is_rtdetr(built))
 
-    def train(self, recipe: DetectionRecipe, strategies: list[dict[str, Any]], run_dir: Path,
+    def train(self, recipe: UltralyticsRecipe, strategies: list[dict[str, Any]], run_dir: Path,
               run_name: str) -> RunResult:
         """Validate data and weights, train with Ultralytics' engine, and write the run directory."""
         from ...backends.safe_load import load_checkpoint
@@ -190,7 +172,7 @@ class UltralyticsTask:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
-    def _start(self, recipe: DetectionRecipe, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
+    def _start(self, recipe: UltralyticsRecipe, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
                info: DataInfo) -> RunResult:
         """Write the run's records into the (new) ``run_dir`` and train."""
         from ...recipe import save_resolved
@@ -301,7 +283,7 @@ class UltralyticsTask:
         """Whether the data names ``split``: a data yaml's ``test:`` (empty counts as absent), or a classify
         dataset folder's ``test/`` sub-folder."""
         data = Path(_with_local_files(recipe, self.ultralytics_task).data)  # coco8 -> its yaml, as train reads it
-        if self.ultralytics_task == "classify":
+        if self.row.data_format == "folder":
             return (data / split).is_dir()
         doc = load_yaml_file(data, "data")
         return isinstance(doc, dict) and bool(doc.get(split))
@@ -311,7 +293,7 @@ class UltralyticsTask:
         column: wall seconds since training started, validation included)."""
         import csv
 
-        column = _CURVE_COLUMNS[self.ultralytics_task]
+        column = self.row.primary_key
         path = Path(run_dir) / "results.csv"
         if not path.is_file():
             return []
@@ -319,12 +301,15 @@ class UltralyticsTask:
             rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(fh)]
         return [[float(r["time"]), float(r[column])] for r in rows if r.get("time") and r.get(column)]
 
+    def load_model(self, run_dir: Path) -> Any:
+        """The run's adapted model (EMA weights of the best epoch, ``weights/best.pt``), eval mode."""
+        from .merge import load_run_model
+
+        return load_run_model(run_dir)
+
     def merge(self, run_dir: Path, out: Path) -> Path:
         """Write a plain Ultralytics checkpoint (LoRA folded in) that loads without visionpeft."""
         from .merge import merge_run
 
         return merge_run(run_dir, out)
 
-
-#: The detection engine's runner class (``UltralyticsTask()`` is the ``detection`` engine).
-DetectionTask = UltralyticsTask

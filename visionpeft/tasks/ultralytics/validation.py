@@ -99,4 +99,4 @@ def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None) -> di
         results = validator(model=merged_copy(model))
     except FileNotFoundError as exc:
         raise ConfigError(f"{data}: split {split!r}: {exc}") from None
-    return metrics_from_ultralytics(results)
+    return metrics_from_ultralytics(results, task)

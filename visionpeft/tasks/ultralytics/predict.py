@@ -20,14 +20,10 @@ __all__ = ["predict_images", "predictor_class", "ultralytics_predict"]
 
 def predictor_class(model: nn.Module) -> tuple[str, Any]:
     """``(task, Ultralytics predictor class)`` for an Ultralytics model, from Ultralytics' own task map."""
-    from ultralytics.nn.tasks import guess_model_task
+    from ...backends.ultralytics import is_rtdetr, model_task, task_classes
 
-    task = getattr(model, "task", None) or guess_model_task(model)
-    if any(c.__name__ == "RTDETRDetectionModel" for c in type(model).__mro__):
-        from ultralytics.models.rtdetr import RTDETR as Family
-    else:
-        from ultralytics.models.yolo import YOLO as Family
-    return task, Family.task_map.fget(None)[task]["predictor"]  # the property does not use the instance
+    task = model_task(model)
+    return task, task_classes(task, rtdetr=is_rtdetr(model))["predictor"]
 
 
 def _check_images(images: list[Path]) -> None:
@@ -93,7 +89,9 @@ def ultralytics_predict(model: nn.Module, images: list[Path], overrides: dict[st
     task, cls = predictor_class(model)
     predictor = cls(overrides=overrides)
     records, used = [], set()
-    draw = task != "classify"
+    from ...ultralytics_tasks import get as task_row
+
+    draw = task_row(task).draws
     if draw:
         (out / "images").mkdir(exist_ok=True)
     for image, result in zip(images, predictor(source=[str(p) for p in images], model=model, stream=True)):
