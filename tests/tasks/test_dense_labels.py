@@ -14,11 +14,13 @@ import pytest
 from PIL import Image
 
 from visionpeft.errors import ConfigError
-from visionpeft.tasks.detection.dense import (
+from visionpeft.tasks.ultralytics.dense import (
+    DepthRule,
+    MaskRule,
+    PolygonSemanticRule,
+    SemanticRule,
     check_depth_map,
-    check_depth_split,
     check_mask,
-    check_mask_split,
     depth_path,
     depth_scale_of,
     depth_summary,
@@ -69,7 +71,9 @@ def depth(tmp_path):
 def test_written_masks_pass_both_checks(masks):
     data, image, mask = masks
     images = sorted((data.parent / "images" / "train").iterdir())
-    assert check_mask_split(images, {"masks_dir": "masks"}, len(NAMES), data) == 2
+    rule = SemanticRule.from_data({"masks_dir": "masks", "names": NAMES}, data)
+    assert rule == MaskRule("masks", (), str(data))
+    assert rule.check_split(images, len(NAMES)) == 2 and rule.trained_names({0: "a"}) == {0: "a"}
     assert mask == data.parent / "masks" / "train" / f"{image.stem}.png"
     assert _ultralytics_mask_ok(image, mask, len(NAMES))
 
@@ -134,7 +138,18 @@ def test_bad_label_mapping_and_masks_dir_are_refused(masks):
     with pytest.raises(ConfigError, match="label_mapping"):
         label_lut(3, {"a": 1}, data)
     with pytest.raises(ConfigError, match="masks_dir"):
-        check_mask_split([image], {"masks_dir": "a/b"}, 3, data)
+        SemanticRule.from_data({"masks_dir": "a/b"}, data)
+    with pytest.raises(ConfigError, match="label_mapping"):
+        SemanticRule.from_data({"masks_dir": "masks", "label_mapping": [1]}, data)
+
+
+def test_polygon_semantic_data_gets_ultralytics_background_class():
+    """Without masks_dir the labels are polygons (checked as segment labels) and the trainer adds 'background'
+    when the yaml names more than one class (Ultralytics' add_polygon_background)."""
+    rule = SemanticRule.from_data({"names": NAMES}, Path("d.yaml"))
+    assert isinstance(rule, PolygonSemanticRule) and rule.fields_ok(5) and rule.fields_ok(7)
+    assert rule.trained_names(dict(enumerate(NAMES))) == {0: "road", 1: "car", 2: "sky", 3: "background"}
+    assert rule.trained_names({0: "thing"}) == {0: "thing"}  # binary: background 0, foreground 1
 
 
 def test_written_depth_maps_pass_both_checks(depth):
@@ -143,7 +158,8 @@ def test_written_depth_maps_pass_both_checks(depth):
     with Image.open(dmap) as im:
         assert im.mode in ("I;16", "I") and im.size == (32, 32)
     images = sorted((data.parent / "images" / "train").iterdir())
-    assert check_depth_split(images, {"depth_scale": 1000}, 1, data) == 2
+    rule = DepthRule.from_data({"depth_scale": 250}, data)
+    assert rule.depth_scale == 250 and rule.check_split(images, 1) == 2
     assert _ultralytics_depth_ok(image, dmap)
 
 

@@ -422,10 +422,28 @@ class PeftTrainerMixin:
         finally:
             self.validator = validator
             self.vp_final_eval = False
+        self._vp_remerge_if_rewritten()
         if self.validator is not None and getattr(self.validator, "dataloader", None) is not None:
             from .validation import record_settings
 
             self.vp_val_settings = record_settings(self.validator)  # so 'visionpeft eval' validates the same way
+
+    def _vp_remerge_if_rewritten(self) -> None:
+        """``merged.pt`` again from ``best.pt`` when the task's trainer rewrote ``best.pt`` after validating it.
+
+        Ultralytics' ``DepthTrainer.final_eval`` does: after the validation it fits the depth head's output scale
+        (``cal_a``/``cal_b`` buffers) and writes it into ``best.pt`` / ``last.pt``; the merged checkpoint must carry
+        what ``best.pt`` computes.
+        """
+        merged, best = self.wdir / "merged.pt", Path(self.best)
+        if RANK not in {-1, 0} or not (merged.is_file() and best.is_file()):
+            return
+        if best.stat().st_mtime_ns <= merged.stat().st_mtime_ns:
+            return
+        from ...backends.safe_load import load_checkpoint
+
+        loaded, _ = load_checkpoint(best)
+        self._vp_write_merged(merged_copy(loaded), best)
 
     def _vp_write_merged(self, merged: nn.Module, source: Path) -> None:
         """Ship-ready output (rank 0): a plain Ultralytics checkpoint, loadable without visionpeft."""

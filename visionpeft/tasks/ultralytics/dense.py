@@ -1,5 +1,6 @@
 """Ultralytics' dense-prediction tasks, ``semantic`` (YOLO26-sem) and ``depth`` (YOLO26-depth): their label rules
-and prediction fields, as the task table's rows call them.
+(:class:`SemanticRule`, :class:`DepthRule`) and depth's prediction fields (:func:`depth_predictions`), as their rows
+of :data:`visionpeft.ultralytics_tasks.TASKS` name them.
 
 Label files (Ultralytics 8.4.190, ``ultralytics/data/dataset.py`` and ``ultralytics/data/utils.py``):
 
@@ -25,15 +26,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
 from ...safe_yaml import brief
+from .labels import BoxRule, LabelRule
 
-__all__ = ["IGNORE_ID", "DEFAULT_DEPTH_SCALE", "ASPECT_TOLERANCE", "mask_path", "depth_path", "label_lut",
-           "check_mask", "check_mask_split", "check_depth_map", "check_depth_split", "depth_scale_of",
-           "masks_dir_of", "depth_summary"]
+__all__ = ["SemanticRule", "MaskRule", "PolygonSemanticRule", "DepthRule", "IGNORE_ID", "DEFAULT_DEPTH_SCALE",
+           "ASPECT_TOLERANCE", "mask_path", "depth_path", "label_lut", "check_mask", "check_depth_map",
+           "depth_scale_of", "masks_dir_of", "depth_summary", "depth_predictions"]
 
 #: Ultralytics' ignore label in semantic masks.
 IGNORE_ID = 255
@@ -167,15 +170,6 @@ def check_mask(path: Path, image: Path, invalid: list[bool], nc: int) -> None:
                           f"0..{max(nc - 1, 1)} (after label_mapping) or {IGNORE_ID} (ignore)")
 
 
-def check_mask_split(images: list[Path], doc: Mapping[str, Any], nc: int, yaml_path: Path) -> int:
-    """Check the masks of one split (``masks_dir`` sets); returns how many images have one."""
-    masks_dir = masks_dir_of(doc, yaml_path) or "masks"
-    invalid = label_lut(nc, doc.get("label_mapping"), yaml_path)
-    for image in images:
-        check_mask(mask_path(image, masks_dir), image, invalid, nc)
-    return len(images)
-
-
 def check_depth_map(path: Path, image: Path) -> None:
     """One image's depth map: it exists, is a 16-bit single-channel PNG (or 2-D float ``.npy``) and has the image's
     aspect ratio (Ultralytics resizes it to the image)."""
@@ -220,14 +214,6 @@ def _npy_hw(path: Path) -> tuple[int, int]:
     return int(arr.shape[0]), int(arr.shape[1])
 
 
-def check_depth_split(images: list[Path], doc: Mapping[str, Any], nc: int, yaml_path: Path) -> int:
-    """Check ``depth_scale`` and the depth map of every image of one split; returns how many there are."""
-    depth_scale_of(doc, yaml_path)
-    for image in images:
-        check_depth_map(depth_path(image), image)
-    return len(images)
-
-
 def depth_summary(depth: Any, decimals: int = 5) -> list[dict[str, Any]]:
     """One prediction row for a predicted depth map (``Results.depth.data``, metres, HxW): its valid (``> 0``)
     range and median in metres and the map's size. Ultralytics' ``Results.summary()`` returns no row for depth."""
@@ -240,3 +226,78 @@ def depth_summary(depth: Any, decimals: int = 5) -> list[dict[str, Any]]:
         row.update(min_m=round(float(valid.min()), decimals), max_m=round(float(valid.max()), decimals),
                    median_m=round(float(np.median(valid)), decimals))
     return [row]
+
+
+def depth_predictions(result: Any) -> list[dict[str, Any]]:
+    """The ``depth`` row's prediction fields of one Ultralytics ``Results``: :func:`depth_summary` of its map."""
+    return depth_summary(result.depth.data)
+
+
+# ------------------------------------------------------------------------------------------------- the rules
+@dataclass(frozen=True)
+class MaskRule(LabelRule):
+    """``semantic`` with ``masks_dir``: one PNG of class ids per image (:func:`check_mask`).
+
+    Attributes:
+        masks_dir: the mask folder's name (beside ``images``); label_mapping: the yaml's raw id -> class id pairs;
+        yaml_path: the data yaml, for messages.
+    """
+
+    masks_dir: str = "masks"
+    label_mapping: tuple[tuple[Any, Any], ...] = ()
+    yaml_path: str = "data"
+
+    def check_split(self, images: list[Path], nc: int) -> int:
+        """Check every image's mask; returns the number of masks."""
+        invalid = label_lut(nc, dict(self.label_mapping) if self.label_mapping else None, self.yaml_path)
+        for image in images:
+            check_mask(mask_path(image, self.masks_dir), image, invalid, nc)
+        return len(images)
+
+
+@dataclass(frozen=True)
+class PolygonSemanticRule(BoxRule):
+    """``semantic`` without ``masks_dir``: YOLO polygon files, checked as ``segment`` labels. Ultralytics rasterises
+    them (``PolygonSemanticDataset``) and adds a ``background`` class when the yaml names more than one."""
+
+    def trained_names(self, names: dict[int, str]) -> dict[int, str]:
+        """The yaml's classes as Ultralytics' ``add_polygon_background`` extends them (``background`` appended)."""
+        from ultralytics.data.utils import add_polygon_background
+
+        data = add_polygon_background({"names": dict(names), "nc": len(names)})
+        return {int(k): str(v) for k, v in data["names"].items()}
+
+
+class SemanticRule:
+    """The ``semantic`` row's label rule: :class:`MaskRule` when the data yaml has ``masks_dir``, as Ultralytics
+    then reads ``SemanticDataset``, else :class:`PolygonSemanticRule` (``PolygonSemanticDataset``)."""
+
+    @staticmethod
+    def from_data(doc: Mapping[str, Any], path: Path) -> LabelRule:
+        masks_dir = masks_dir_of(doc, path)
+        if masks_dir is None:
+            return PolygonSemanticRule()
+        mapping = doc.get("label_mapping")
+        label_lut(1, mapping, path)  # a malformed mapping is an error before any image is read
+        return MaskRule(masks_dir, tuple(mapping.items()) if mapping else (), str(path))
+
+
+@dataclass(frozen=True)
+class DepthRule(LabelRule):
+    """The ``depth`` row's label rule: one 16-bit depth PNG (or float ``.npy``) per image (:func:`check_depth_map`).
+
+    Attributes:
+        depth_scale: the yaml's PNG value per metre (checked by :func:`depth_scale_of`).
+    """
+
+    depth_scale: float = DEFAULT_DEPTH_SCALE
+
+    @classmethod
+    def from_data(cls, doc: dict[str, Any], path: Path) -> LabelRule:
+        return cls(depth_scale_of(doc, path))
+
+    def check_split(self, images: list[Path], nc: int) -> int:
+        """Check every image's depth map; returns the number of depth maps."""
+        for image in images:
+            check_depth_map(depth_path(image), image)
+        return len(images)
