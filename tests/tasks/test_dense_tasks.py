@@ -92,7 +92,12 @@ def test_eval_reproduces_the_reported_metrics(run, capsys):
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out[out.rindex("\n{") + 1:]) == reported
+    evaluated = json.loads(out[out.rindex("\n{") + 1:])
+    if task == "semantic":
+        assert evaluated == reported
+    else:  # best.pt got its output scale calibrated after the reported validation; Ultralytics' depth metrics
+        # median-align each image, so the scale changes them by float rounding only
+        assert evaluated == pytest.approx(reported, rel=1e-6)
 
 
 def test_tensorboard_has_the_tasks_metrics(run):
