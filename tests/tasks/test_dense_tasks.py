@@ -32,6 +32,7 @@ KEYS = {"semantic": {"metrics/mIoU": "miou", "metrics/pixel_acc": "pixel_acc"},
         "depth": {"metrics/delta1": "delta1", "metrics/delta2": "delta2", "metrics/delta3": "delta3",
                   "metrics/abs_rel": "abs_rel", "metrics/rmse": "rmse", "metrics/silog": "silog"}}
 PRIMARY = {"semantic": "miou", "depth": "delta1"}
+HPARAMS = {"semantic": ("miou", "pixel_acc"), "depth": ("delta1", "abs_rel", "rmse", "silog")}
 
 
 def _data(task, shared, root):
@@ -245,6 +246,12 @@ def test_compare_reports_the_tasks_metrics(compared):
     assert [r["strategy"] for r in report["runs"]] == ["full", "freeze10", "lora"]
     assert all(f"{PRIMARY[task]}_val" in r for r in report["runs"])
     assert PRIMARY[task] in (cdir / "report.md").read_text()
+    # TensorBoard's HParams tab: the task's own columns, one session per run with its primary metric
+    from ..report.tb_readback import hparams_view
+
+    experiment, metrics, _ = hparams_view(cdir)
+    assert {f"result/{name}" for name in HPARAMS[task]} <= {m.name.tag for m in experiment.metric_infos}
+    assert len(metrics) == 3 and all(f"result/{PRIMARY[task]}" in m for m in metrics.values())
 
 
 def test_freeze_n_is_plain_ultralytics_freeze_n(compared, tmp_path):
