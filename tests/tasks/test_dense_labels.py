@@ -216,3 +216,26 @@ def test_depth_summary_reads_the_valid_pixels():
     arr = np.array([[0.0, 1.5], [2.5, 4.0]], dtype=np.float32)
     assert depth_summary(arr) == [{"height": 2, "width": 2, "min_m": 1.5, "max_m": 4.0, "median_m": 2.5}]
     assert depth_summary(np.zeros((3, 4))) == [{"height": 3, "width": 4}]
+
+
+def test_check_data_applies_the_rows_rules_and_skipped_image_yamls_keep_the_tasks_keys(tmp_path):
+    """``check_data`` counts one label map per image, names the classes the trainer gives the model, and the yaml
+    written without unreadable images keeps the task's keys (depth_scale; semantic's own names)."""
+    import yaml
+
+    from visionpeft.tasks.ultralytics.data import check_data, write_without_skipped
+
+    from .detection_support import make_dataset
+
+    data = write_depth_dataset(tmp_path / "dep", n_train=3, n_val=1, size=32)
+    sorted((data.parent / "images" / "train").iterdir())[0].write_bytes(b"")  # unreadable: skipped
+    info = check_data(data, task="depth", check_images=True, skip_bad_images=True)
+    assert info.boxes == {"train": 2, "val": 1} and len(info.skipped["train"]) == 1
+    written = yaml.safe_load(write_without_skipped(info, tmp_path / "out").read_text())
+    assert written["depth_scale"] == 1000 and written["names"] == {0: "depth"}
+    poly = ["0 0.1 0.1 0.6 0.1 0.6 0.6", "1 0.2 0.7 0.9 0.7 0.5 0.9"]
+    data = make_dataset(tmp_path / "sem", {"train/a": poly, "val/b": poly[:1]}, ["road", "car"])
+    info = check_data(data, task="semantic")
+    assert info.names == {0: "road", 1: "car", 2: "background"} and info.boxes == {"train": 2, "val": 1}
+    written = yaml.safe_load(write_without_skipped(info, tmp_path / "out2").read_text())
+    assert written["names"] == ["road", "car"]  # Ultralytics adds the background class itself
