@@ -134,6 +134,7 @@ class PeftTrainerMixin:
         self.vp_plan: TrainabilityPlan | None = None
         self.vp_run_dir = Path(self.vp_run_dir_cfg) if self.vp_run_dir_cfg else Path(self.save_dir)
         self.vp_perf = PerfMeter()
+        self._vp_merged_from: str | None = None  # digest of the best.pt that merged.pt was written from
         self.vp_logger = None
         # A DDP launcher (self.ddp) trains nothing itself: its workers log; of those, rank 0 only.
         if self.vp_tensorboard and RANK in {-1, 0} and not self.ddp:
@@ -438,7 +439,7 @@ class PeftTrainerMixin:
         merged, best = self.wdir / "merged.pt", Path(self.best)
         if RANK not in {-1, 0} or not (merged.is_file() and best.is_file()):
             return
-        if best.stat().st_mtime_ns <= merged.stat().st_mtime_ns:
+        if _digest(best) == self._vp_merged_from:  # contents, not times: file times can be coarse
             return
         from ...backends.safe_load import load_checkpoint
 
@@ -452,6 +453,7 @@ class PeftTrainerMixin:
 
             save_plain_checkpoint(merged, self.wdir / "merged.pt",
                                   {"merged_from": str(source), "strategies": self.vp_strategies})
+            self._vp_merged_from = _digest(Path(source))
 
 
 class MergingValidator:
@@ -521,6 +523,17 @@ def _strip_atomic(path: Path, updates: dict[str, Any] | None = None) -> dict[str
     finally:
         staging.unlink(missing_ok=True)
     return out
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint: tens of MB, read once per run)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _row_epoch(row: str) -> float:
