@@ -278,3 +278,25 @@ def test_freeze_n_is_plain_ultralytics_freeze_n(compared, tmp_path):
     plan = json.loads((cdir / "01-freeze10" / "plan.json").read_text())
     ours = {n for n, owner in plan["trainable"].items()}
     assert seen["trainable"] and ours == seen["trainable"]
+
+
+def test_semantic_from_mask_pngs_on_a_pretrained_checkpoint(tmp_path, capsys):
+    """``masks_dir`` data (Ultralytics' SemanticDataset: no background class added) and a ``.pt`` of another class
+    count (yolo26n-sem's 19 Cityscapes classes, saved by Ultralytics): the head is rebuilt for the data's 2 classes
+    as Ultralytics does, the run reports the validator's metrics and merges into a plain semantic checkpoint."""
+    from ultralytics import YOLO
+
+    YOLO("yolo26n-sem.yaml").save(str(tmp_path / "sem19.pt"))
+    data = write_mask_dataset(tmp_path / "masks", ["road", "car"], n_train=4, n_val=2, size=64)
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(f"task: semantic\nname: m\nmodel: {tmp_path / 'sem19.pt'}\ndata: {data}\n"
+                      f"output: {tmp_path / 'runs'}\nstrategies: [{{method: lora, rank: 4}}, {{method: head}}]\n"
+                      f"ultralytics: {{epochs: 1, {TINY[1:]}\n")
+    assert main(["train", str(recipe)]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert set(json.loads((run_dir / "metrics.json").read_text())["metrics"]) == {"miou", "pixel_acc"}
+    assert _model(run_dir).names == {0: "road", 1: "car"}
+    assert main(["merge", str(run_dir), "-o", str(tmp_path / "m.pt")]) == 0
+    plain = YOLO(str(tmp_path / "m.pt"))
+    assert plain.task == "semantic" and plain.model.names == {0: "road", 1: "car"}
+    assert plain.model.model[-1].classifier[1].out_channels == 2
