@@ -239,3 +239,11 @@ def test_check_data_applies_the_rows_rules_and_skipped_image_yamls_keep_the_task
     assert info.names == {0: "road", 1: "car", 2: "background"} and info.boxes == {"train": 2, "val": 1}
     written = yaml.safe_load(write_without_skipped(info, tmp_path / "out2").read_text())
     assert written["names"] == ["road", "car"]  # Ultralytics adds the background class itself
+
+
+def test_a_mask_under_another_image_suffix_is_found_as_ultralytics_finds_it(masks):
+    _, image, mask = masks
+    mask.rename(mask.with_suffix(".bmp"))
+    assert mask_path(image) == mask.with_suffix(".bmp")
+    assert _ultralytics_mask_ok(image, mask, 3)  # Ultralytics tries the other suffixes itself
+    check_mask(mask_path(image), image, label_lut(3), 3)
