@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps({"runs": rows, "summary": summary, "cpu_bf16_flags": flags,
                                           "args": vars(args)}, indent=2) + "\n")
     if args.update_docs:
-        from visionpeft.report.sections import replace_marked_section
+        from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
         replace_marked_section(Path(args.update_docs), START, END, section)
     return 0

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import timm
 import torch
+from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 from torch import nn
 
 import visionpeft
 from visionpeft.backends.timm import timm_spec
 from visionpeft.profiling import measure_step_memory
-from visionpeft.report.sections import replace_marked_section
 
 VIT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
 SHARED = Path(os.environ.get("VISIONPEFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))

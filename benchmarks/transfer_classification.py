@@ -53,11 +53,12 @@ def shared_dir() -> Path:
 
 #: Fraction of each class of ``train`` carved out as the test split, and the shuffle's seed.
 TEST_FRACTION, SPLIT_SEED = 0.2, 0
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
-    return {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    from visionpeft.data.samples import IMAGE_EXTENSIONS  # the classification folder reader's own list
+
+    return {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             for d in sorted(folder.iterdir()) if d.is_dir()}
 
 
@@ -203,8 +204,7 @@ def conclusions(report: dict[str, Any]) -> list[str]:
 
 def results_table(report: dict[str, Any]) -> str:
     """The per-strategy table: headline mean +- CI, validation alongside, paired delta [CI], verdict, costs."""
-    from visionpeft.report.compare import markdown_table
-    from visionpeft.report.markdown import display_rows
+    from visionpeft.report.markdown import display_rows, markdown_table
 
     head = report["protocol"]["headline"]
     other = "top1_val" if report["protocol"]["test_split"] else None
@@ -248,7 +248,7 @@ def write_markdown(path: Path, args: argparse.Namespace, reports: dict[str, dict
 
 def update_docs(path: Path, section: str) -> None:
     """Replace this script's section of ``path`` (or append it), leaving other sections alone."""
-    from visionpeft.report.sections import replace_marked_section
+    from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
     replace_marked_section(path, START, END, section)
 

@@ -125,7 +125,7 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Namespace) -> str:
-    from visionpeft.report.compare import markdown_table
+    from visionpeft.report.markdown import markdown_table
 
     ultra = report["recipe"].get("ultralytics", {})
     env = report.get("environment", {})
@@ -151,7 +151,7 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Na
 
 def update_docs(path: Path, section: str) -> None:
     """Replace this script's section of ``path`` (or append it), leaving other sections alone."""
-    from visionpeft.report.sections import replace_marked_section
+    from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
     replace_marked_section(path, START, END, section)
 

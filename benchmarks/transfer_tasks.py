@@ -113,7 +113,7 @@ def conclusions(rows: list[dict[str, Any]], primary: str) -> list[str]:
 
 def write_section(args: argparse.Namespace, compare_dir: Path, random_init: dict[str, Any] | None) -> None:
     """The task's Markdown section from the compare directory's runs (+ the random-init run)."""
-    from visionpeft.report.compare import markdown_table
+    from visionpeft.report.markdown import markdown_table
     from visionpeft.tasks import get_task
 
     saved = compare_dir / "benchmark_args.json"
@@ -137,7 +137,7 @@ def write_section(args: argparse.Namespace, compare_dir: Path, random_init: dict
     (compare_dir / "benchmark.md").write_text(section + "\n")
     print(section)
     if args.update_docs:
-        from visionpeft.report.sections import replace_marked_section
+        from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
         replace_marked_section(Path(args.update_docs), f"<!-- {marker}:start -->", f"<!-- {marker}:end -->", section)
     print(f"compare directory: {compare_dir}", file=sys.stderr)

@@ -202,7 +202,7 @@ def target_lines(reports: dict[str, dict], probes: dict[str, dict]) -> list[str]
 
 
 def write_markdown(path: Path, args: argparse.Namespace, result: dict[str, Any]) -> None:
-    from visionpeft.report.compare import markdown_table
+    from visionpeft.report.markdown import markdown_table
 
     cols = ["strategy", "trainable_params", "trainable_pct", "top1_val", "delta_top1_val_vs_full",
             "step_time_ratio_vs_full", "peak_mem_ratio_vs_full", "adapter_bytes", "train_seconds"]
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     section = Path(args.out).read_text()
     print(section)
     if args.update_docs:
-        from visionpeft.report.sections import replace_marked_section
+        from sections import replace_marked_section  # benchmarks/sections.py (scripts run from benchmarks/)
 
         replace_marked_section(Path(args.update_docs), START, END, section)
 

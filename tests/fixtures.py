@@ -71,7 +71,10 @@ def load_benchmark(name: str, alias: str | None = None):
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:  # as when a script runs: its helpers (benchmarks/sections.py) import by name
+        sys.path.insert(0, str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(alias or name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -32,24 +32,24 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below imports on first use
-    from .adapter_io import load_adapter, save_adapter
-    from .adapters import active_adapter, list_adapters, set_adapter
+    from .adapter_io import save_adapter
+    from .adapters import active_adapter, list_adapters, load_adapter, set_adapter
     from .api import apply, get_plan, merge
     from .params import format_parameter_report, parameter_report
     from .plan import TrainabilityPlan
-    from .spec import ModelSpec, PromptSpec, TokenSpec
+    from .spec import ModelSpec, TokenSpec
     from .strategies.importance import GradientProbe
 
 __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it (each needs torch).
 _LAZY: dict[str, str] = {
-    "load_adapter": "adapter_io", "save_adapter": "adapter_io",
+    "load_adapter": "adapters", "save_adapter": "adapter_io",
     "active_adapter": "adapters", "list_adapters": "adapters", "set_adapter": "adapters",
     "apply": "api", "get_plan": "api", "merge": "api",
     "format_parameter_report": "params", "parameter_report": "params",
     "TrainabilityPlan": "plan",
-    "ModelSpec": "spec", "PromptSpec": "spec", "TokenSpec": "spec",
+    "ModelSpec": "spec", "TokenSpec": "spec",
     "GradientProbe": "strategies.importance",
 }
 
@@ -59,7 +59,6 @@ __all__ = [
     "GradientProbe",
     "ModelSpec",
     "PlanViolationError",
-    "PromptSpec",
     "TargetNotFoundError",
     "TokenSpec",
     "TrainabilityPlan",

@@ -205,16 +205,13 @@ def load_adapter(
     spec: ModelSpec | None = None,
     ignore_fingerprint: bool = False,
     ignore_identity: bool = False,
-    name: str | None = None,
-) -> TrainabilityPlan | None:
+) -> TrainabilityPlan:
     """Apply the recorded strategies to a fresh base ``model`` and load the adapter tensors. All or nothing.
 
     ``directory`` may also be an HF PEFT adapter (a ``save_pretrained`` folder or a Hub repo id): it loads as exact
     visionpeft strategies, names and shapes checked (:func:`visionpeft.peft_format.load_peft_adapter`).
 
-    With ``name``, the adapter joins the model's named adapters instead (:mod:`visionpeft.adapters`): several
-    adapters on one base, switched with :func:`visionpeft.set_adapter` without reloading the base; the first one
-    loaded becomes active. Returns the active adapter's plan then (``None`` when none is active).
+    (``visionpeft.load_adapter`` is :func:`visionpeft.adapters.load_adapter`, which adds named adapters.)
 
     Checked before the tensors load, each refusal naming what differs (:class:`AdapterMismatchError`):
     the strategies in ``adapter.json`` (with the per-layer ranks a budget chose, ``plan.resolved``) against
@@ -231,12 +228,6 @@ def load_adapter(
             shape mismatches are always refused.
     """
     refuse_ddp(model, "load_adapter")
-    if name is not None:
-        from .adapters import load_named_adapter
-        from .api import get_plan
-
-        load_named_adapter(model, directory, name, spec, ignore_fingerprint, ignore_identity)
-        return get_plan(model)
     if looks_like_peft(directory) and not (Path(directory) / CONFIG_NAME).is_file():
         return load_peft_adapter(model, directory, spec)
     directory = Path(directory)

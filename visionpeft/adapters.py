@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,9 +43,12 @@ from .errors import ConfigError, closest
 from .foreign import refuse_foreign
 from .snapshot import ModelSnapshot
 from .spec import ModelSpec
-from .wrappers import is_ddp, unwrap
+from .wrappers import is_ddp, refuse_ddp, unwrap
 
-__all__ = ["load_named_adapter", "set_adapter", "active_adapter", "list_adapters", "BANK_ATTR"]
+if TYPE_CHECKING:
+    from .plan import TrainabilityPlan
+
+__all__ = ["load_adapter", "load_named_adapter", "set_adapter", "active_adapter", "list_adapters", "BANK_ATTR"]
 
 BANK_ATTR = "_visionpeft_adapters"
 
@@ -202,6 +205,25 @@ def _read_checked(root: nn.Module, bank: _Bank, directory: Path, ignore_fingerpr
     if not ignore_fingerprint:
         io._check_fingerprint(root, tensors, meta, directory)
     return _Entry(strategies=list(meta["strategies"]), tensors=tensors, source=str(directory))
+
+
+def load_adapter(model: Any, directory: str | Path, spec: ModelSpec | None = None, ignore_fingerprint: bool = False,
+                 ignore_identity: bool = False, name: str | None = None) -> TrainabilityPlan | None:
+    """``visionpeft.load_adapter``: :func:`visionpeft.adapter_io.load_adapter` (all its checks, all or nothing), or,
+    with ``name``, the adapter joins the model's named adapters (:func:`load_named_adapter`): several adapters on one
+    base, switched with :func:`set_adapter` without reloading the base; the first one loaded becomes active.
+
+    Returns:
+        The model's plan (with ``name``: the active adapter's, ``None`` when none is active).
+    """
+    from .adapter_io import load_adapter as load_one
+    from .api import get_plan
+
+    if name is None:
+        return load_one(model, directory, spec, ignore_fingerprint, ignore_identity)
+    refuse_ddp(model, "load_adapter")
+    load_named_adapter(model, directory, name, spec, ignore_fingerprint, ignore_identity)
+    return get_plan(model)
 
 
 def load_named_adapter(model: Any, directory: str | Path, name: str, spec: ModelSpec | None = None,

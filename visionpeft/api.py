@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -13,33 +12,17 @@ from .foreign import refuse_foreign
 from .plan import TrainabilityPlan, remove_bn_hooks
 from .snapshot import atomic
 from .spec import ModelSpec
+
+# The adapted state is defined below this module (the checkpoint loader needs it too); these are its public names.
+from .state import STATE_ATTR, AdaptedState, get_plan, get_state
+
+__all__ = ["STATE_ATTR", "AdaptedState", "get_state", "get_plan", "parse_strategies", "apply", "merge"]
 from .strategies.base import ApplyContext, Strategy, StrategyConfig
 from .strategies.importance import GradientProbe
 from .strategies.registry import build, parse_config
 from .wrappers import refuse_ddp, unwrap
 
-STATE_ATTR = "_visionpeft_state"
 StrategyEntry = Mapping[str, Any] | StrategyConfig
-
-
-@dataclass
-class AdaptedState:
-    """What visionpeft attaches to an adapted model (survives ``copy.deepcopy`` and pickling)."""
-
-    configs: list[StrategyConfig]
-    spec: ModelSpec
-    plan: TrainabilityPlan
-
-
-def get_state(model: Any) -> AdaptedState | None:
-    """The adapted state of ``model``, or ``None`` for a plain model."""
-    return getattr(unwrap(model), STATE_ATTR, None)
-
-
-def get_plan(model: Any) -> TrainabilityPlan | None:
-    """The trainability plan of an adapted model, or ``None``."""
-    state = get_state(model)
-    return state.plan if state else None
 
 
 def parse_strategies(strategies: Sequence[StrategyEntry]) -> list[StrategyConfig]:

@@ -11,11 +11,12 @@ after the data was read and the model built, as a traceback from inside torch or
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["parse_device", "check_device", "available_devices", "torch_device", "DEVICE_FORMS"]
 
@@ -59,6 +60,8 @@ def _bad() -> list[Device]:
 
 def available_devices() -> list[str]:
     """What this machine has: ``cpu``, every ``cuda:N``, ``mps`` where it works."""
+    import torch  # here, not at import: recipe validation (parse_device) must not load torch
+
     out = ["cpu"]
     if torch.cuda.is_available():
         out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -76,6 +79,8 @@ def check_device(value: Any, where: str, *, several: bool = True) -> list[Device
         several: whether the setting may name several GPUs (Ultralytics: one DDP worker each); classification
             trains on one device per process (several GPUs: launch with torchrun).
     """
+    import torch  # here, not at import: recipe validation (parse_device) must not load torch
+
     try:
         devices = parse_device(value)
     except ValueError as exc:
@@ -99,6 +104,8 @@ def check_device(value: Any, where: str, *, several: bool = True) -> list[Device
 def torch_device(value: Any, where: str) -> torch.device:
     """The one ``torch.device`` a single-device setting names, checked (``auto``: this rank's GPU, else CPU)."""
     import os
+
+    import torch  # here, not at import: recipe validation (parse_device) must not load torch
 
     ((kind, index),) = check_device(value, where, several=False)
     if kind == "auto":

@@ -8,6 +8,7 @@ training or saving, sometimes after the training time was spent.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -65,3 +66,8 @@ def check_output_file(path: str | Path, field: str) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{field}: {path} exists and is not writable; choose another file")
     return path
+
+
+def slug(name: str) -> str:
+    """A file-system-safe version of a run name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"

@@ -185,3 +185,7 @@ class TrainabilityPlan:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+#: What checkpoints of adapted models pickle from this module (the checkpoint loader's allow-list reads it).
+CHECKPOINT_CLASSES: tuple[Any, ...] = (TrainabilityPlan, keep_bn_eval)

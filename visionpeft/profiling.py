@@ -1,16 +1,25 @@
-"""Training-memory accounting that works on CPU as well as on CUDA.
+"""Training-memory accounting that works on CPU as well as on CUDA: the one meaning of ``peak_mem_mb``.
 
-On CUDA the allocator's peak is the truth (``torch.cuda.max_memory_allocated``). On CPU there is no
-allocator peak to read, so the training footprint is counted from its parts: parameters, gradients,
-optimizer state, and the activations autograd saves for the backward pass (the part PEFT methods
-change most). Saved tensors are counted once per storage, since views share memory.
+``peak_mem_mb`` (``metrics.json``, the report, TensorBoard's ``perf/peak_mem_mb``), in both tasks: the memory
+footprint of **one training step of this run's model**, measured on the first step after the optimizer's first
+update (so its state exists), in MiB (:class:`StepMemory`, :func:`measure_step_memory`):
+
+* CUDA: the allocator's peak during that step, less what was allocated before it, plus the model's own
+  parameters, gradients and optimizer state held at its start. Other models resident on the GPU (a side-by-side
+  benchmark) or cached batches are not counted, so runs are comparable with one that had the GPU to itself.
+* CPU (no allocator peak to read): the footprint counted from its parts: parameters, gradients and optimizer state
+  of the trainable parameters, and the activations autograd saves for the backward pass (the part PEFT methods
+  change most), each storage counted once, since views share memory.
+
+Validation, data loading and the evaluation of other models are not part of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,3 +126,44 @@ def measure_step_memory(
     if cuda:
         torch.cuda.synchronize(device)
         stats.cuda_peak = torch.cuda.max_memory_allocated(device) - before + held
+
+
+class StepMemory:
+    """``peak_mem_mb`` of a run (see the module docstring), for a loop that reports steps by callbacks.
+
+    Call :meth:`begin` when a training step starts and :meth:`end` when it is over (after its optimizer update);
+    the step measured is the first one begun after ``updates >= 1``. Classification's loop and the Ultralytics
+    trainer's callbacks both use it, so the number means the same in both tasks.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+        self._stack: ExitStack | None = None
+        self._stats: MemoryStats | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.peak_mb > 0.0
+
+    def begin(self, model: nn.Module, optimizer: Any, updates: int) -> None:
+        """Start measuring this step if it is the one (the first after ``updates`` reached 1)."""
+        if self.measured or self._stack is not None or updates < 1:
+            return
+        self._stack = ExitStack()
+        self._stats = self._stack.enter_context(measure_step_memory(model, optimizer, self.device))
+
+    def end(self) -> None:
+        """Finish a step begun with :meth:`begin` (no-op for the steps not measured)."""
+        if self._stack is None:
+            return
+        self._stack.close()
+        self._stack = None
+        assert self._stats is not None
+        self.peak_mb = self._stats.peak_mb
+
+    def abort(self) -> None:
+        """Leave the measurement of a step that did not finish (an exception inside it)."""
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None

@@ -36,8 +36,6 @@ class TokenSpec:
     patch_size: int = 16
 
 
-#: The former name of :class:`TokenSpec` (the same class), kept so existing code and checkpoints work.
-PromptSpec = TokenSpec
 
 
 @dataclass(frozen=True)
@@ -82,11 +80,6 @@ class ModelSpec:
     mlp_modules: tuple[str, ...] | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
-    @property
-    def prompt(self) -> TokenSpec | None:
-        """The former name of :attr:`tokens` (where VPT puts its prompts)."""
-        return self.tokens
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle a spec, including one saved before the roles existed (``prompt`` became ``tokens``)."""
         state = dict(state)
@@ -95,3 +88,8 @@ class ModelSpec:
         for name, value in (("stem", ()), ("tokens", None)):
             state.setdefault(name, value)
         self.__dict__.update(state)
+
+
+#: What checkpoints of adapted models pickle from this module (the checkpoint loader's allow-list reads it). A spec
+#: saved before the roles existed names its token role by the former class name.
+CHECKPOINT_CLASSES: tuple[Any, ...] = (ModelSpec, TokenSpec, (TokenSpec, "visionpeft.spec.PromptSpec"))

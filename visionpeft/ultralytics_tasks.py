@@ -137,7 +137,7 @@ TASKS: dict[str, UltralyticsTask] = {
         (Metric("top1", "metrics/accuracy_top1", "top-1", "validation top-1 accuracy of the kept (best) model, "
                 "fraction 0-1"),
          Metric("top5", "metrics/accuracy_top5", "top-5", "validation top-5 accuracy of the kept model, fraction 0-1")),
-        ("top1", "top5"), data_format="folder", label_rule=None, head_exclude=(), draws=False,
+        ("top1", "top5"), data_format="folder", label_rule=None, draws=False,
         summary="image classes (a dataset folder)"),
     # Ultralytics 8.4.190's dense tasks (YOLO26-sem / YOLO26-depth); their rules: visionpeft.tasks.ultralytics.dense.
     "semantic": UltralyticsTask(

@@ -46,9 +46,9 @@ def test_vit_spec_blocks_head_prompt() -> None:
     assert spec.head == ("head",)
     assert spec.blocks == ("patch_embed", "blocks.0", "blocks.1", "blocks.2", "norm")
     assert spec.extra["block_members"]["patch_embed"] == ("patch_embed", "cls_token", "pos_embed")
-    assert spec.prompt is not None
-    assert spec.prompt.blocks == ("blocks.0", "blocks.1", "blocks.2")
-    assert (spec.prompt.embed_dim, spec.prompt.num_prefix_tokens, spec.prompt.patch_size) == (192, 1, 8)
+    assert spec.tokens is not None
+    assert spec.tokens.blocks == ("blocks.0", "blocks.1", "blocks.2")
+    assert (spec.tokens.embed_dim, spec.tokens.num_prefix_tokens, spec.tokens.patch_size) == (192, 1, 8)
     lora = match_modules(model, list(spec.lora_targets), what="module", field="t")
     assert len(lora) == 3 * 4 and all(type(m).__name__ == "Linear" for m in lora.values())
     assert all(n.startswith("blocks.") for n in lora)
@@ -62,7 +62,7 @@ def test_vit_avg_pool_registers_spec() -> None:
     assert spec.head == ("head", "fc_norm")
     assert spec.blocks == ("patch_embed", "blocks.0", "blocks.1", "blocks.2")
     assert spec.extra["block_members"]["patch_embed"] == ("patch_embed", "reg_token", "pos_embed")
-    assert spec.prompt.num_prefix_tokens == 4
+    assert spec.tokens.num_prefix_tokens == 4
     _assert_partition(model, spec)
 
 
@@ -71,7 +71,7 @@ def test_deit_distilled_spec() -> None:
     spec = timm_spec(model)
     assert spec.head == ("head", "head_dist")
     assert "dist_token" in spec.extra["block_members"]["patch_embed"]
-    assert spec.prompt.num_prefix_tokens == 2 and spec.prompt.patch_size == 16
+    assert spec.tokens.num_prefix_tokens == 2 and spec.tokens.patch_size == 16
     _assert_partition(model, spec)
 
 
@@ -79,7 +79,7 @@ def test_deit_spec() -> None:
     model = build_model("deit_tiny_patch16_224", 3, img_size=32, depth=2)
     spec = timm_spec(model)
     assert spec.head == ("head",) and spec.blocks == ("patch_embed", "blocks.0", "blocks.1", "norm")
-    assert spec.prompt.num_prefix_tokens == 1
+    assert spec.tokens.num_prefix_tokens == 1
     _assert_partition(model, spec)
 
 
@@ -89,7 +89,7 @@ def test_resnet_spec() -> None:
     assert spec.head == ("fc",)
     assert spec.blocks == ("conv1", "layer1", "layer2", "layer3", "layer4")
     assert spec.extra["block_members"]["conv1"] == ("conv1", "bn1")
-    assert spec.prompt is None
+    assert spec.tokens is None
     assert spec.lora_targets == ("Conv2d",)
     targets = match_modules(model, ["Conv2d"], what="module", field="t")
     excluded = match_modules(model, list(spec.lora_exclude), what="module", field="t")
@@ -106,7 +106,7 @@ def test_efficientnet_spec() -> None:
     assert spec.blocks == ("conv_stem", *[f"blocks.{i}" for i in range(7)], "conv_head")
     assert spec.extra["block_members"]["conv_head"] == ("conv_head", "bn2")
     assert spec.lora_targets == ("Conv2d",) and spec.lora_exclude == ("conv_stem", "classifier")
-    assert spec.prompt is None
+    assert spec.tokens is None
     _assert_partition(model, spec)
 
 

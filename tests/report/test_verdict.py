@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from visionpeft.examples import read_examples, write_examples
 from visionpeft.report.verdict import bootstrap_row, paired_scores
 from visionpeft.tasks.base import RunResult, StrategyRuns
-from visionpeft.tasks.examples import read_examples, write_examples
 
 FILES = [f"/data/test/{c}/{i}.png" for c in ("a", "b") for i in range(5)]
 LABELS = [0] * 5 + [1] * 5

@@ -23,7 +23,7 @@ from tests.fixtures import tiny_cnn
 from visionpeft.backends import generic_spec, spec_for
 from visionpeft.backends.timm import _block_groups, _structural_groups, build_model, timm_spec
 from visionpeft.matching import match_modules, name_matches
-from visionpeft.spec import ModelSpec, PromptSpec, TokenSpec
+from visionpeft.spec import ModelSpec, TokenSpec
 from visionpeft.strategies import registry, roles
 from visionpeft.strategies.base import ApplyContext, ApplyReport, Strategy, StrategyConfig
 
@@ -231,15 +231,14 @@ def test_model_without_a_matcher_falls_back_to_the_structure(monkeypatch):
     assert [g[0] for g in groups] == ["conv1", "layer1", "layer2", "layer3", "layer4"] and stem == ("conv1", "bn1")
 
 
-def test_prompt_is_the_token_role_and_old_pickles_load():
+def test_old_pickles_with_the_prompt_field_load():
     model = _vit()
     spec = timm_spec(model)
-    assert PromptSpec is TokenSpec and spec.prompt is spec.tokens
     assert spec.tokens == TokenSpec(("blocks.0", "blocks.1", "blocks.2"), 192, 1, 8)
     state = {k: v for k, v in pickle.loads(pickle.dumps(spec)).__dict__.items() if k not in ("stem", "tokens")}
     old = ModelSpec.__new__(ModelSpec)
     old.__setstate__({**state, "prompt": spec.tokens})  # how a spec pickled before the roles comes back
-    assert old.tokens == spec.tokens and old.prompt == spec.tokens and old.stem == ()
+    assert old.tokens == spec.tokens and old.stem == () and not hasattr(old, "prompt")
 
 
 def test_a_spec_pickled_under_the_former_names_loads_through_the_restricted_unpickler():
@@ -258,7 +257,7 @@ def test_a_spec_pickled_under_the_former_names_loads_through_the_restricted_unpi
     assert old.count(b"PromptSpec") == 1 and b"X\x06\x00\x00\x00tokens" not in old
     torch.serialization.add_safe_globals(visionpeft_globals())
     loaded = torch.load(io.BytesIO(old), weights_only=True)["spec"]
-    assert loaded.tokens == spec.tokens and loaded.prompt == spec.tokens and loaded == spec
+    assert loaded.tokens == spec.tokens and loaded == spec
 
 
 # ------------------------------------------------------------------- a new method, no backend edit

@@ -22,13 +22,16 @@ __all__ = ["Backend", "BACKENDS", "backend_named", "backend_for", "spec_for", "g
 class Backend(Protocol):
     """What a backend provides to the engines (see ``docs/architecture.md``: adding a backend).
 
+    Every method is called by the engines: ``build_model`` / ``spec`` / ``data_config`` when the classification
+    runner builds its base model, ``spec`` through :func:`spec_for` on every ``apply``, ``export_merged`` by
+    ``visionpeft merge`` of an Ultralytics run. :func:`backend_for` matches a model to a backend by the top-level
+    package of its class, which is the backend's ``name``.
+
     Attributes:
-        name: the backend's name (``timm``, ``ultralytics``); engines refer to it.
-        module_root: top-level package of the model classes it owns (``timm``, ``ultralytics``).
+        name: the backend's name (``timm``, ``ultralytics``), also the package its model classes come from.
     """
 
     name: str
-    module_root: str
 
     def build_model(self, source: str | Path, **kwargs: Any) -> nn.Module:
         """The model ``source`` names (timm name / Ultralytics ``.pt`` or yaml), float32, eval mode."""

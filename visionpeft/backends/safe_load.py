@@ -37,20 +37,17 @@ def trust_pickle() -> bool:
 
 
 def visionpeft_globals() -> list[Any]:
-    """The visionpeft objects an adapted checkpoint pickles: state, plan, spec, strategy configs and every
-    adapter module a strategy puts into the model (LoRA, DoRA, LoHa, LoKr and SSF layers, AdaptFormer's
-    adapters and the forward hook that calls them). A new strategy's module classes belong here."""
-    from .. import api, plan, spec
-    from ..strategies import adaptformer, dora, loha, lokr, registry, ssf
-    from ..strategies.lora import layers
+    """The visionpeft objects an adapted checkpoint pickles, as their owners declare them: the adapted state, plan
+    and spec (``CHECKPOINT_CLASSES`` of :mod:`visionpeft.state`, :mod:`visionpeft.plan`, :mod:`visionpeft.spec`),
+    every strategy's config class and the module classes each strategy puts into a model
+    (``Strategy.checkpoint_classes``: LoRA, DoRA, LoHa, LoKr and SSF layers, AdaptFormer's adapters and hook)."""
+    from .. import plan, spec, state
+    from ..strategies import registry
 
-    configs = [registry.config_class(method) for method in registry.available()]
-    modules = [layers.LoRALinear, layers.LoRAConv2d, dora.DoRALinear, dora.DoRAConv2d, loha.LoHaLayer,
-               lokr.LoKrLayer, ssf.SSFLayer, adaptformer.AdaptFormerAdapter, adaptformer._AddAdapter]
-    # A spec saved before the roles existed names its token role by the former class name.
-    old_token_name = (spec.TokenSpec, "visionpeft.spec.PromptSpec")
-    return [api.AdaptedState, plan.TrainabilityPlan, plan.keep_bn_eval, spec.ModelSpec, spec.TokenSpec,
-            old_token_name, *modules, *configs]
+    methods = registry.available()
+    configs = [registry.config_class(m) for m in methods]
+    modules = [c for m in methods for c in registry.strategy_class(m).checkpoint_classes]
+    return [*state.CHECKPOINT_CLASSES, *plan.CHECKPOINT_CLASSES, *spec.CHECKPOINT_CLASSES, *modules, *configs]
 
 
 def _safe_load_class() -> Any:

@@ -639,7 +639,6 @@ class _TimmBackend:
     """The timm :class:`~visionpeft.backends.Backend` (``BACKEND``): the functions of this module."""
 
     name = "timm"
-    module_root = "timm"
 
     def build_model(self, source: str | Path, **kwargs: Any) -> nn.Module:
         """:func:`build_model` (``num_classes`` defaults to 1000, timm's ImageNet head)."""

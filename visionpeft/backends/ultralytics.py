@@ -425,7 +425,6 @@ class _UltralyticsBackend:
     """The Ultralytics :class:`~visionpeft.backends.Backend` (``BACKEND``): the functions of this module."""
 
     name = "ultralytics"
-    module_root = "ultralytics"
 
     def build_model(self, source: str | Path, **kwargs: Any) -> nn.Module:
         """:func:`build_model` (keywords ``nc``, ``task``, ``verbose``)."""

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..tasks.base import RunResult, StrategyRuns
+from ..results import RunResult, StrategyRuns
 from .stats import mean_interval, paired_interval, verdict
 from .verdict import bootstrap_row
 

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..tasks.base import RunResult, StrategyRuns
+from ..results import RunResult, StrategyRuns
 from .aggregate import as_groups, grid_rows, has_test, headline, metric_names, seed_rows, strategy_rows
 
-__all__ = ["write_report", "report_rows", "environment", "markdown_table"]
+__all__ = ["write_report", "report_rows", "environment"]
 
 _BASE_COLS = ("strategy", "trainable_params", "total_params", "trainable_pct")
 _INTERVAL = ("95% Student t-interval over seeds (paired by seed for deltas: verdict_t); deltas also get a paired "
@@ -58,24 +58,6 @@ def report_rows(results: Sequence[RunResult | StrategyRuns], primary_metric: str
     groups = as_groups(results)
     metrics = metric_names(groups)
     return strategy_rows(groups, primary_metric or (metrics[0] if metrics else "top1"))
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A GitHub-flavoured Markdown table of ``rows`` restricted to ``columns``."""
-    head = "| " + " | ".join(columns) + " |\n| " + " | ".join("---" for _ in columns) + " |\n"
-    return head + "".join("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
 
 
 _KNOWN_WEIGHTS = {

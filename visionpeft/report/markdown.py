@@ -5,9 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..tasks.base import StrategyRuns
+from ..results import StrategyRuns
 
 __all__ = ["report_markdown", "protocol_lines", "display_rows"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` restricted to ``columns``."""
+    head = "| " + " | ".join(columns) + " |\n| " + " | ".join("---" for _ in columns) + " |\n"
+    return head + "".join("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
 
 
 def _num(value: Any, digits: int = 4, sign: bool = False) -> str:
@@ -88,7 +106,6 @@ def report_markdown(groups: Sequence[StrategyRuns], rows: Sequence[dict[str, Any
                     primary: str, provenance: list[str], name: str,
                     extra: dict[str, Any] | None = None) -> tuple[list[str], str]:
     """The ``report.md`` lines and the main table (also printed by the caller)."""
-    from .compare import markdown_table
 
     head = doc["protocol"]["headline"]
     other = f"{primary}_val" if doc["protocol"]["test_split"] else None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..tasks.base import GridPoint, RunResult, StrategyRuns
+from ..results import GridPoint, RunResult, StrategyRuns
 
 __all__ = ["save_runs", "load_runs", "RUNS_FILE"]
 

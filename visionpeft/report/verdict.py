@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tasks.base import RunResult, StrategyRuns
-from ..tasks.examples import read_examples
+from ..examples import read_examples
+from ..results import RunResult, StrategyRuns
 from .bootstrap import BootstrapResult, paired_bootstrap
 
 __all__ = ["paired_scores", "bootstrap_row"]

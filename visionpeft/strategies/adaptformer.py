@@ -150,6 +150,7 @@ class AdaptFormerStrategy(Strategy):
     """Add an :class:`AdaptFormerAdapter` beside each selected MLP module."""
 
     method = "adaptformer"
+    checkpoint_classes = (AdaptFormerAdapter, _AddAdapter)
     config_cls = AdaptFormerConfig
     config: AdaptFormerConfig
     mergeable = False  # visionpeft.merge refuses before touching the model

@@ -92,6 +92,9 @@ class Strategy(ABC):
     method: ClassVar[str]
     config_cls: ClassVar[type[StrategyConfig]]
     adds_trainables: ClassVar[bool] = True
+    #: Module classes (and hook callables) this method puts into a model, which an Ultralytics checkpoint of the
+    #: adapted model pickles: the checkpoint loader's allow-list (:mod:`visionpeft.backends.safe_load`) reads them.
+    checkpoint_classes: ClassVar[tuple[Any, ...]] = ()
     #: ``False`` for methods that cannot be folded into plain weights (VPT); merge() then raises.
     mergeable: ClassVar[bool] = True
 

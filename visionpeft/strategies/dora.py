@@ -180,6 +180,7 @@ class DoRAStrategy(LoRAStrategy):
     """Wrap the selected Linear/Conv2d modules with :class:`DoRALinear` / :class:`DoRAConv2d`."""
 
     method = "dora"
+    checkpoint_classes = (DoRALinear, DoRAConv2d)
     config_cls = DoRAConfig
     layer_cls = _DoRAMixin
 

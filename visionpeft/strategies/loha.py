@@ -103,6 +103,7 @@ class LoHaStrategy(LycorisStrategy):
     """Wrap the selected Linear/Conv2d modules with :class:`LoHaLayer`."""
 
     method = "loha"
+    checkpoint_classes = (LoHaLayer,)
     config_cls = LoHaConfig
     layer_cls = LoHaLayer
 

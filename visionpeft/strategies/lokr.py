@@ -151,6 +151,7 @@ class LoKrStrategy(LycorisStrategy):
     """Wrap the selected Linear/Conv2d modules with :class:`LoKrLayer`."""
 
     method = "lokr"
+    checkpoint_classes = (LoKrLayer,)
     config_cls = LoKrConfig
     layer_cls = LoKrLayer
     config: LoKrConfig

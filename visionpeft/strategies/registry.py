@@ -65,8 +65,8 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def config_class(method: str) -> type[StrategyConfig]:
-    """The typed config class of ``method``."""
+def strategy_class(method: str) -> type[Strategy]:
+    """The :class:`Strategy` class registered as ``method`` (``ConfigError`` with a "did you mean")."""
     _load_builtins()
     if method not in _REGISTRY:
         hint = closest(method, _REGISTRY)
@@ -74,7 +74,12 @@ def config_class(method: str) -> type[StrategyConfig]:
             f"unknown strategy method {brief(method)}; available: {sorted(_REGISTRY)}"
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
-    return _REGISTRY[method].config_cls
+    return _REGISTRY[method]
+
+
+def config_class(method: str) -> type[StrategyConfig]:
+    """The typed config class of ``method``."""
+    return strategy_class(method).config_cls
 
 
 def parse_config(entry: Mapping[str, Any] | StrategyConfig, where: str = "strategies") -> StrategyConfig:

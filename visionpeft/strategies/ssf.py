@@ -229,6 +229,7 @@ class SSFStrategy(Strategy):
     """Wrap the selected layers with :class:`SSFLayer`."""
 
     method = "ssf"
+    checkpoint_classes = (SSFLayer,)
     config_cls = SSFConfig
     config: SSFConfig
 

@@ -2,7 +2,7 @@
 
 The prompts live in a small module added to the root model (``model.vpt``, parameter ``vpt.prompts`` of
 shape ``(1 or prompted blocks, tokens, embed_dim)``), and three kinds of forward hooks splice them into the
-token sequence that flows through the token blocks of the spec's ``tokens`` role (``spec.prompt``):
+token sequence that flows through the token blocks of the spec's ``tokens`` role (``spec.tokens``):
 
 * a pre-hook on the first prompted block inserts the prompt tokens right after the prefix tokens
   (class/distillation/register tokens): ``[prefix, prompts, patches]``;

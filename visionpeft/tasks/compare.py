@@ -8,19 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..outputs import slug
 from . import get_task
 from .base import RunResult
 from .distributed import barrier, broadcast_object, is_main
 
-__all__ = ["run_compare", "report_compare", "new_run_dir", "slug", "write_experiment_for", "remove_empty_tree"]
+__all__ = ["run_compare", "report_compare", "new_run_dir", "write_experiment_for", "remove_empty_tree"]
 
 #: report.json keys that ``write_report`` computes; any other key came from the caller (``extra``) and is kept.
 _COMPUTED = ("primary_metric", "protocol", "runs", "seed_runs", "lr_sweeps", "recipe")
-
-
-def slug(name: str) -> str:
-    """A file-system-safe version of a run name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
 
 
 def new_run_dir(recipe: Any, suffix: str = "") -> Path:

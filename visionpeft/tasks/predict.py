@@ -23,15 +23,12 @@ from typing import Any
 
 from ..errors import ConfigError, closest
 
-__all__ = ["PredictOptions", "parse_predict_args", "list_images", "predict_run", "IMAGE_SUFFIXES", "OnImage"]
+__all__ = ["PredictOptions", "parse_predict_args", "list_images", "predict_run", "OnImage"]
 
 #: Called after each image, in order: ``(index, total, file, predictions, speed)``, ``speed`` in milliseconds per
 #: stage (``preprocess``, ``inference``, ``postprocess``) as Ultralytics' ``Results.speed``.
 OnImage = Callable[[int, int, str, list, dict], None]
 
-#: Image files a source folder or glob contributes (Ultralytics' ``IMG_FORMATS`` minus video).
-IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
-                            ".heic", ".avif", ".jp2"})
 
 
 @dataclass(frozen=True)
@@ -115,8 +112,12 @@ def parse_predict_args(items: Sequence[str]) -> PredictOptions:
     return PredictOptions(**values)
 
 
-def list_images(source: str) -> list[Path]:
+def list_images(source: str, suffixes: frozenset[str]) -> list[Path]:
     """The image files ``source`` names (a file, a folder's images, or a glob), sorted; checked to exist.
+
+    ``suffixes`` are the image suffixes of the run's own image reader (its runner's ``image_suffixes``: a
+    classification run reads what the classification folder reader reads, ``.ppm`` included; an Ultralytics run
+    what Ultralytics reads, its ``IMG_FORMATS``).
 
     Raises:
         ConfigError: the source does not exist, names no image, or is a file that is not an image.
@@ -129,24 +130,24 @@ def list_images(source: str) -> list[Path]:
         files = sorted(p for p in path.iterdir() if p.is_file())
         where = f"the folder {path}"
     elif path.is_file():
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ConfigError(f"source: {path} is not an image (suffixes {sorted(IMAGE_SUFFIXES)[:8]}...); give an "
+        if path.suffix.lower() not in suffixes:
+            raise ConfigError(f"source: {path} is not an image (suffixes {sorted(suffixes)[:8]}...); give an "
                               "image, a folder of images or a glob")
         return [path.resolve()]
     else:
         raise ConfigError(f"source: {source} does not exist; give an image, a folder of images or a glob such as "
                           "'images/*.jpg'")
-    images = [p.resolve() for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [p.resolve() for p in files if p.suffix.lower() in suffixes]
     if not images:
         raise ConfigError(f"source: {where} holds no images ({len(files)} other files; image suffixes "
-                          f"{sorted(IMAGE_SUFFIXES)[:8]}...){_nested_hint(path) if path.is_dir() else ''}")
+                          f"{sorted(suffixes)[:8]}...){_nested_hint(path, suffixes) if path.is_dir() else ''}")
     return images
 
 
-def _nested_hint(folder: Path) -> str:
+def _nested_hint(folder: Path, suffixes: frozenset[str]) -> str:
     """A folder is read without recursion (as Ultralytics does); say so when its subfolders hold images, as in an
     ImageFolder split (``val/<class>/*.jpg``)."""
-    nested = next((p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), None)
+    nested = next((p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes), None)
     if nested is None:
         return ""
     return (f"; its subfolders do (e.g. {nested.relative_to(folder)}): pass a glob such as "
@@ -176,11 +177,12 @@ def predict_run(run_dir: str | Path, options: PredictOptions, on_image: OnImage 
             an option the task does not take.
     """
     from ..engines import engine_of_run, load_attr
+    from . import get_task
 
     run_dir = Path(run_dir)
     engine = engine_of_run(run_dir)
     task = engine.task
-    images = list_images(options.source)
+    images = list_images(options.source, get_task(task).image_suffixes)
     predict_images = load_attr(engine.predict, f"predict for task {task!r}")
     out = _out_dir(run_dir, options.out)
     speeds: list[dict[str, float]] = []

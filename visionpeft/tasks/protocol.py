@@ -176,6 +176,6 @@ def run_protocol(task: TaskRunner, recipe: Any, runs: Mapping[str, list[dict[str
 
 
 def _slug(name: str) -> str:
-    from .compare import slug
+    from ..outputs import slug
 
     return slug(name)

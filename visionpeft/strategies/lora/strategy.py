@@ -112,6 +112,7 @@ class LoRAStrategy(Strategy):
     """
 
     method = "lora"
+    checkpoint_classes = (LoRALinear, LoRAConv2d)
     config_cls = LoRAConfig
     config: LoRAConfig
     #: Layer class whose instances :meth:`merge` folds away.

@@ -21,47 +21,40 @@ log = logging.getLogger("visionpeft.train")
 
 
 class PeakMemory(Hook):
-    """Peak training memory of the run.
-
-    CUDA: the allocator's peak over the whole run. CPU (no allocator peak to read): the footprint of one
-    training step counted from its parts by :func:`visionpeft.profiling.measure_step_memory`
-    (parameters + gradients + optimizer state + activations saved for backward), measured on the second
-    optimizer step so the optimizer state exists.
-    """
+    """Peak training memory of the run: ``peak_mem_mb`` as :mod:`visionpeft.profiling` defines it for both tasks
+    (one training step's footprint of this model, measured on the first step after the first optimizer update,
+    on CUDA and on CPU alike; :class:`~visionpeft.profiling.StepMemory`)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb = 0.0
-        self._measured = False
+        from ...profiling import StepMemory
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.meter = StepMemory(device)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.meter.peak_mb
 
     def step_context(self, trainer: Trainer) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" or self._measured or trainer.state.updates < 1:
+        if self.meter.measured or trainer.state.updates < 1:
             return contextlib.nullcontext()
-        self._measured = True
         return self._measure(trainer)
 
     @contextlib.contextmanager
     def _measure(self, trainer: Trainer) -> Iterator[None]:
-        from ...profiling import measure_step_memory
-
         model = trainer.model
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module
-        with measure_step_memory(model, trainer.optimizer, self.device) as stats:
+        self.meter.begin(model, trainer.optimizer, trainer.state.updates)
+        try:
             yield
-        self.peak_mb = stats.peak_mb
+        except BaseException:
+            self.meter.abort()
+            raise
+        self.meter.end()
 
     def current(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return self.peak_mb
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self.peak_mb = self.current()
+        """The measured value so far (0 before the measured step)."""
+        return self.meter.peak_mb
 
 
 class TensorBoardHook(Hook):

@@ -49,15 +49,16 @@ def build_base(recipe: Any, num_classes: int) -> tuple[nn.Module, ModelSpec, dic
     The head is initialised after seeding with ``recipe.seed``, so the same recipe always gives the
     same base model: adapters saved from a run load back onto it with a matching fingerprint.
     """
-    from ...backends.timm import build_model, data_config, timm_spec
+    from ...backends import backend_named
 
+    backend = backend_named("timm")
     seed_everything(recipe.seed)
     # Fixed-size models (ViTs) are created for the recipe's image size (position embeddings resampled).
-    model = build_model(recipe.model, num_classes, weights=recipe.weights, pretrained=recipe.pretrained,
-                        img_size=recipe.augment.img_size)
+    model = backend.build_model(recipe.model, num_classes=num_classes, weights=recipe.weights,
+                                pretrained=recipe.pretrained, img_size=recipe.augment.img_size)
     if recipe.head_init_std is not None:
         _init_head(model, recipe.head_init_std)
-    return model, timm_spec(model), data_config(model)
+    return model, backend.spec(model), backend.data_config(model)
 
 
 @torch.no_grad()

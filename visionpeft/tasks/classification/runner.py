@@ -21,12 +21,12 @@ from ...checkpoint import (
 from ...data import build_data, list_recipe_splits, resolve_data_config
 from ...data.loaders import make_loader
 from ...errors import ConfigError
+from ...examples import write_examples
 from ...logging.tensorboard import RunLogger
 from ...recipe import save_resolved
 from ..base import EPOCH_BASE, RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from ..divergence import kept_checkpoint
-from ..examples import write_examples
 from . import features as feat
 from .compiled import compile_failure, compile_in_place
 from .hooks import CheckpointHook, EarlyStopping, LogHook, PeakMemory, ProgressHook, TensorBoardHook
@@ -405,6 +405,13 @@ class ClassificationTask:
                 "optimizer": r.optim.name, "img_size": s.data_cfg.img_size, "seed": r.seed}
 
     # --------------------------------------------------------------------------------- eval / merge
+    @property
+    def image_suffixes(self) -> frozenset[str]:
+        """What the classification folder reader lists (:data:`visionpeft.data.samples.IMAGE_EXTENSIONS`)."""
+        from ...data.samples import IMAGE_EXTENSIONS
+
+        return IMAGE_EXTENSIONS
+
     def load_model(self, run_dir: Path) -> nn.Module:
         """The run's adapted model (adapter of the best epoch loaded), eval mode."""
         return self.load_run(run_dir)[1]
@@ -432,7 +439,7 @@ class ClassificationTask:
         ``split`` is a role or a split name: ``val``, ``test`` and ``train`` mean the recipe's
         ``dataset.val_split`` / ``test_split`` / ``train_split``; any other name is used as it is.
         ``save_examples``: also write every image's label and top-1 prediction to ``<split>_examples.json`` in
-        the run directory (:mod:`visionpeft.tasks.examples`; one process only: under DDP nothing is written).
+        the run directory (:mod:`visionpeft.examples`; one process only: under DDP nothing is written).
 
         Validated as training validated: the same eval transform and batch size, the same autocast precision
         (``train.amp``) and, for a ``cache_features`` run, the backbone's features computed in float32 and the

@@ -18,7 +18,7 @@ import torch
 from ...errors import PlanViolationError
 from ..divergence import check_loss, kept_checkpoint
 
-__all__ = ["PerfMeter", "SavedTensorMeter", "metrics_from_ultralytics", "make_callbacks"]
+__all__ = ["PerfMeter", "metrics_from_ultralytics", "make_callbacks"]
 
 def metrics_from_ultralytics(metrics: dict[str, Any] | None, task: str) -> dict[str, float]:
     """visionpeft's metric names from Ultralytics' metric dict, as the task's row of
@@ -29,77 +29,46 @@ def metrics_from_ultralytics(metrics: dict[str, Any] | None, task: str) -> dict[
     return get(task).from_ultralytics(metrics)
 
 
-class SavedTensorMeter:
-    """Bytes autograd saves for the backward pass while active (each storage counted once)."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self._seen: set[tuple[int, int]] = set()
-        self._ctx: Any = None
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        if key not in self._seen:
-            self._seen.add(key)
-            self.bytes += key[1]
-        return t
-
-    def __enter__(self) -> SavedTensorMeter:
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
-        self._seen.clear()
-
-
 @dataclass
 class PerfMeter:
     """Step time, throughput and peak training memory of a run.
 
-    Memory: on CUDA, ``torch.cuda.max_memory_allocated``. On CPU the process' resident memory is not a fair
-    measure (the allocator keeps what earlier runs of a compare used), so it is computed instead for the first
-    training batch: parameters + gradients + optimizer state of the trainable parameters + every tensor
-    autograd saved for the backward pass (measured with ``saved_tensors_hooks``). That is where strategies
-    differ: a frozen prefix saves no activations, a frozen weight needs no gradient or optimizer state.
+    ``peak_mem_mb`` is :mod:`visionpeft.profiling`'s, the same quantity as classification's: one training step's
+    footprint of this model (:class:`~visionpeft.profiling.StepMemory`), measured on the first step after the
+    trainer's first optimizer update (``PeftTrainerMixin.optimizer_step`` counts them).
     """
 
     step_times: list[float] = field(default_factory=list)
     images: int = 0
-    peak_mem_mb: float = 0.0
     train_seconds: float = 0.0
     _t_step: float = 0.0
     _t_start: float = 0.0
-    _cuda: bool = False
-    _saved: SavedTensorMeter | None = None
-    _static_bytes: int = 0
+    _memory: Any = None
 
-    def start(self, device: torch.device, model: torch.nn.Module, optimizer: Any) -> None:
-        self._cuda = device.type == "cuda"
-        if self._cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            self._static_bytes = _static_train_bytes(model, optimizer)
-            self._saved = SavedTensorMeter()
+    @property
+    def peak_mem_mb(self) -> float:
+        return self._memory.peak_mb if self._memory is not None else 0.0
+
+    def start(self, device: torch.device) -> None:
+        from ...profiling import StepMemory
+
+        self._memory = StepMemory(device)
         self._t_start = time.perf_counter()
 
-    def step_start(self) -> None:
-        if self._saved is not None and not self.step_times:
-            self._saved.__enter__()
+    def step_start(self, model: torch.nn.Module, optimizer: Any, updates: int) -> None:
+        if self._memory is not None:
+            self._memory.begin(model, optimizer, updates)
         self._t_step = time.perf_counter()
 
     def step_end(self, batch_size: int) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-            self.peak_mem_mb = max(self.peak_mem_mb, torch.cuda.max_memory_allocated() / 2**20)
+        if self._memory is not None:
+            self._memory.end()
         self.step_times.append(time.perf_counter() - self._t_step)
         self.images += batch_size
-        if self._saved is not None and len(self.step_times) == 1:
-            self._saved.__exit__(None, None, None)
-            self.peak_mem_mb = (self._static_bytes + self._saved.bytes) / 2**20
 
     def stop(self) -> None:
+        if self._memory is not None:
+            self._memory.abort()  # a step begun but never ended (training stopped inside it)
         self.train_seconds = time.perf_counter() - self._t_start
 
     @property
@@ -111,15 +80,6 @@ class PerfMeter:
     @property
     def img_per_s(self) -> float:
         return self.images / max(sum(self.step_times), 1e-9)
-
-
-def _static_train_bytes(model: torch.nn.Module, optimizer: Any) -> int:
-    """Parameter + buffer bytes, plus gradient and optimizer-state bytes of the trainable parameters."""
-    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    name = type(optimizer).__name__.lower()
-    states = 2 if "adam" in name else 1 if "sgd" in name or "rmsprop" in name else 2
-    return total + trainable * (1 + states)
 
 
 def _check_optimizer(trainer: Any, model: torch.nn.Module) -> None:
@@ -147,7 +107,7 @@ def on_pretrain_routine_end(tr: Any) -> None:
     if tr.vp_logger is not None:
         tr.vp_logger.plan(tr.vp_plan)
         tr.vp_logger.session_start(tr.vp_hparams())
-    tr.vp_perf.start(tr.device, model, tr.optimizer)
+    tr.vp_perf.start(tr.device)
 
 
 def lr_tags(optimizer: Any, model: torch.nn.Module, plan: Any) -> list[str | None]:
@@ -191,7 +151,7 @@ def on_train_epoch_start(tr: Any) -> None:
 def on_train_batch_start(tr: Any) -> None:
     """Start timing one training step."""
     tr.vp_batch = getattr(tr, "vp_batch", 0) + 1
-    tr.vp_perf.step_start()
+    tr.vp_perf.step_start(tr.vp_model(), tr.optimizer, tr.vp_updates)
 
 
 def on_train_batch_end(tr: Any) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ...errors import ConfigError
 
 if TYPE_CHECKING:
-    from .data import DataInfo
+    from .images import DataInfo
 
 __all__ = ["check_cls_data"]
 
@@ -33,7 +33,7 @@ def check_cls_data(data: str | Path, *, splits: tuple[str, ...] = ("train", "val
             class folders themselves, so an image cannot be left out without changing the dataset; fix or remove
             the file the error names.
     """
-    from .data import IMG_SUFFIXES, DataInfo, _check_images
+    from .images import DataInfo, image_suffixes, readable_images
 
     root = Path(data)
     if not root.is_dir():
@@ -57,12 +57,12 @@ def check_cls_data(data: str | Path, *, splits: tuple[str, ...] = ("train", "val
                               f"in train/ ({list(names.values())[:6]}); the class folders must match")
         images = []
         for cls in _class_dirs(folder):
-            found = sorted(f for f in cls.rglob("*") if f.suffix.lower() in IMG_SUFFIXES)
+            found = sorted(f for f in cls.rglob("*") if f.suffix.lower() in image_suffixes())
             if not found and split == "train":
-                raise ConfigError(f"data: {cls}: no images (suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
+                raise ConfigError(f"data: {cls}: no images (suffixes {sorted(image_suffixes())[:6]}...)")
             images += found
         if check_images:
-            images, skipped[split] = _check_images(images, False, f"{folder}")
+            images, skipped[split] = readable_images(images, False, f"{folder}")
         out[split] = images
     del skip_bad_images  # folder datasets cannot leave files out: bad images are always errors (see above)
-    return DataInfo(yaml_path=root, names=names, splits=out, skipped=skipped)
+    return DataInfo(source=root, names=names, splits=out, skipped=skipped)

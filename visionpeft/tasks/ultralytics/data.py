@@ -11,7 +11,6 @@ or a list of those; the label of ``.../images/x.jpg`` is ``.../labels/x.txt``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +18,10 @@ from ...errors import ConfigError
 from ...safe_yaml import brief, brief_text, load_yaml_file, read_text_file
 from ...ultralytics_tasks import UltralyticsTask
 from ...ultralytics_tasks import get as task_row
+from .images import DataInfo, image_suffixes, readable_images
 from .labels import label_path
 
-__all__ = ["DataInfo", "check_data", "label_path", "IMG_SUFFIXES", "resolve_task_data", "model_kwargs"]
-
-IMG_SUFFIXES = frozenset(
-    {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic", ".avif", ".jp2"}
-)
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What the data yaml describes.
-
-    Attributes:
-        yaml_path: the data yaml.
-        names: class id -> name, as the task's Ultralytics trainer gives them to the model (polygon ``semantic``
-            data: the yaml's classes and ``background``, see :meth:`.labels.LabelRule.trained_names`).
-        splits: split name -> image files.
-        boxes: split name -> number of labels (label rows; per-pixel maps for ``semantic`` masks and ``depth``),
-            counted when ``check_labels``.
-        skipped: split name -> unreadable images left out of ``splits`` (``skip_bad_images``).
-    """
-
-    yaml_path: Path
-    names: dict[int, str]
-    splits: dict[str, list[Path]]
-    boxes: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, list[Path]] = field(default_factory=dict)
-
-    @property
-    def nc(self) -> int:
-        return len(self.names)
-
+__all__ = ["check_data", "label_path", "resolve_task_data", "model_kwargs", "write_without_skipped"]
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -110,59 +80,22 @@ def _split_images(entry: Any, root: Path, yaml_path: Path, split: str) -> list[P
         p = Path(str(item))
         p = p if p.is_absolute() else root / p
         if p.is_dir():
-            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_SUFFIXES)
+            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in image_suffixes())
         elif p.is_file() and p.suffix == ".txt":
             for line in read_text_file(p, f"{yaml_path}: {split} image list").splitlines():
                 line = line.strip()
                 if line:
                     f = Path(line)
                     images.append(f if f.is_absolute() else (p.parent / line).resolve())
-        elif p.is_file() and p.suffix.lower() in IMG_SUFFIXES:
+        elif p.is_file() and p.suffix.lower() in image_suffixes():
             images.append(p)
         else:
             raise ConfigError(f"{yaml_path}: {split}: {brief(item)} -> {brief_text(str(p))} does not exist "
                               "(expected an image folder)")
     if not images:
         raise ConfigError(f"{yaml_path}: {split}: no images under {brief(items)} "
-                          f"(suffixes {sorted(IMG_SUFFIXES)[:6]}...)")
+                          f"(suffixes {sorted(image_suffixes())[:6]}...)")
     return images
-
-
-#: PIL modes Ultralytics' reader (OpenCV ``imread``) turns into correct 8-bit BGR (16-bit grey is scaled).
-READABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B",
-                            "I;16N"})
-
-
-def image_problem(path: Path) -> str | None:
-    """Why Ultralytics cannot train on the image at ``path`` (a one-line message naming it), or ``None``."""
-    from ...data.image import SKIP_HINT, ImageError, open_checked
-
-    try:
-        img = open_checked(path)
-    except ImageError as exc:
-        return str(exc)
-    mode = img.mode
-    img.close()
-    if mode not in READABLE_MODES:
-        return (f"{path}: PIL image mode {mode!r} (32-bit integer or float samples), which Ultralytics' image reader "
-                f"(OpenCV) cannot decode. Save it as 8- or 16-bit RGB or greyscale. {SKIP_HINT}")
-    return None
-
-
-def _check_images(images: list[Path], skip_bad: bool, where: str) -> tuple[list[Path], list[Path]]:
-    """(readable images, skipped ones); without ``skip_bad`` the first unreadable image is an error."""
-    good, bad = [], []
-    for image in images:
-        problem = image_problem(image)
-        if problem is None:
-            good.append(image)
-        elif not skip_bad:
-            raise ConfigError(problem)
-        else:
-            bad.append(image)
-    if not good:
-        raise ConfigError(f"{where}: no readable images left after skipping {len(bad)} unreadable ones")
-    return good, bad
 
 
 def resolve_task_data(data: str | Path, row: UltralyticsTask) -> str:
@@ -221,7 +154,7 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
             raise ConfigError(f"{path}: missing '{split}:' (an image folder relative to the yaml, e.g. images/{split})")
         out[split] = _split_images(doc[split], root, path, split)
         if check_images:
-            out[split], skipped[split] = _check_images(out[split], skip_bad_images, f"{path}: {split}")
+            out[split], skipped[split] = readable_images(out[split], skip_bad_images, f"{path}: {split}")
         if check_labels:
             boxes[split] = rule.check_split(out[split], len(names))
             if split == "train" and boxes[split] == 0:
@@ -229,7 +162,7 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
                     f"{path}: train: no labels found for {len(out[split])} images (expected YOLO label files "
                     f"such as {label_path(out[split][0])}, beside an 'images' folder in a 'labels' folder)"
                 )
-    return DataInfo(yaml_path=path, names=rule.trained_names(names), splits=out, boxes=boxes, skipped=skipped)
+    return DataInfo(source=path, names=rule.trained_names(names), splits=out, boxes=boxes, skipped=skipped)
 
 
 def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:
@@ -243,7 +176,7 @@ def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The task's own keys stay (kpt_shape, masks_dir, label_mapping, depth_scale...), and the yaml's own 'names'
     # (info.names may hold a class the trainer adds, which it would then add twice).
-    original = _read_yaml(info.yaml_path)
+    original = _read_yaml(info.source)
     doc: dict[str, Any] = {"path": str(out_dir), **{k: v for k, v in original.items()
                                                     if k not in ("path", "train", "val", "test", "download")}}
     for split, images in info.splits.items():

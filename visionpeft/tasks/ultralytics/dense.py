@@ -62,12 +62,12 @@ def _relocate(image: Path, folder: str, suffix: str) -> Path:
 def mask_path(image: Path, masks_dir: str = "masks") -> Path:
     """The mask of ``image``: ``<masks_dir>/.../x.png`` (``SemanticDataset.get_label_files``), else, as
     ``verify_image_mask`` looks further, the first existing ``x.<image suffix>``."""
-    from .data import IMG_SUFFIXES
+    from .images import image_suffixes
 
     png = _relocate(image, masks_dir, ".png")
     if png.is_file():
         return png
-    return next((alt for alt in map(png.with_suffix, sorted(IMG_SUFFIXES)) if alt.is_file()), png)
+    return next((alt for alt in map(png.with_suffix, sorted(image_suffixes())) if alt.is_file()), png)
 
 
 def depth_path(image: Path) -> Path:

@@ -8,17 +8,27 @@ saved in Ultralytics' own checkpoint layout, so ``ultralytics.YOLO(path)`` loads
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ... import api
-from ...backends.ultralytics import save_plain_checkpoint
 from ...errors import ConfigError
 from ...safe_yaml import load_yaml_file
 
-__all__ = ["load_run_model", "merge_run", "save_plain_checkpoint", "run_checkpoint", "rebuild_from_adapter"]
+__all__ = ["merged_copy", "load_run_model", "merge_run", "run_checkpoint", "rebuild_from_adapter"]
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of an adapted model with every strategy folded into plain weights (safe to fuse)."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    out = copy.deepcopy(unwrap_model(model))
+    if api.get_state(out) is not None:
+        api.merge(out)
+    return out
 
 
 def run_checkpoint(run_dir: str | Path) -> Path:
@@ -106,4 +116,6 @@ def merge_run(run_dir: str | Path, out: str | Path) -> Path:
     for p in model.parameters():
         p.requires_grad_(False)
     meta = {"merged_from": str(run_dir), "strategies": strategies}
-    return save_plain_checkpoint(model, out, meta)
+    from ...backends import backend_named
+
+    return backend_named("ultralytics").export_merged(model, out, meta)

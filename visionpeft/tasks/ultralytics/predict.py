@@ -30,7 +30,7 @@ def predictor_class(model: nn.Module) -> tuple[str, Any]:
 
 def _check_images(images: list[Path]) -> None:
     from ..predict import unreadable
-    from .data import image_problem
+    from .images import image_problem
 
     for image in images:
         problem = image_problem(image)

@@ -40,7 +40,7 @@ from .callbacks import write_json
 
 if TYPE_CHECKING:
     from ...recipe.ultralytics import UltralyticsRecipe
-    from .data import DataInfo
+    from .images import DataInfo
 
 __all__ = ["UltralyticsRunner"]
 
@@ -300,6 +300,13 @@ class UltralyticsRunner:
         with path.open(newline="") as fh:
             rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(fh)]
         return [[float(r["time"]), float(r[column])] for r in rows if r.get("time") and r.get(column)]
+
+    @property
+    def image_suffixes(self) -> frozenset[str]:
+        """What Ultralytics reads (its ``IMG_FORMATS``; also what the data checks list)."""
+        from .images import image_suffixes
+
+        return image_suffixes()
 
     def load_model(self, run_dir: Path) -> Any:
         """The run's adapted model (EMA weights of the best epoch, ``weights/best.pt``), eval mode."""

@@ -43,7 +43,6 @@ through ``visionpeft train`` (the detection task runner).
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 from pathlib import Path
@@ -60,17 +59,10 @@ from ...plan import TrainabilityPlan
 from . import resume
 from .callbacks import PerfMeter, check_train_loss, make_callbacks, write_json
 from .ddp import launch_env, rewrap_ddp, settings_from_env
+from .merge import merged_copy
 
 # Also the generated ``Peft<UltralyticsTrainer>`` classes (``PeftDetectionTrainer``...; see :data:`TRAINERS`).
-__all__ = ["PeftTrainerMixin", "TRAINERS", "trainer_for", "MergingValidator", "merged_copy", "split_groups_by_owner"]
-
-
-def merged_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of an adapted model with every strategy folded into plain weights (safe to fuse)."""
-    out = copy.deepcopy(unwrap_model(model))
-    if api.get_state(out) is not None:
-        api.merge(out)
-    return out
+__all__ = ["PeftTrainerMixin", "TRAINERS", "trainer_for", "MergingValidator", "split_groups_by_owner"]
 
 
 class PeftTrainerMixin:
@@ -135,6 +127,7 @@ class PeftTrainerMixin:
         self.vp_run_dir = Path(self.vp_run_dir_cfg) if self.vp_run_dir_cfg else Path(self.save_dir)
         self.vp_perf = PerfMeter()
         self._vp_merged_from: str | None = None  # digest of the best.pt that merged.pt was written from
+        self.vp_updates = 0
         self.vp_logger = None
         # A DDP launcher (self.ddp) trains nothing itself: its workers log; of those, rank 0 only.
         if self.vp_tensorboard and RANK in {-1, 0} and not self.ddp:
@@ -306,6 +299,7 @@ class PeftTrainerMixin:
         """Ultralytics' update, refused for a non-finite loss: the NaN never reaches the weights or the EMA."""
         check_train_loss(self)
         super().optimizer_step()  # type: ignore[misc]
+        self.vp_updates += 1  # the memory meter measures the first step after the first update
 
     def save_model(self) -> Any:
         """Ultralytics' checkpoints, each written to a temporary file and renamed over the old one.
@@ -365,8 +359,10 @@ class PeftTrainerMixin:
         """Save the EMA model's adapter (what Ultralytics validates and checkpoints) to ``<run_dir>/<name>``."""
         if RANK not in {-1, 0}:
             return None
+        from ...adapter_io import save_adapter
+
         source = self.ema.ema if self.ema is not None else self.vp_model()
-        return api_save_adapter(source, self.vp_run_dir / name, {"epoch": int(self.epoch) + 1})
+        return save_adapter(source, self.vp_run_dir / name, extra={"epoch": int(self.epoch) + 1})
 
     def vp_write_plan(self) -> None:
         if RANK in {-1, 0} and self.vp_plan is not None:
@@ -449,9 +445,9 @@ class PeftTrainerMixin:
     def _vp_write_merged(self, merged: nn.Module, source: Path) -> None:
         """Ship-ready output (rank 0): a plain Ultralytics checkpoint, loadable without visionpeft."""
         if RANK in {-1, 0}:
-            from .merge import save_plain_checkpoint
+            from ...backends import backend_named
 
-            save_plain_checkpoint(merged, self.wdir / "merged.pt",
+            backend_named("ultralytics").export_merged(merged, self.wdir / "merged.pt",
                                   {"merged_from": str(source), "strategies": self.vp_strategies})
             self._vp_merged_from = _digest(Path(source))
 
@@ -583,12 +579,6 @@ def split_groups_by_owner(groups: list[dict[str, Any]], model: nn.Module, plan: 
         for (owner, lr, wd), params in split.items():
             out.append({**group, "params": params, "owner": owner, "lr": lr, "weight_decay": wd})
     return out
-
-
-def api_save_adapter(model: nn.Module, directory: Path, extra: dict[str, Any]) -> Path:
-    from ...adapter_io import save_adapter
-
-    return save_adapter(model, directory, extra=extra)
 
 
 def _peft_trainer(base: type) -> type[PeftTrainerMixin]:

@@ -82,8 +82,7 @@ def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None) -> di
     """
     from ...backends.ultralytics import is_rtdetr, model_task, task_classes
     from .callbacks import metrics_from_ultralytics
-    from .merge import load_run_model
-    from .trainer import merged_copy
+    from .merge import load_run_model, merged_copy
 
     model = load_run_model(run_dir)
     task = model_task(model)

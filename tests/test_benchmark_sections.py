@@ -1,10 +1,12 @@
-"""Benchmark scripts each own one marked section of a shared Markdown file."""
+"""Benchmark scripts each own one marked section of a shared Markdown file (``benchmarks/sections.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from visionpeft.report.sections import replace_marked_section
+from .fixtures import load_benchmark
+
+replace_marked_section = load_benchmark("sections").replace_marked_section
 
 A = ("<!-- a:start -->", "<!-- a:end -->")
 B = ("<!-- b:start -->", "<!-- b:end -->")
