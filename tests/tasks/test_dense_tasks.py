@@ -165,11 +165,10 @@ def test_merged_checkpoint_is_plain_ultralytics_with_the_same_outputs(run, tmp_p
                                                                                           abs=0.02)
 
 
+@pytest.mark.parametrize("run", ["depth"], indirect=True)
 def test_depth_calibration_reaches_the_merged_checkpoint(run):
     """Ultralytics' depth trainer calibrates best.pt after validating it: merged.pt carries the same scale."""
-    task, run_dir, _ = run
-    if task != "depth":
-        pytest.skip("depth only")
+    _, run_dir, _ = run
     best = torch.load(run_dir / "weights" / "best.pt", weights_only=False)
     merged = torch.load(run_dir / "weights" / "merged.pt", weights_only=False)
     cal = best["depth_calibration"]
