@@ -72,7 +72,7 @@ def test_export_bad_input_is_one_line_exit_2(tmp_path, capsys):
 def test_export_detection_run_for_peft(shared, tmp_path, capsys):
     """A 1-epoch conv-LoRA + head run of the COCO-backbone YOLOv5nu on coco8: PEFT on the plain base the run
     started from computes what the run's model computes."""
-    from tests.tasks.detection_support import copy_dataset
+    from tests.tasks.ultralytics_support import copy_dataset
     from visionpeft.safe_yaml import load_yaml_file
     from visionpeft.tasks.ultralytics.data import check_data
     from visionpeft.tasks.ultralytics.merge import build_training_model, load_run_model

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from visionpeft import ultralytics_tasks
-from visionpeft.engines import ENGINES, engine_of_run, get_engine, load_attr
+from visionpeft.engines import ENGINES, get_engine, load_attr
 from visionpeft.errors import ConfigError
 from visionpeft.logging.hparams import task_metrics
 from visionpeft.recipe import TASK_SCHEMAS
 from visionpeft.recipe.loader import schema_for
+from visionpeft.run_dir import engine_of_run
 from visionpeft.tasks import TASKS, TaskRunner, get_task
 
 

@@ -28,7 +28,7 @@ TB_URL = "http://localhost:6006/?smoothing=0#timeseries"
 
 def _runner_of_run(run_dir: Path) -> Any:
     """The runner of the engine that wrote ``run_dir`` (its recipe.yaml's task), from the engine registry."""
-    from .engines import engine_of_run
+    from .run_dir import engine_of_run
     from .tasks import get_task
 
     return get_task(engine_of_run(run_dir).task)

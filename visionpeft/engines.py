@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import ultralytics_tasks
 from .errors import ConfigError, closest
 
-__all__ = ["Engine", "ENGINES", "get_engine", "engine_of_run", "load_attr"]
+__all__ = ["Engine", "ENGINES", "get_engine", "load_attr"]
 
 
 @dataclass(frozen=True)
@@ -88,21 +87,3 @@ def load_attr(spec: str, what: str) -> Any:
         return obj
     except (ImportError, AttributeError, KeyError) as exc:
         raise ConfigError(f"{what} {spec} is not available: {exc}") from exc
-
-
-def engine_of_run(run_dir: str | Path) -> Engine:
-    """The engine of a run directory: the ``task`` its resolved ``recipe.yaml`` records.
-
-    Raises:
-        ConfigError: no ``recipe.yaml`` (not a run directory), not a mapping, or an unknown task.
-    """
-    from .safe_yaml import load_yaml_file
-
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml); give a directory written by "
-                          "'visionpeft train' or one of the NN-name folders of a compare directory")
-    doc = load_yaml_file(path) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a run's recipe.yaml must be a mapping, got {type(doc).__name__}")
-    return get_engine(str(doc.get("task", "classification")), where=f"{path}: task")

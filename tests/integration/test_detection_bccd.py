@@ -23,7 +23,7 @@ from visionpeft.errors import AdapterMismatchError  # noqa: E402
 from visionpeft.packaged import RECIPES_DIR
 from visionpeft.tasks.ultralytics.merge import build_training_model, rebuild_from_adapter  # noqa: E402
 
-from ..tasks.detection_support import copy_dataset  # noqa: E402
+from ..tasks.ultralytics_support import copy_dataset  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

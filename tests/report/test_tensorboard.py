@@ -150,7 +150,7 @@ def test_failed_compare_leaves_no_empty_folder(tmp_path, monkeypatch):
 
 def test_detection_compare_hparams(shared, tmp_path):
     pytest.importorskip("ultralytics")
-    from tests.tasks.detection_support import copy_dataset
+    from tests.tasks.ultralytics_support import copy_dataset
     from visionpeft.cli import main
 
     data = copy_dataset(shared, "coco8", tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .detection_support import copy_dataset
+from .ultralytics_support import copy_dataset
 
 
 @pytest.fixture(scope="module")

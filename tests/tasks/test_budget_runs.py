@@ -93,7 +93,7 @@ def test_uniform_budget_trains_in_ultralytics_and_reloads(coco8, weights, tmp_pa
     from visionpeft.tasks.ultralytics.merge import build_training_model
     from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer
 
-    from .detection_support import offline_args
+    from .ultralytics_support import offline_args
 
     cls = PeftDetectionTrainer.configure([{"method": "lora", "budget": 0.02}, {"method": "head"}],
                                          run_dir=tmp_path / "run")

@@ -14,7 +14,7 @@ from visionpeft.data.toy import make_toy_imagefolder
 from visionpeft.recipe import parse_recipe
 from visionpeft.tasks.classification import TASK as CLS
 
-from .detection_support import copy_dataset
+from .ultralytics_support import copy_dataset
 
 
 # ------------------------------------------------------------------------------------------ classification

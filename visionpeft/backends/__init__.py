@@ -24,8 +24,9 @@ class Backend(Protocol):
 
     Every method is called by the engines: ``build_model`` / ``spec`` / ``data_config`` when the classification
     runner builds its base model, ``spec`` through :func:`spec_for` on every ``apply``, ``export_merged`` by
-    ``visionpeft merge`` of an Ultralytics run. :func:`backend_for` matches a model to a backend by the top-level
-    package of its class, which is the backend's ``name``.
+    ``visionpeft merge`` of either task (and for the Ultralytics trainer's ``weights/merged.pt``).
+    :func:`backend_for` matches a model to a backend by the top-level package of its class, which is the
+    backend's ``name``.
 
     Attributes:
         name: the backend's name (``timm``, ``ultralytics``), also the package its model classes come from.

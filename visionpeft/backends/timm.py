@@ -652,13 +652,20 @@ class _TimmBackend:
         return data_config(model)
 
     def export_merged(self, model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """A merged timm model's state dict as safetensors (``timm.create_model(...).load_state_dict``)."""
+        """A merged timm model's state dict (``timm.create_model(...).load_state_dict``): safetensors for a
+        ``.safetensors`` path (``extra`` as its metadata), else a torch file written atomically.
+        ``visionpeft merge`` of a classification run writes through it."""
         from safetensors.torch import save_file
+
+        from ..checkpoint import atomic_save
 
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(out),
-                  metadata={k: str(v) for k, v in (extra or {}).items()})
+        sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        if out.suffix == ".safetensors":
+            save_file(sd, str(out), metadata={k: str(v) for k, v in (extra or {}).items()})
+        else:
+            atomic_save(sd, out)
         return out
 
 

@@ -65,11 +65,7 @@ class TaskRunner(Protocol):
 
 def load_run_recipe(run_dir: Path, overrides: Sequence[str] = ()) -> BaseRecipe:
     """The resolved recipe a run directory recorded (``recipe.yaml``), with ``key=value`` overrides applied."""
-    from ..errors import ConfigError
     from ..recipe import load_recipe
+    from ..run_dir import read_run_dir
 
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml); give a directory written by "
-                          "'visionpeft train' or one of the NN-name folders of a compare directory")
-    return load_recipe(path, overrides)
+    return load_recipe(read_run_dir(run_dir).recipe_path, overrides)

@@ -36,7 +36,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
             adapter PEFT cannot represent exactly.
     """
     from ..adapter_io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
-    from ..engines import engine_of_run
+    from ..run_dir import engine_of_run
 
     run_dir, out = Path(run_dir), Path(out)
     if fmt not in FORMATS:

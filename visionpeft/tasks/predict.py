@@ -176,7 +176,8 @@ def predict_run(run_dir: str | Path, options: PredictOptions, on_image: OnImage 
         ConfigError: not a run directory, a bad source (missing, no images, an unreadable image, naming it), or
             an option the task does not take.
     """
-    from ..engines import engine_of_run, load_attr
+    from ..engines import load_attr
+    from ..run_dir import engine_of_run
     from . import get_task
 
     run_dir = Path(run_dir)

@@ -489,11 +489,9 @@ class ClassificationTask:
         The sidecar's ``load`` line (Python, run where ``merge -o`` was given) rebuilds the architecture with
         ``create_kwargs`` (class count, and the image size of fixed-size models such as ViTs) and strict-loads it.
         """
-        from safetensors.torch import save_file
-
         from ...api import merge as merge_model
+        from ...backends import backend_named
         from ...backends.timm import create_kwargs, load_snippet
-        from ...checkpoint import atomic_save
         from ...outputs import check_output_file
 
         out = Path(out)
@@ -502,11 +500,7 @@ class ClassificationTask:
         check_output_file(out, "merge -o")
         recipe, model, _, meta = self.load_run(run_dir)
         merge_model(model)
-        sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        if out.suffix == ".safetensors":
-            save_file(sd, str(out))
-        else:
-            atomic_save(sd, out)
+        backend_named("timm").export_merged(model, out)
         pre = meta["preprocess"]
         # timm's data-config keys (timm.data.create_transform(**data_config) rebuilds the eval transform).
         data_config = {"input_size": [3, pre.img_size, pre.img_size], "interpolation": pre.interpolation,

@@ -245,13 +245,9 @@ def on_train_end(tr: Any) -> None:
         tr.vp_logger.close()
 
 
-def make_callbacks(trainer: Any) -> dict[str, Callable[[Any], None]]:
-    """Callbacks for a :class:`~visionpeft.tasks.detection.trainer.PeftDetectionTrainer` (by event name).
-
-    Each receives the trainer from Ultralytics; ``trainer`` is accepted for symmetry with Ultralytics'
-    ``add_integration_callbacks`` and not captured.
-    """
-    del trainer
+def make_callbacks() -> dict[str, Callable[[Any], None]]:
+    """Callbacks of :class:`~visionpeft.tasks.ultralytics.trainer.PeftTrainerMixin` (by event name); each receives
+    the trainer from Ultralytics."""
     return {
         "on_pretrain_routine_end": on_pretrain_routine_end,
         "on_train_epoch_start": on_train_epoch_start,

@@ -16,7 +16,6 @@ from torch import nn
 
 from ... import api
 from ...errors import ConfigError
-from ...safe_yaml import load_yaml_file
 
 __all__ = ["merged_copy", "load_run_model", "merge_run", "run_checkpoint", "rebuild_from_adapter"]
 
@@ -65,9 +64,9 @@ def rebuild_from_adapter(run_dir: str | Path, base: str | Path | None = None, ad
     from .data import check_data, model_kwargs
 
     run_dir = Path(run_dir)
-    recipe = load_yaml_file(run_dir / "recipe.yaml", "merge")
-    if not isinstance(recipe, dict) or "data" not in recipe or "model" not in recipe:
-        raise ConfigError(f"merge: {run_dir / 'recipe.yaml'}: not a detection run's recipe (no model / data)")
+    from ...run_dir import read_run_dir
+
+    recipe = read_run_dir(run_dir, keys=("model", "data")).doc
     row = task_row(str(recipe.get("task", "detect")))
     info = check_data(recipe["data"], check_labels=False, task=row.name)
     model = build_training_model(str(base or recipe["model"]), info.nc, info.names,

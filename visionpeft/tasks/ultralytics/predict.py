@@ -39,10 +39,9 @@ def _check_images(images: list[Path]) -> None:
 
 
 def _overrides(run_dir: Path, model: nn.Module, options: Any, out: Path) -> dict[str, Any]:
-    from ...safe_yaml import load_yaml_file
+    from ...run_dir import read_run_dir
 
-    recipe = load_yaml_file(run_dir / "recipe.yaml") or {}
-    train = (recipe.get("ultralytics") or {}) if isinstance(recipe, dict) else {}
+    train = read_run_dir(run_dir).doc.get("ultralytics") or {}
     args = getattr(model, "args", None) or {}
     args = vars(args) if hasattr(args, "__dict__") else dict(args)
     imgsz = options.imgsz or args.get("imgsz") or train.get("imgsz") or 640

@@ -33,7 +33,6 @@ from ...devices import check_device
 from ...errors import ConfigError
 from ...outputs import make_dir
 from ...safe_yaml import load_yaml_file
-from ...ultralytics_tasks import canonical
 from ...ultralytics_tasks import get as task_row
 from ..base import RunResult, load_run_recipe
 from .callbacks import write_json
@@ -81,13 +80,10 @@ def _stamp(path: Path) -> int | None:
 
 
 def _read_run_recipe(run_dir: Path, task: str = "detect") -> dict[str, Any]:
-    path = run_dir / "recipe.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no recipe.yaml; expected a run directory written by 'visionpeft train'")
-    doc = load_yaml_file(path)
-    if not isinstance(doc, dict) or canonical(str(doc.get("task"))) != task:
-        raise ConfigError(f"{path}: not a {task} run (task {doc.get('task') if isinstance(doc, dict) else None!r})")
-    return doc
+    """The run's ``recipe.yaml`` mapping (:func:`visionpeft.run_dir.read_run_dir`: a run of ``task``)."""
+    from ...run_dir import read_run_dir
+
+    return read_run_dir(run_dir, task=task).doc
 
 
 def _data_for_run(info: Any, data: str, out_dir: Path) -> str:
@@ -149,22 +145,19 @@ class UltralyticsRunner:
     def train(self, recipe: UltralyticsRecipe, strategies: list[dict[str, Any]], run_dir: Path,
               run_name: str) -> RunResult:
         """Validate data and weights, train with Ultralytics' engine, and write the run directory."""
-        from ...backends.safe_load import load_checkpoint
-        from ...backends.ultralytics import check_checkpoint_file
-
         _refuse_torchrun()
         check_device(recipe.train_args().get("device"), "ultralytics.device")  # before any data is read
         recipe = _with_local_files(recipe, self.ultralytics_task)
         info = self._check_data(recipe.data, check_labels=recipe.check_labels, check_images=recipe.check_labels,
                           skip_bad_images=recipe.dataset.skip_bad_images)
-        if recipe.model.lower().endswith(".pt"):
-            check_checkpoint_file(recipe.model)
-            load_checkpoint(recipe.model)  # refused here, in one line, if it holds more than model classes
+        # The one load of the weights before training (restricted unpickling, the task checked): a bad file is one
+        # line here, before the run directory exists.
+        trainer_base = self._trainer_class(recipe.model)
         run_dir = Path(run_dir).resolve()
         fresh = not run_dir.exists()
         make_dir(run_dir, "output")
         try:
-            return self._start(recipe, strategies, run_dir, run_name, info)
+            return self._start(recipe, strategies, run_dir, run_name, info, trainer_base)
         except BaseException:
             if fresh and not (run_dir / "weights" / "last.pt").is_file():
                 import shutil  # a start that failed before its first epoch ended leaves nothing to resume
@@ -173,11 +166,10 @@ class UltralyticsRunner:
             raise
 
     def _start(self, recipe: UltralyticsRecipe, strategies: list[dict[str, Any]], run_dir: Path, run_name: str,
-               info: DataInfo) -> RunResult:
+               info: DataInfo, trainer_base: type) -> RunResult:
         """Write the run's records into the (new) ``run_dir`` and train."""
         from ...recipe import save_resolved
 
-        trainer_base = self._trainer_class(recipe.model)
         data = _data_for_run(info, recipe.data, run_dir / "data")
         resolved = recipe.model_copy(update={
             "strategies": [dict(s) for s in strategies], "name": run_name, "compare": None, "lr_grid": None, "seeds": 1,

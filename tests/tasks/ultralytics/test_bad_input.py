@@ -19,7 +19,7 @@ from visionpeft.cli import main  # noqa: E402
 from visionpeft.errors import ConfigError  # noqa: E402
 from visionpeft.tasks.ultralytics.data import check_data  # noqa: E402
 
-from .detection_support import make_dataset  # noqa: E402
+from ..ultralytics_support import make_dataset  # noqa: E402
 
 GOOD = {"train/a": ["0 0.5 0.5 0.2 0.2"], "train/b": ["1 0.4 0.4 0.3 0.3"], "val/c": ["1 0.5 0.5 0.3 0.3"]}
 TINY = ["ultralytics.epochs=1", "ultralytics.imgsz=32", "ultralytics.batch=2", "ultralytics.nbs=2",

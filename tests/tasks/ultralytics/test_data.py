@@ -7,7 +7,7 @@ import pytest
 from visionpeft.errors import ConfigError
 from visionpeft.tasks.ultralytics.data import check_data, label_path
 
-from .detection_support import copy_dataset, make_dataset
+from ..ultralytics_support import copy_dataset, make_dataset
 
 GOOD = {"train/a": ["0 0.5 0.5 0.2 0.2", "1 0.1 0.1 0.05 0.05"], "val/b": ["1 0.5 0.5 0.3 0.3"]}
 

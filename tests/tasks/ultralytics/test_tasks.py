@@ -24,7 +24,7 @@ from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.backends.ultralytics_transfer import write_transfer_checkpoint  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
+from ..ultralytics_support import copy_dataset, killed_after_first_epoch  # noqa: E402
 
 IMGSZ = 128
 ARGS = (f"{{epochs: 3, imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "

@@ -12,7 +12,7 @@ pytest.importorskip("ultralytics")
 
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 TINY = {"epochs": 1, "imgsz": 64, "batch": 2, "nbs": 2, "warmup_epochs": 0, "workers": 0, "device": "cpu",
         "amp": False}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..fixtures import load_benchmark
+from ...fixtures import load_benchmark
 
 
 @pytest.fixture(scope="module")

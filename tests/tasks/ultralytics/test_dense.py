@@ -28,7 +28,7 @@ from visionpeft.tasks.ultralytics.dense import (
     mask_path,
 )
 
-from .dense_support import write_depth_dataset, write_mask_dataset
+from ..dense_support import write_depth_dataset, write_mask_dataset
 
 NAMES = ["road", "car", "sky"]
 
@@ -225,7 +225,7 @@ def test_check_data_applies_the_rows_rules_and_skipped_image_yamls_keep_the_task
 
     from visionpeft.tasks.ultralytics.data import check_data, write_without_skipped
 
-    from .detection_support import make_dataset
+    from ..ultralytics_support import make_dataset
 
     data = write_depth_dataset(tmp_path / "dep", n_train=3, n_val=1, size=32)
     sorted((data.parent / "images" / "train").iterdir())[0].write_bytes(b"")  # unreadable: skipped

@@ -23,9 +23,9 @@ from ultralytics import YOLO  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
-from visionpeft.tasks.ultralytics.trainer import merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.merge import merged_copy  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 IMGSZ = 128
 

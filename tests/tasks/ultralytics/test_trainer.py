@@ -13,9 +13,10 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 
 import visionpeft  # noqa: E402
 from visionpeft.errors import ConfigError, PlanViolationError  # noqa: E402
-from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.merge import merged_copy
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import offline_args  # noqa: E402
+from ..ultralytics_support import offline_args  # noqa: E402
 
 STRATEGIES = [{"method": "freeze", "n": 2}, {"method": "lora", "rank": 4, "alpha": 8}, {"method": "head"}]
 

@@ -12,7 +12,7 @@ from visionpeft.cli import main  # noqa: E402
 from visionpeft.tasks import get_task  # noqa: E402
 from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import copy_dataset, offline_args  # noqa: E402
+from ..ultralytics_support import copy_dataset, offline_args  # noqa: E402
 
 TINY = ["ultralytics.epochs=1", "ultralytics.imgsz=64", "ultralytics.batch=2", "ultralytics.nbs=2",
         "ultralytics.warmup_epochs=0", "ultralytics.workers=0", "ultralytics.device=cpu", "ultralytics.amp=false"]

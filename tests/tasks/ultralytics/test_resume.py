@@ -29,7 +29,7 @@ import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.tasks.ultralytics import trainer as trainer_mod  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 STRATEGIES = "[{method: freeze, n: 2}, {method: lora, rank: 4, alpha: 8}]"
 ORIGINAL_CALLBACKS = trainer_mod.make_callbacks
@@ -47,8 +47,8 @@ class Probe:
         self.optimizer_setup: dict = {}
         self.epochs_run: list[int] = []
 
-    def __call__(self, trainer):
-        callbacks = dict(ORIGINAL_CALLBACKS(trainer))
+    def __call__(self):
+        callbacks = dict(ORIGINAL_CALLBACKS())
         pretrain_end, fit_epoch_end = callbacks["on_pretrain_routine_end"], callbacks["on_fit_epoch_end"]
 
         def on_pretrain_routine_end(tr):

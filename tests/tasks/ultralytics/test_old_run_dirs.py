@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("ultralytics")
 
 from visionpeft.cli import main  # noqa: E402
-from visionpeft.engines import engine_of_run  # noqa: E402
+from visionpeft.run_dir import engine_of_run  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

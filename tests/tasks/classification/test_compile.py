@@ -21,8 +21,8 @@ from visionpeft.tasks.classification import TASK
 from visionpeft.tasks.classification import compiled as compiled_mod
 from visionpeft.tasks.classification import runner as runner_mod
 
-from ..fixtures import killed_at_epoch
-from .test_classification_train import recipe, toy  # noqa: F401  (toy is a fixture)
+from ...fixtures import killed_at_epoch
+from .test_train import recipe, toy  # noqa: F401  (toy is a fixture)
 
 
 def _eager_compile(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:

@@ -49,8 +49,8 @@ def killed_after_first_epoch(monkeypatch) -> Any:
 
     original = trainer_mod.make_callbacks
 
-    def killing(trainer):
-        callbacks = dict(original(trainer))
+    def killing():
+        callbacks = dict(original())
         fit_end = callbacks["on_fit_epoch_end"]
 
         def on_fit_epoch_end(tr):

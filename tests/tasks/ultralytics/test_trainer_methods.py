@@ -15,10 +15,13 @@ import torch
 pytest.importorskip("ultralytics")
 
 import visionpeft  # noqa: E402
-from visionpeft.tasks.ultralytics.merge import build_training_model  # noqa: E402
-from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer, merged_copy  # noqa: E402
+from visionpeft.tasks.ultralytics.merge import (
+    build_training_model,  # noqa: E402
+    merged_copy,
+)
+from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import offline_args  # noqa: E402
+from ..ultralytics_support import offline_args  # noqa: E402
 
 
 @pytest.mark.parametrize("method", [{"method": "ssf"}, {"method": "dora", "rank": 4},

@@ -8,7 +8,7 @@ pytest.importorskip("ultralytics")
 
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset  # noqa: E402
 
 
 def _err(capsys, argv):

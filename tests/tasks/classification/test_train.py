@@ -15,7 +15,7 @@ from visionpeft.recipe import parse_recipe
 from visionpeft.tasks.classification import TASK
 from visionpeft.tasks.classification.trainer import Trainer
 
-from ..fixtures import killed_at_epoch
+from ...fixtures import killed_at_epoch
 
 DETERMINISTIC = {"img_size": 32, "random_resized_crop": False, "hflip": 0.0, "color_jitter": 0.0}
 

@@ -20,8 +20,8 @@ from torch import nn
 from visionpeft.cli import main
 from visionpeft.data.toy import make_toy_imagefolder
 
-from .detection_support import copy_dataset
-from .test_classification_train import DETERMINISTIC
+from .classification.test_train import DETERMINISTIC
+from .ultralytics_support import copy_dataset
 
 
 def _poisoned_cross_entropy(at: int, value: float) -> type[nn.CrossEntropyLoss]:
@@ -112,8 +112,8 @@ def _poison_detection_loss(monkeypatch, epoch0: int, batch: int) -> None:
 
     original = trainer_mod.make_callbacks
 
-    def poisoning(trainer):
-        callbacks = dict(original(trainer))
+    def poisoning():
+        callbacks = dict(original())
         batch_start = callbacks["on_train_batch_start"]
 
         def on_train_batch_start(tr):

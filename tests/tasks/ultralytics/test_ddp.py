@@ -38,7 +38,7 @@ from visionpeft.tasks.ultralytics import callbacks as vp_callbacks  # noqa: E402
 from visionpeft.tasks.ultralytics.ddp import ENV_VAR, launch_env, rewrap_ddp, settings_from_env  # noqa: E402
 from visionpeft.tasks.ultralytics.trainer import PeftDetectionTrainer  # noqa: E402
 
-from .detection_support import offline_args  # noqa: E402
+from ..ultralytics_support import offline_args  # noqa: E402
 
 STRATEGIES = [{"method": "freeze", "n": 2}, {"method": "lora", "rank": 4, "alpha": 8}, {"method": "head"}]
 
@@ -95,7 +95,7 @@ def test_launcher_exports_settings_and_keeps_the_run_dir(coco8, weights, tmp_pat
 
 def record_worker(tr) -> None:
     """on_train_end inside the worker process: what it re-created (pickled by reference into the state)."""
-    own = vp_callbacks.make_callbacks(tr)
+    own = vp_callbacks.make_callbacks()
     report = {
         "class": type(tr).__name__, "strategies": tr.vp_strategies, "run_dir": str(tr.vp_run_dir),
         "plan": visionpeft.get_plan(tr.model).strategies, "trainable": tr.vp_plan.trainable_count,

@@ -17,7 +17,7 @@ import visionpeft  # noqa: E402
 from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
-from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
+from ..ultralytics_support import copy_dataset, killed_after_first_epoch  # noqa: E402
 
 
 def test_rtdetr_trains_resumes_with_its_own_trainer_and_merges(shared, tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_rtdetr_trains_resumes_with_its_own_trainer_and_merges(shared, tmp_path,
     # merged.pt is best.pt with its adapters folded in (float32) and rounded to float16 as Ultralytics saves.
     # (Outputs are compared in float32 in tests/backends/test_ultralytics_task_specs.py: RT-DETR's top-k query
     # selection turns float16 rounding differences into different queries, so an output tolerance means little.)
-    from visionpeft.tasks.ultralytics.trainer import merged_copy
+    from visionpeft.tasks.ultralytics.merge import merged_copy
 
     expected = merged_copy(adapted).half().state_dict()
     got = plain.model.state_dict()

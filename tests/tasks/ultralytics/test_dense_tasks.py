@@ -20,8 +20,8 @@ pytest.importorskip("ultralytics")
 import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
-from .dense_support import write_depth_dataset, write_mask_dataset  # noqa: E402
-from .detection_support import copy_dataset, killed_after_first_epoch  # noqa: E402
+from ..dense_support import write_depth_dataset, write_mask_dataset  # noqa: E402
+from ..ultralytics_support import copy_dataset, killed_after_first_epoch  # noqa: E402
 
 IMGSZ = 64
 TINY = (f"{{imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
@@ -246,7 +246,7 @@ def test_compare_reports_the_tasks_metrics(compared):
     assert all(f"{PRIMARY[task]}_val" in r for r in report["runs"])
     assert PRIMARY[task] in (cdir / "report.md").read_text()
     # TensorBoard's HParams tab: the task's own columns, one session per run with its primary metric
-    from ..report.tb_readback import hparams_view
+    from ...report.tb_readback import hparams_view
 
     experiment, metrics, _ = hparams_view(cdir)
     assert {f"result/{name}" for name in HPARAMS[task]} <= {m.name.tag for m in experiment.metric_infos}

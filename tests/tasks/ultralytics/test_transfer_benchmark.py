@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ..fixtures import load_benchmark
+from ...fixtures import load_benchmark
 
 
 @pytest.fixture(scope="module")
