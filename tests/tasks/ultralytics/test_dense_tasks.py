@@ -137,8 +137,7 @@ print(json.dumps({"task": model.task, **{k: float(v) for k, v in results.results
 def test_merged_checkpoint_is_plain_ultralytics_with_the_same_outputs(run, tmp_path):
     """``merged.pt`` loads as the task in plain Ultralytics, computes (float64) what the trained adapted model
     computes with its adapters folded in (1e-5 relative), and validates to the run's metrics."""
-    from visionpeft.tasks.ultralytics.merge import load_run_model
-    from visionpeft.tasks.ultralytics.trainer import merged_copy
+    from visionpeft.tasks.ultralytics.merge import load_run_model, merged_copy
 
     task, run_dir, data = run
     adapted = load_run_model(run_dir).double()
