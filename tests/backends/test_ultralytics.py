@@ -174,7 +174,7 @@ def test_lora_on_every_yolo11_conv_type_merges_through_ultralytics_fuse():
     x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         adapted = model(x)[0]
-        from visionpeft.tasks.ultralytics.trainer import merged_copy
+        from visionpeft.tasks.ultralytics.merge import merged_copy
 
         merged = merged_copy(model)
         assert not any(type(m).__name__.startswith("LoRA") for m in merged.modules())

@@ -341,30 +341,25 @@ def ultralytics_spec(model: Any) -> ModelSpec:
     last = n_layers - 1
     head: tuple[str, ...] = (f"model.{last}",)
     targets = LORA_TARGETS
-    row = ultralytics_tasks.TASKS.get(model_task(model))
-    head_exclude = tuple(p.replace("{last}", str(last)) for p in (row.head_exclude if row else ()))
-    exclude = (r"re:model\.0(?:\..*)?", *head_exclude, rf"re:model\.{last}\.dfl(?:\..*)?")
     if is_rtdetr(model):
         head, targets = _rtdetr_roles(model, last)
     has_dfl = any(".dfl" in n for n, _ in model.named_parameters())
     spec = ModelSpec(
-        backend="ultralytics",
-        name=_model_identity(model),
-        head=head,
-        stem=("model.0",),
-        blocks=tuple(f"model.{i}" for i in range(n_layers)),
-        lora_targets=targets,
-        lora_exclude=exclude,
-        always_frozen=ALWAYS_FROZEN if has_dfl else (),
+        backend="ultralytics", name=_model_identity(model), head=head, stem=("model.0",),
+        blocks=tuple(f"model.{i}" for i in range(n_layers)), lora_targets=targets,
+        lora_exclude=_lora_exclude(model, last), always_frozen=ALWAYS_FROZEN if has_dfl else (),
         ssf_targets=("BatchNorm2d",),
-        extra={
-            "nc": int(getattr(model, "nc", model.yaml.get("nc", 0)) or 0),
-            "head_type": type(model.model[last]).__name__,
-            "n_layers": n_layers,
-            "task": model_task(model),
-        },
+        extra={"nc": int(getattr(model, "nc", model.yaml.get("nc", 0)) or 0),
+               "head_type": type(model.model[last]).__name__, "n_layers": n_layers, "task": model_task(model)},
     )
     return with_defaults(model, spec)
+
+
+def _lora_exclude(model: nn.Module, last: int) -> tuple[str, ...]:
+    """The stem, the task row's head exclusions (``{last}``: the head's index) and ``.dfl``."""
+    row = ultralytics_tasks.TASKS.get(model_task(model))
+    head = tuple(p.replace("{last}", str(last)) for p in (row.head_exclude if row else ()))
+    return (r"re:model\.0(?:\..*)?", *head, rf"re:model\.{last}\.dfl(?:\..*)?")
 
 
 def _rtdetr_roles(model: nn.Module, last: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

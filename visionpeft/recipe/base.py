@@ -8,7 +8,7 @@ ignored key. Task schemas (classification here, detection in ``detection.py``) s
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -151,6 +151,10 @@ class BaseRecipe(Section):
         output: root folder of run directories.
         tensorboard: write TensorBoard event files into the run directory (see ``visionpeft.logging``).
     """
+
+    #: Keys that define the model a run's checkpoint holds the tensors of: a resume cannot change them (every
+    #: task's runner reads this one list; a schema adds its own model-defining keys).
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("task", "model", "seed", "strategies")
 
     task: str = "classification"
     name: str = "run"

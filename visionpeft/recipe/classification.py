@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -220,6 +220,9 @@ class ClassificationRecipe(BaseRecipe):
             initial logits let a fresh head learn from the first step; timm's own init for EfficientNet
             gives logits of +-20 on pretrained features. ``null`` keeps timm's initialisation.
     """
+
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = (*BaseRecipe.FIXED_ON_RESUME, "weights", "pretrained",
+                                                  "head_init_std")
 
     task: Literal["classification"] = "classification"
     weights: str | None = None

@@ -50,8 +50,9 @@ def build_base(recipe: Any, num_classes: int) -> tuple[nn.Module, ModelSpec, dic
     same base model: adapters saved from a run load back onto it with a matching fingerprint.
     """
     from ...backends import backend_named
+    from ...engines import get_engine
 
-    backend = backend_named("timm")
+    backend = backend_named(get_engine(recipe.task).backend)  # the engine's backend (timm)
     seed_everything(recipe.seed)
     # Fixed-size models (ViTs) are created for the recipe's image size (position embeddings resampled).
     model = backend.build_model(recipe.model, num_classes=num_classes, weights=recipe.weights,

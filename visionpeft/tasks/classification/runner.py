@@ -24,6 +24,7 @@ from ...errors import ConfigError
 from ...examples import write_examples
 from ...logging.tensorboard import RunLogger
 from ...recipe import save_resolved
+from ...recipe.classification import ClassificationRecipe
 from ..base import EPOCH_BASE, RunResult, load_run_recipe
 from ..distributed import barrier, init_distributed, is_main, rank, world_size
 from ..divergence import kept_checkpoint
@@ -38,8 +39,8 @@ from .trainer import Trainer, autocast_dtype, evaluate_model
 
 __all__ = ["ClassificationTask", "FIXED_ON_RESUME", "RESUME_OVERRIDABLE"]
 
-#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
-FIXED_ON_RESUME = ("task", "model", "weights", "pretrained", "head_init_std", "seed", "strategies")
+#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them (the schema's).
+FIXED_ON_RESUME = ClassificationRecipe.FIXED_ON_RESUME
 
 #: The only keys a resume may override: where and how fast training goes on, never what it computes. Everything
 #: else (data, dataset.*, augment.*, optim.*, the other train.* keys, ``train.epochs`` included: the restored LR
@@ -492,6 +493,7 @@ class ClassificationTask:
         from ...api import merge as merge_model
         from ...backends import backend_named
         from ...backends.timm import create_kwargs, load_snippet
+        from ...engines import get_engine
         from ...outputs import check_output_file
 
         out = Path(out)
@@ -500,7 +502,7 @@ class ClassificationTask:
         check_output_file(out, "merge -o")
         recipe, model, _, meta = self.load_run(run_dir)
         merge_model(model)
-        backend_named("timm").export_merged(model, out)
+        backend_named(get_engine(recipe.task).backend).export_merged(model, out)
         pre = meta["preprocess"]
         # timm's data-config keys (timm.data.create_transform(**data_config) rebuilds the eval transform).
         data_config = {"input_size": [3, pre.img_size, pre.img_size], "interpolation": pre.interpolation,

@@ -102,8 +102,11 @@ def _from_yaml(source: str, nc: int, extra: dict[str, Any]) -> nn.Module:
 
 def merge_run(run_dir: str | Path, out: str | Path) -> Path:
     """``visionpeft merge RUN_DIR -o OUT`` for an Ultralytics run: fold adapters, write a plain Ultralytics ``.pt``."""
+    from ...backends import backend_named
     from ...outputs import check_output_file
+    from ...run_dir import read_run_dir
 
+    backend = backend_named(read_run_dir(run_dir).engine.backend)  # checks the run directory first
     run_dir = Path(run_dir)
     out = check_output_file(out, "merge -o")
     model = load_run_model(run_dir)
@@ -115,6 +118,4 @@ def merge_run(run_dir: str | Path, out: str | Path) -> Path:
     for p in model.parameters():
         p.requires_grad_(False)
     meta = {"merged_from": str(run_dir), "strategies": strategies}
-    from ...backends import backend_named
-
-    return backend_named("ultralytics").export_merged(model, out, meta)
+    return backend.export_merged(model, out, meta)

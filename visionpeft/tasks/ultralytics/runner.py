@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ...devices import check_device
 from ...errors import ConfigError
 from ...outputs import make_dir
+from ...recipe.base import BaseRecipe
 from ...safe_yaml import load_yaml_file
 from ...ultralytics_tasks import get as task_row
 from ..base import RunResult, load_run_recipe
@@ -70,8 +71,8 @@ def _train(trainer: Any) -> None:
         raise
 
 
-#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them.
-FIXED_ON_RESUME = ("task", "model", "seed", "strategies")
+#: Recipe keys that define the model a checkpoint's tensors belong to: a resume cannot change them (the schema's).
+FIXED_ON_RESUME = BaseRecipe.FIXED_ON_RESUME
 
 
 def _stamp(path: Path) -> int | None:
