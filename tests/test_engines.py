@@ -19,7 +19,8 @@ def test_views_are_the_registry():
     assert {n: e.runner for n, e in ENGINES.items()} == TASKS
     assert {n: e.schema for n, e in ENGINES.items()} == TASK_SCHEMAS
     assert set(ENGINES) == {"classification", *ultralytics_tasks.TASKS}
-    assert set(ultralytics_tasks.TASKS) == {"detect", "segment", "pose", "obb", "classify"}  # Ultralytics' names
+    # Ultralytics' names: every task of Ultralytics 8.4.190's YOLO.task_map
+    assert set(ultralytics_tasks.TASKS) == {"detect", "segment", "pose", "obb", "classify", "semantic", "depth"}
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))

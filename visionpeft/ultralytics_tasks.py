@@ -74,6 +74,8 @@ class UltralyticsTask:
         head_exclude: LoRA exclusions in the head (regexes; ``{last}`` is the head's layer index): layers the
             dataset re-initialises (Detect's bare prediction convs), which a low-rank update cannot help.
         draws: predictions are drawn on the images (``Results.save``); classify prints only.
+        predictions: ``"module:callable"`` turning one Ultralytics ``Results`` into the image's prediction rows
+            (``visionpeft predict``'s JSON); ``None``: Ultralytics' own ``Results.summary()``.
         summary: what the task prints in the run summary, one line.
     """
 
@@ -87,6 +89,7 @@ class UltralyticsTask:
     model_data_keys: tuple[tuple[str, str], ...] = ()
     head_exclude: tuple[str, ...] = (r"re:model\.{last}\.(?:one2one_)?cv[234]\.\d+\.2(?:\..*)?",)
     draws: bool = True
+    predictions: str | None = None
     summary: str = ""
 
     @property
@@ -110,6 +113,7 @@ class UltralyticsTask:
 
 
 _BOXES = _box("B", "", "", "box")
+_DENSE = "visionpeft.tasks.ultralytics.dense"
 
 #: Ultralytics task -> its row. The order is the documentation's; a model's task is found by class, not order.
 TASKS: dict[str, UltralyticsTask] = {
@@ -135,6 +139,30 @@ TASKS: dict[str, UltralyticsTask] = {
          Metric("top5", "metrics/accuracy_top5", "top-5", "validation top-5 accuracy of the kept model, fraction 0-1")),
         ("top1", "top5"), data_format="folder", label_rule=None, draws=False,
         summary="image classes (a dataset folder)"),
+    # Ultralytics 8.4.190's dense tasks (YOLO26-sem / YOLO26-depth); their rules: visionpeft.tasks.ultralytics.dense.
+    "semantic": UltralyticsTask(
+        "semantic", "SemanticSegmentationModel", "miou",
+        (Metric("miou", "metrics/mIoU", "mIoU", "validation mean IoU of the kept model over the classes present in "
+                "the masks (binary data: the foreground IoU), 0-1"),
+         Metric("pixel_acc", "metrics/pixel_acc", "pixel accuracy", "fraction of labelled validation pixels the kept "
+                "model classifies right, 0-1")),
+        ("miou", "pixel_acc"), label_rule=f"{_DENSE}:SemanticRule",
+        # The SemanticSegment head's bare 1x1 convs to nc (main and auxiliary classifier) are new per dataset.
+        head_exclude=(r"re:model\.{last}\.(?:classifier|aux_head)\.1(?:\..*)?",),
+        summary="per-pixel classes (mask PNGs with masks_dir, else polygon labels + background)"),
+    "depth": UltralyticsTask(
+        "depth", "DepthModel", "delta1",
+        (Metric("delta1", "metrics/delta1", "delta1", "fraction of valid pixels whose depth is within 1.25x of the "
+                "truth (each image median-scaled, mean over images) for the kept model, 0-1"),
+         Metric("delta2", "metrics/delta2", "delta2", "as delta1 within 1.25^2, 0-1"),
+         Metric("delta3", "metrics/delta3", "delta3", "as delta1 within 1.25^3, 0-1"),
+         Metric("abs_rel", "metrics/abs_rel", "AbsRel", "mean |predicted - true| / true depth (lower is better)"),
+         Metric("rmse", "metrics/rmse", "RMSE (m)", "root mean squared depth error in metres (lower is better)"),
+         Metric("silog", "metrics/silog", "SILog", "scale-invariant log error x100 (lower is better)")),
+        ("delta1", "abs_rel", "rmse", "silog"), label_rule=f"{_DENSE}:DepthRule",
+        # The Depth head's last conv predicts one channel (log-depth): no low-rank update to make.
+        head_exclude=(r"re:model\.{last}\.head\.3(?:\..*)?",), predictions=f"{_DENSE}:depth_predictions",
+        summary="per-pixel depth in metres (16-bit depth PNGs with depth_scale)"),
 }
 
 #: Former recipe task names -> Ultralytics' name (recipes and run directories written before the table).

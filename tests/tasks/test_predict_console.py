@@ -50,3 +50,20 @@ def test_many_images_give_a_summary_not_a_line_each():
         classes_only(i, 3, "f", CLS if i else list(reversed(CLS)), SPEED)
     classes_only.finish()
     assert classes_only.out.getvalue().splitlines()[0] == "3 images, top-1: cat 2, owl 1"
+
+
+SEM = [{"name": "road", "class": 0, "pixel_ratio": 0.2}, {"name": "car", "class": 1, "pixel_ratio": 0.7},
+       {"name": "sky", "class": 2, "pixel_ratio": 0.1}]
+DEPTH = [{"height": 4, "width": 6, "min_m": 0.5, "max_m": 7.25, "median_m": 2.0}]
+
+
+def test_semantic_and_depth_rows():
+    """Semantic: the classes covering most pixels; depth: the map's range (rows of tasks/ultralytics/dense.py)."""
+    assert describe(SEM) == "car 0.70, road 0.20, sky 0.10"
+    assert describe(DEPTH) == "depth 0.50-7.25 m (median 2.00)"
+    assert describe([{"height": 4, "width": 6}]) == "depth (no valid pixels)"
+    console = PredictConsole(io.StringIO(), io.StringIO(), max_lines=1)
+    for i in range(3):
+        console(i, 3, "f", SEM if i else DEPTH, SPEED)
+    console.finish()
+    assert console.out.getvalue().splitlines()[0] == "3 images, top-1: car 2, depth map 1"

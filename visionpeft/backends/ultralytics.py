@@ -89,9 +89,10 @@ def is_detection_model(model: Any) -> bool:
 
 
 def is_ultralytics_model(model: Any) -> bool:
-    """Whether ``model`` is an Ultralytics model of a supported task (detection family or classification)."""
-    return (is_detection_model(model)
-            or any(cls.__name__ == "ClassificationModel" for cls in type(model).__mro__) and hasattr(model, "model"))
+    """Whether ``model`` is an Ultralytics model of a supported task: its class or a base class is a row's
+    ``model_class`` in :data:`visionpeft.ultralytics_tasks.TASKS` (checked by name: no import needed)."""
+    names = [cls.__name__ for cls in type(model).__mro__]
+    return ultralytics_tasks.task_of_classes(names) is not None and hasattr(model, "model")
 
 
 def is_rtdetr(model: Any) -> bool:

@@ -35,6 +35,12 @@ def describe(predictions: Sequence[dict[str, Any]], top: int = 3) -> str:
         return ", ".join(f"{p['class']} {p['prob']:.2f}" for p in predictions[:top])
     if "box" not in first and "confidence" in first:  # Ultralytics classify: top-5, best first
         return ", ".join(f"{p['name']} {p['confidence']:.2f}" for p in predictions[:top])
+    if "pixel_ratio" in first:  # semantic: the classes covering most of the image
+        ranked = sorted(predictions, key=lambda p: -p["pixel_ratio"])[:top]
+        return ", ".join(f"{p['name']} {p['pixel_ratio']:.2f}" for p in ranked)
+    if "height" in first:  # depth: the map's valid range
+        return (f"depth {first['min_m']:.2f}-{first['max_m']:.2f} m (median {first['median_m']:.2f})"
+                if "median_m" in first else "depth (no valid pixels)")
     counts = Counter(str(p.get("name", p.get("class"))) for p in predictions)
     return ", ".join(f"{n} {name}" for name, n in counts.most_common())
 
@@ -88,7 +94,11 @@ class PredictConsole:
         if not predictions:
             return
         first = predictions[0]
-        if "prob" in first or "box" not in first:  # classification: the top-1 class
+        if "pixel_ratio" in first:  # semantic: the class covering most of the image
+            first = max(predictions, key=lambda p: p["pixel_ratio"])
+        if "height" in first:  # depth: nothing to count
+            self.tally["depth map"] += 1
+        elif "prob" in first or "box" not in first:  # classification (semantic): the top-1 class
             self.tally[str(first["class"] if "prob" in first else first.get("name"))] += 1
         else:
             self.what = "objects"

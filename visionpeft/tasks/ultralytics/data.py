@@ -11,7 +11,6 @@ or a list of those; the label of ``.../images/x.jpg`` is ``.../labels/x.txt``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,9 @@ from ...safe_yaml import brief, brief_text, load_yaml_file, read_text_file
 from ...ultralytics_tasks import UltralyticsTask
 from ...ultralytics_tasks import get as task_row
 from .images import DataInfo, image_suffixes, readable_images
-from .labels import check_label_file
+from .labels import label_path
 
 __all__ = ["check_data", "label_path", "resolve_task_data", "model_kwargs", "write_without_skipped"]
-
-def label_path(image: Path) -> Path:
-    """Ultralytics' label location for an image (last ``/images/`` -> ``/labels/``, suffix ``.txt``)."""
-    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    text = str(image)
-    if sa in text:
-        text = sb.join(text.rsplit(sa, 1))
-    return Path(text).with_suffix(".txt")
-
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -166,26 +156,29 @@ def check_data(data: str | Path, *, check_labels: bool = True, splits: tuple[str
         if check_images:
             out[split], skipped[split] = readable_images(out[split], skip_bad_images, f"{path}: {split}")
         if check_labels:
-            boxes[split] = sum(
-                check_label_file(lp, len(names), rule) for lp in map(label_path, out[split]) if lp.is_file()
-            )
+            boxes[split] = rule.check_split(out[split], len(names))
             if split == "train" and boxes[split] == 0:
                 raise ConfigError(
                     f"{path}: train: no labels found for {len(out[split])} images (expected YOLO label files "
                     f"such as {label_path(out[split][0])}, beside an 'images' folder in a 'labels' folder)"
                 )
-    return DataInfo(source=path, names=names, splits=out, boxes=boxes, skipped=skipped)
+    return DataInfo(source=path, names=rule.trained_names(names), splits=out, boxes=boxes, skipped=skipped)
 
 
 def write_without_skipped(info: DataInfo, out_dir: Path) -> Path:
     """A data yaml in ``out_dir`` whose splits list only ``info``'s readable images (``.txt`` image lists).
 
-    Labels still resolve beside the original images (``.../images/x.jpg`` -> ``.../labels/x.txt``).
+    Labels still resolve beside the original images (``.../images/x.jpg`` -> ``.../labels/x.txt``, ``masks/``,
+    ``depth/``); every other key of the original yaml is kept.
     """
     import yaml
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"path": str(out_dir), "names": dict(info.names)}
+    # The task's own keys stay (kpt_shape, masks_dir, label_mapping, depth_scale...), and the yaml's own 'names'
+    # (info.names may hold a class the trainer adds, which it would then add twice).
+    original = _read_yaml(info.source)
+    doc: dict[str, Any] = {"path": str(out_dir), **{k: v for k, v in original.items()
+                                                    if k not in ("path", "train", "val", "test", "download")}}
     for split, images in info.splits.items():
         listing = out_dir / f"images-{split}.txt"
         listing.write_text("".join(f"{p.resolve()}\n" for p in images))

@@ -30,9 +30,11 @@ class DataInfo:
 
     Attributes:
         source: the data yaml, or the dataset folder of a folder-format task (``classify``).
-        names: class id -> name.
+        names: class id -> name, as the task's Ultralytics trainer gives them to the model (polygon ``semantic``
+            data: the yaml's classes and ``background``, see :meth:`.labels.LabelRule.trained_names`).
         splits: split name -> image files.
-        boxes: split name -> number of label rows (checked when ``check_labels``).
+        boxes: split name -> number of labels (label rows; per-pixel maps for ``semantic`` masks and ``depth``),
+            counted when ``check_labels``.
         skipped: split name -> unreadable images left out of ``splits`` (``skip_bad_images``).
     """
 

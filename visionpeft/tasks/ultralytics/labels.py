@@ -20,6 +20,7 @@ visibility flag (``ndim`` 3) must be 0, 1 or 2 (COCO's not labelled / hidden / v
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 from ...errors import ConfigError
 from ...safe_yaml import brief, read_text_file
 
-__all__ = ["LabelRule", "BoxRule", "OBBRule", "PoseRule", "check_label_file"]
+__all__ = ["LabelRule", "BoxRule", "OBBRule", "PoseRule", "check_label_file", "label_path"]
 
 # Ultralytics accepts coordinates a hair outside [0, 1] from rounding in converters; so do we.
 _COORD_TOL = 1e-6
@@ -71,6 +72,17 @@ class LabelRule:
         _check_extent(coords, where, line)
         if len(coords) > 4:  # a polygon (segment / detect) or OBB corners
             _check_area(coords, where, line)
+
+    def check_split(self, images: list[Path], nc: int) -> int:
+        """Check the labels of one split's ``images`` against a data yaml of ``nc`` classes; returns the number of
+        labels found (here: rows of the YOLO label files beside the images; a task whose labels are per-pixel maps
+        overrides this, see :mod:`.dense`)."""
+        return sum(check_label_file(lp, nc, self) for lp in map(label_path, images) if lp.is_file())
+
+    def trained_names(self, names: dict[int, str]) -> dict[int, str]:
+        """The classes the task's Ultralytics trainer gives the model for a data yaml naming ``names`` (the same,
+        unless the trainer adds one, as polygon ``semantic`` data gets a ``background`` class)."""
+        return names
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,15 @@ class PoseRule(LabelRule):
     def check_geometry(self, coords: list[float], where: str, line: str) -> None:
         _check_extent(coords[:4], where, line)
         _check_visibility(coords[4:], self.kpt_shape, where, line)
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics' label location for an image (last ``/images/`` -> ``/labels/``, suffix ``.txt``)."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    text = str(image)
+    if sa in text:
+        text = sb.join(text.rsplit(sa, 1))
+    return Path(text).with_suffix(".txt")
 
 
 def check_label_file(path: Path, nc: int, rule: LabelRule = BoxRule()) -> int:

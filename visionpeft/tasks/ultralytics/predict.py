@@ -4,7 +4,9 @@ The run's adapted model (the EMA weights of the best epoch, ``weights/best.pt``,
 (unless ``merged=false``) and handed to the predictor Ultralytics itself uses for the model's task
 (``YOLO.task_map[task]["predictor"]``, ``RTDETR``'s for RT-DETR): detect, segment, pose, obb and classify models
 all go the same way. Predictions are ``Results.summary()`` (class, name, confidence, box in pixels, plus
-``segments`` / ``keypoints`` where the task has them); annotated images are ``Results.save()`` (``Results.plot``).
+``segments`` / ``keypoints`` where the task has them; ``semantic``: each class's ``pixel_ratio``), or the row's own
+``predictions`` function (``depth``: the map's size and valid range in metres); annotated images are
+``Results.save()`` (``Results.plot``: ``semantic`` overlays the class map, ``depth`` a colour map).
 Defaults follow ``YOLO(best.pt).predict``: ``conf`` 0.25 and the run's training ``imgsz``.
 """
 
@@ -88,13 +90,17 @@ def ultralytics_predict(model: nn.Module, images: list[Path], overrides: dict[st
     task, cls = predictor_class(model)
     predictor = cls(overrides=overrides)
     records, used = [], set()
+    from ...engines import load_attr
     from ...ultralytics_tasks import get as task_row
 
-    draw = task_row(task).draws
+    row = task_row(task)
+    draw = row.draws
+    fields = load_attr(row.predictions, f"the prediction fields of task {task!r}") if row.predictions else None
     if draw:
         (out / "images").mkdir(exist_ok=True)
     for image, result in zip(images, predictor(source=[str(p) for p in images], model=model, stream=True)):
-        records.append({"file": str(image), "predictions": result.summary(normalize=False, decimals=5)})
+        rows = fields(result) if fields is not None else result.summary(normalize=False, decimals=5)
+        records.append({"file": str(image), "predictions": rows})
         if draw:
             result.save(filename=str(out / "images" / _unique_name(used, image)))
         if on_image is not None:

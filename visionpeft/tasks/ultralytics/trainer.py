@@ -22,9 +22,10 @@ What Ultralytics does, and what the mixin changes (``ultralytics/engine/trainer.
 * ``.dfl`` stays frozen (``spec.always_frozen``); Ultralytics' own ``freeze`` argument is not used - the
   ``freeze`` strategy with ``n: N`` freezes exactly what ``freeze=N`` freezes.
 * Ultralytics' final validation (``BaseTrainer.final_eval``) hands ``best.pt`` to the validator by path and
-  strips the checkpoints in place: ``final_eval`` (restated in :mod:`.trainer_final`) strips them atomically,
-  loads ``best.pt`` with the allow-list, merges the adapters into plain layers (also written as
-  ``weights/merged.pt``) and validates that.
+  strips the checkpoints in place: ``final_eval`` (restated in :mod:`.trainer_final`, at ``BaseTrainer``'s place
+  in the MRO so a task trainer's own extension such as ``DepthTrainer``'s calibration still runs) strips them
+  atomically, loads ``best.pt`` with the allow-list, merges the adapters into plain layers (also written as
+  ``weights/merged.pt``, again if the task trainer rewrites ``best.pt`` afterwards) and validates that.
 * ``resume``: ``get_model`` receives the checkpoint's already adapted EMA model. The plain model is rebuilt
   from the run's base and adapted again, and only what training changed is loaded from the checkpoint
   (:mod:`.resume`): frozen tensors stay bit-identical to the base, the strategies must match.
@@ -56,7 +57,7 @@ from ...plan import TrainabilityPlan
 from .callbacks import PerfMeter, make_callbacks, write_json
 from .ddp import launch_env, settings_from_env
 from .trainer_checkpoints import CheckpointMixin
-from .trainer_final import FinalEvalMixin
+from .trainer_final import FinalEvalMixin, RestatedFinalEval
 from .trainer_model import ModelSetupMixin
 from .trainer_optim import OptimizerMixin, split_groups_by_owner
 
@@ -232,7 +233,9 @@ class PeftTrainerMixin(ModelSetupMixin, OptimizerMixin, CheckpointMixin, FinalEv
 def _peft_trainer(base: type) -> type[PeftTrainerMixin]:
     """``Peft<Base>``: :class:`PeftTrainerMixin` in front of Ultralytics' trainer class ``base``, defined in this module
     under that name (Ultralytics' DDP launcher imports the trainer class by module and name)."""
-    cls = type(f"Peft{base.__name__}", (PeftTrainerMixin, base), {
+    # RestatedFinalEval last: it replaces BaseTrainer.final_eval only, so a task trainer's own final_eval
+    # (DepthTrainer's calibration) runs around it as in Ultralytics (see .trainer_final).
+    cls = type(f"Peft{base.__name__}", (PeftTrainerMixin, base, RestatedFinalEval), {
         "__module__": __name__, "__doc__": f"Ultralytics' ``{base.__name__}`` with visionpeft strategies."})
     globals()[cls.__name__] = cls
     return cls
