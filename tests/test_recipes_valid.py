@@ -60,6 +60,7 @@ def test_recipe_names_only_files_that_exist(path, shared, monkeypatch):
     recipe = load_recipe(path)
     named = {key: getattr(recipe, key, None) for key in PATH_KEYS}
     files = {key: value for key, value in named.items() if isinstance(value, str) and "/" in value and ":" not in value}
-    assert files, "every shipped recipe names at least its data"
+    # Data is a local file, or a bare name Ultralytics resolves itself (depth recipes: depth8.yaml, downloaded).
+    assert "data" in files or "/" not in str(recipe.data), recipe.data
     missing = {key: value for key, value in files.items() if not Path(value).exists()}
     assert not missing
