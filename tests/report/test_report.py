@@ -45,7 +45,8 @@ def test_write_report_files(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert rows[1]["strategy"] == "freeze_10" and float(rows[1]["map50_val"]) == pytest.approx(0.45)
     md = paths["md"].read_text()
-    assert "| freeze_10 | 30 | 1 |" in md and "map50_95_val" in md and "weights: w.pt" in md
+    assert f"| freeze_10 | 30 | {4 * 300 / 2**20:.3f} | 1 |" in md  # 300 float32 parameters: the adapter_mb column
+    assert "map50_95_val" in md and "weights: w.pt" in md
     assert "selection-biased" in md  # no test split: the report says its numbers are optimistic
     assert paths["png"].stat().st_size > 5000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "| full |" in capsys.readouterr().out

@@ -239,3 +239,19 @@ def test_report_bad_input_is_one_line_exit_2(tmp_path, capsys, target):
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "visionpeft report" in err and "Traceback" not in err
+
+
+def test_report_md_gives_each_rows_adapter_size(compared):
+    """report.md's `adapter_mb`: the size of the adapter file of the row's first seed run, in MiB (issue 24)."""
+    report = json.loads((compared / "report.json").read_text())
+    md = (compared / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| strategy | trainable_pct | adapter_mb"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    for row in report["runs"]:
+        first = next(r for r in report["seed_runs"] if r["strategy"] == row["strategy"])
+        size = (Path(first["run_dir"]) / "adapter" / "adapter.safetensors").stat().st_size
+        line = next(x for x in md.splitlines() if x.startswith(f"| {row['strategy']} |"))
+        shown = [c.strip() for c in line.strip("|").split("|")][cells.index("adapter_mb")]
+        assert shown == f"{size / 2**20:.3f}" and size > 0
+    full, lora = (next(r for r in report["runs"] if r["strategy"] == s) for s in ("full", "lora"))
+    assert lora["adapter_bytes"] < full["adapter_bytes"]  # full fine-tuning ships every weight

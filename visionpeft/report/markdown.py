@@ -78,6 +78,11 @@ def _interval(r: dict[str, Any], lo_key: str, hi_key: str) -> str | None:
     return None if lo is None or hi is None else f"[{_num(lo, sign=True)}, {_num(hi, sign=True)}]"
 
 
+def _mb(size: int | None) -> str:
+    """The adapter file a user ships, in MiB (``-`` when the run saved none)."""
+    return "-" if not size else f"{size / 2**20:.3f}"
+
+
 def _lr(r: dict[str, Any]) -> str:
     rate, source = r.get("lr"), r.get("lr_source") or ("lr_grid" if r.get("lr_grid") else "default")
     return source if rate is None else f"{rate:g} ({source})"
@@ -97,7 +102,7 @@ def display_rows(rows: Sequence[dict[str, Any]], head: str, other: str | None) -
         out.append({**r, head: _num(r.get(head)) + (f" +- {half:.4f}" if half is not None else ""),
                     **({other: _num(r.get(other))} if other else {}),
                     "delta": "-" if baseline else delta, "t-interval": "-" if baseline else (t_iv or "-"),
-                    "lr": _lr(r),
+                    "lr": _lr(r), "adapter_mb": _mb(r.get("adapter_bytes")),
                     "time_to_full": t if t in ("never", None) else f"{t:.1f} s ({r['time_to_full_reached']})"})
     return out
 
@@ -109,8 +114,8 @@ def report_markdown(groups: Sequence[StrategyRuns], rows: Sequence[dict[str, Any
 
     head = doc["protocol"]["headline"]
     other = f"{primary}_val" if doc["protocol"]["test_split"] else None
-    cols = ["strategy", "trainable_pct", "seeds", "lr", head, *([other] if other else []), "delta", "verdict",
-            "t-interval",
+    cols = ["strategy", "trainable_pct", "adapter_mb", "seeds", "lr", head, *([other] if other else []), "delta",
+            "verdict", "t-interval",
             "time_to_full", "train_seconds", "sweep_seconds", "peak_mem_mb", "step_time_ratio_vs_full"]
     table = markdown_table(display_rows(rows, head, other), cols)
     md = [f"# visionpeft compare: {name}", "", *provenance]
@@ -120,7 +125,10 @@ def report_markdown(groups: Sequence[StrategyRuns], rows: Sequence[dict[str, Any
            "(paired bootstrap over seeds and test images where available); `t-interval` is the seed-only paired "
            "Student-t interval. Ratios are against full fine-tuning; seconds are per run (mean over seeds); `lr` "
            "is the run's rate (outside the head) and where it came from: `auto` / `lr_grid` (chosen on validation "
-           "from a grid), `given` (the entries' or the recipe's `lr`), `default` (each method's default).", "",
+           "from a grid), `given` (the entries' or the recipe's `lr`), `default` (each method's default). "
+           "`adapter_mb` is the size of the file a run ships (`adapter/adapter.safetensors` in MiB; full "
+           "fine-tuning: every weight).",
+           "",
            "![pareto](pareto.png)", ""]
     seed_cols = ["strategy", "seed", "lr", *(c for c in doc["seed_runs"][0] if c.endswith(("_val", "_test")))
                  ] if doc["seed_runs"] else []
