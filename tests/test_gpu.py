@@ -92,14 +92,20 @@ def test_cuda_footprint_ignores_other_resident_tensors() -> None:
 def test_fp16_autocast_with_each_mergeable_method_stays_finite_and_merges(method: dict) -> None:
     """fp16 AMP with GradScaler: losses finite, adapters float32 and trained, merge under autocast exact."""
     torch.manual_seed(0)
-    model = tiny_cnn().cuda()
+    model = tiny_cnn().cuda().eval()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 4, (8,), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        plain = model(x).float()  # the base alone: a merge that dropped the adapter would give this
     visionpeft.apply(model, [method, {"method": "head"}])
+    model.train()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():  # non-trivial adapters (LoRA's B starts at zero): a no-op merge must fail below
+        for p in params.values():
+            p.add_(0.2 * torch.randn_like(p))
     start = {n: p.detach().clone() for n, p in params.items()}
     opt = torch.optim.AdamW(params.values(), lr=1e-2)
     scaler = torch.amp.GradScaler("cuda")
-    x = torch.randn(8, 3, 32, 32, device="cuda")
-    y = torch.randint(0, 4, (8,), device="cuda")
     for _ in range(5):
         with torch.autocast("cuda", dtype=torch.float16):
             loss = nn.functional.cross_entropy(model(x).float(), y)
@@ -115,4 +121,5 @@ def test_fp16_autocast_with_each_mergeable_method_stays_finite_and_merges(method
         before = model(x).float()
         visionpeft.merge(model)
         after = model(x).float()
+    assert (before - plain).abs().max() > 0.1  # the adapter matters more than the tolerance below
     assert torch.allclose(before, after, atol=2e-2, rtol=2e-2)  # fp16 compute on both sides
