@@ -10,13 +10,12 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, VisionPeftError
+from .errors import VisionPeftError
 from .outputs import make_dir
 
 __all__ = ["main", "build_parser"]
@@ -35,19 +34,16 @@ def _runner_of_run(run_dir: Path) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .packaged import find_recipe
+    from .recipe.loader import load_cli_recipe
 
-    find_recipe(args.recipe)  # a missing recipe is reported before torch is imported (start-up in ~0.1 s)
-    from .recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)  # before the task modules: a typo is reported at once
+    recipe = load_cli_recipe(args.items, "train")  # before the task modules: a typo is reported at once
     from .tasks import get_task
     from .tasks.compare import new_run_dir, write_experiment_for
 
     if not recipe.strategies:
         from .errors import ConfigError
 
-        raise ConfigError(f"{args.recipe}: 'strategies' is empty; 'visionpeft train' trains that list "
+        raise ConfigError(f"{args.items[0]}: 'strategies' is empty; 'visionpeft train' trains that list "
                           "(use 'visionpeft compare' for the recipe's compare runs)")
     if int(getattr(recipe, "seeds", 1) or 1) > 1 or getattr(recipe, "lr_grid", None):
         # compare-only fields: say so instead of silently training one run at one rate
@@ -70,12 +66,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .packaged import find_recipe
+    from .recipe.loader import load_cli_recipe
 
-    find_recipe(args.recipe)
-    from .recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_cli_recipe(args.items, "compare")
     from .tasks.compare import run_compare
     from .tasks.distributed import is_main
 
@@ -128,27 +121,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-_BARE_METHODS = re.compile(r"^\s*[A-Za-z_][\w-]*(\s*,\s*[A-Za-z_][\w-]*)*\s*$")
-
-
 def parse_strategy_arg(text: str) -> list[Any]:
     """``--strategy``: bare method names (``lora``, ``lora,head``), a YAML/JSON list or mapping, or a file."""
-    from .safe_yaml import load_yaml_file, load_yaml_text
+    from .recipe.flat import parse_strategy_text
 
-    path = Path(text)
-    if path.is_file():
-        doc = load_yaml_file(path, "--strategy")
-    elif path.is_dir() or (text.strip().lower().endswith((".yaml", ".yml", ".json"))
-                            or "/" in text or "\\" in text) and not text.lstrip().startswith(("[", "{")):
-        what = "is a directory" if path.is_dir() else "file not found"
-        raise ConfigError(f"--strategy {text}: {what}. --strategy takes a YAML/JSON file holding a strategy list, "
-                          "method names (lora or lora,head) or an inline list such as '[{method: lora, rank: 8}]'")
-    elif _BARE_METHODS.match(text):
-        return [{"method": name.strip()} for name in text.split(",")]
-    else:
-        doc = load_yaml_text(text, "--strategy")
-    entries = doc if isinstance(doc, list) else [doc]
-    return [{"method": e} if isinstance(e, str) else e for e in entries]
+    return parse_strategy_text(text, "--strategy")
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -201,14 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "models, compared with full fine-tuning.")
     sub = p.add_subparsers(dest="command", required=True)
     over = {"nargs": "*", "default": [], "help": "key=value overrides, e.g. train.epochs=3 strategies.0.rank=16"}
-    t = sub.add_parser("train", help="train the recipe's strategy list")
-    recipe_help = "a recipe file, or the name of a packaged one (quickstart, classification/lora_vit; see recipes)"
-    t.add_argument("recipe", help=recipe_help)
-    t.add_argument("overrides", **over)
+    items = {"nargs": "+", "metavar": "[RECIPE] key=value", "help": "model=... data=... and Ultralytics' own keys "
+             "(epochs=5 imgsz=320 freeze=10 ...), strategies=lora,head; or a recipe file / packaged recipe name "
+             "first (quickstart, detection/lora; see 'visionpeft recipes'), then key=value overrides"}
+    t = sub.add_parser("train", help="train one run: model=yolo11n.pt data=coco8.yaml freeze=10 epochs=5, or a recipe",
+                       epilog="docs/detection.md maps every 'yolo train' key")
+    t.add_argument("items", **items)
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compare", help="full fine-tuning + each compare run, then report.{md,json,csv,png}")
-    c.add_argument("recipe", help=recipe_help)
-    c.add_argument("overrides", **over)
+    c.add_argument("items", **items)
     c.set_defaults(func=cmd_compare)
     rp = sub.add_parser("report", help="rebuild a compare's report.{md,json,csv,png} from its saved runs "
                         "(no training)")

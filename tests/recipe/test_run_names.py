@@ -28,11 +28,16 @@ def test_any_scalar_is_a_name_in_overrides_and_files(tmp_path, recipe, text, nam
     assert load_recipe(path).name == name
 
 
-@pytest.mark.parametrize("text", ["null", "[a]", "{a: 1}", "''"])
+@pytest.mark.parametrize("text", ["null", "''"])
+def test_no_name_is_named_after_data_and_strategies(text):
+    # null and '' give no name: the run is named after what it is (the quickstart compares on digits)
+    assert load_recipe("recipes/quickstart.yaml", [f"name={text}"]).name == "digits-compare"
+    assert load_recipe("recipes/quickstart.yaml", [f"name={text}", "compare=null",
+                                                  "strategies=[{method: freeze, n: 3}, lora]"]).name == "digits-freeze3-lora"
+
+
+@pytest.mark.parametrize("text", ["[a]", "{a: 1}"])
 def test_no_name_is_still_one_line(text):
-    if text == "''":  # an empty name is text: accepted like any other string
-        assert load_recipe("recipes/quickstart.yaml", [f"name={text}"]).name == ""
-        return
     with pytest.raises(ConfigError, match=r"name: expected a name \(text, or any number or date\)"):
         load_recipe("recipes/quickstart.yaml", [f"name={text}"])
 

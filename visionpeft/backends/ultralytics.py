@@ -37,6 +37,7 @@ from ..spec import ModelSpec
 
 __all__ = [
     "build_model",
+    "source_facts",
     "ultralytics_spec",
     "is_detection_model",
     "is_ultralytics_model",
@@ -441,3 +442,15 @@ class _UltralyticsBackend:
 
 
 BACKEND = _UltralyticsBackend()
+
+
+def source_facts(source: str | Path) -> tuple[str, int]:
+    """(Ultralytics task, number of backbone layers) of a checkpoint or model yaml, read as :func:`build_model` reads
+    it (restricted unpickling; Ultralytics' names resolved as ``YOLO()`` resolves them).
+
+    The backbone length is the ``freeze=N`` that freezes exactly the backbone (10 for YOLOv8, 11 for YOLO11/YOLO26),
+    the "backbone freeze" of a recipe-less compare.
+    """
+    model = build_model(source)
+    layers = (getattr(model, "yaml", None) or {}).get("backbone") or []
+    return model_task(model), len(layers)

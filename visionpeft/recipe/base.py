@@ -133,7 +133,8 @@ class BaseRecipe(Section):
 
     Attributes:
         task: which task schema and runner to use (``classification`` or ``detection``).
-        name: run name; run directories are ``<output>/<name>-<timestamp>``.
+        name: run name; run directories are ``<output>/<name>-<timestamp>``. Without one, the run is named after
+            its data and strategies (``coco8-freeze10``, ``flowers5_128-lora-head``; :mod:`.naming`).
         model: the model to fine-tune (a timm name for classification, a ``.pt``/yaml for detection).
         data: dataset descriptor YAML or dataset folder.
         strategies: strategy list trained by ``visionpeft train`` (e.g. ``[{method: lora, rank: 8}]``).
@@ -163,7 +164,7 @@ class BaseRecipe(Section):
     FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("task", "model", "seed", "strategies")
 
     task: str = "classification"
-    name: str = "run"
+    name: str = "run"  # filled from data and strategies when the recipe gives none (.naming)
     model: str
     data: str
     strategies: list[dict[str, Any]] = Field(default_factory=list)
@@ -173,6 +174,16 @@ class BaseRecipe(Section):
     lr_grid: dict[str, list[float] | str] | str | None = None
     output: str = "runs/visionpeft"
     tensorboard: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        # A run is named after what it is (coco8-freeze10), not after the recipe it came from.
+        if isinstance(data, dict) and data.get("name") in (None, ""):
+            from .naming import derived_name
+
+            data = {**data, "name": derived_name(data)}
+        return data
 
     @field_validator("name", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from ..packaged import PATH_KEYS, find_recipe, packaged_path
 from ..safe_yaml import brief, brief_text, check_size, load_yaml_file
 from .base import BaseRecipe
 
-__all__ = ["TASK_SCHEMAS", "load_recipe", "parse_recipe", "apply_overrides", "save_resolved",
+__all__ = ["TASK_SCHEMAS", "load_recipe", "load_cli_recipe", "parse_recipe", "apply_overrides", "save_resolved",
            "schema_for", "recipe_to_dict"]
 
 #: task name -> ``"module:Class"`` of its recipe schema: a view of :data:`visionpeft.engines.ENGINES`
@@ -197,16 +197,53 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> BaseRecipe:
     directory records absolute paths.
     """
     path = find_recipe(path)
+    doc = apply_overrides(_read_recipe(path), overrides)
+    return parse_recipe(_with_packaged_paths(doc), source=str(path))
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
     doc = load_yaml_file(path) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(doc).__name__}")
     if _typed_scalar(doc.get("name")):
         doc["name"] = _written_name(path)  # name: 2024.10 names the run "2024.10" (YAML would say 2024.1)
-    doc = apply_overrides(doc, overrides)
+    return doc
+
+
+def _with_packaged_paths(doc: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         if isinstance(doc.get(key), str):
             doc[key] = packaged_path(doc[key])
-    return parse_recipe(doc, source=str(path))
+    return doc
+
+
+def load_cli_recipe(items: Sequence[str], command: str = "train") -> BaseRecipe:
+    """The recipe of a ``visionpeft train`` / ``compare`` command line: ``[RECIPE] key=value ...``.
+
+    Without a recipe the flat keys describe the run (``model=yolo11n.pt data=coco8.yaml freeze=10 epochs=5``; see
+    :mod:`.flat`): the task comes from the model, ``train`` trains the strategies given (``freeze``, ``strategies``;
+    none: full fine-tuning, as ``yolo train``), and ``compare`` compares full fine-tuning with them, or with the
+    default set of :mod:`.defaults` when none is given. With a recipe, flat keys override it.
+
+    Raises:
+        ConfigError: one line: the recipe file, an unknown key (closest of both vocabularies), a missing
+            ``model``/``data``, or whatever the task's schema refuses.
+    """
+    from .defaults import recipe_less
+    from .flat import FlatArgs, build_document, is_ultralytics_model, split_cli
+
+    recipe_arg, items = split_cli(items)
+    args = FlatArgs(items, _parse_value)
+    path = find_recipe(recipe_arg) if recipe_arg is not None else None
+    doc = _read_recipe(path) if path is not None else {}
+    task = args.flat.get("task", doc.get("task"))
+    model = args.flat.get("model", doc.get("model"))
+    ultralytics = str(task) != "classification" if task is not None else is_ultralytics_model(model or "")
+    doc = build_document(doc, args, ultralytics)
+    if path is None:
+        doc = recipe_less(_with_packaged_paths(doc), args, ultralytics, command)
+    doc = apply_overrides(doc, args.dotted)
+    return parse_recipe(_with_packaged_paths(doc), source=str(path) if path else "command line")
 
 
 def recipe_to_dict(recipe: BaseRecipe) -> dict[str, Any]:
