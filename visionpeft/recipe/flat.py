@@ -213,11 +213,12 @@ def with_freeze(strategies: Any, value: Any) -> list[Any]:
     """``strategies`` with Ultralytics' ``freeze`` value as its freeze entry (replaced, or put first)."""
     if isinstance(value, bool) or not (isinstance(value, int) and value >= 0 or value is None or (
             isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value))):
-        raise ConfigError(f"freeze={brief(value)}: expected a number of leading layers (freeze=10 freezes model.0-"
+        shown = str(value).lower() if isinstance(value, bool) else brief(value)
+        raise ConfigError(f"freeze={shown}: expected a number of leading layers (freeze=10 freezes model.0-"
                           "model.9, as in Ultralytics) or a list of layer indices (freeze=[0,3])")
     entries = [e for e in (strategies or []) if not _is_freeze(e)]
     if value in (0, None, []):
-        return entries  # Ultralytics' freeze=0 / freeze=None freeze nothing
+        return entries or [{"method": "full"}]  # Ultralytics' freeze=0 / freeze=None freeze nothing
     old = next((e for e in (strategies or []) if _is_freeze(e)), None)
     entry = {**(old if isinstance(old, dict) else {}), "method": "freeze", "n": value}
     return [entry, *entries]
@@ -285,10 +286,14 @@ def _section_fields() -> dict[str, str]:
 
 
 def _unknown(key: str, ultralytics: bool) -> None:
-    """Raise for a key neither vocabulary knows, with the closest key of both."""
-    words = [*TOP_KEYS, *_FLAT_OWN, *ultralytics_keys(), *CLASSIFICATION_WORDS, *_section_fields(),
-             *(_ULTRALYTICS_TOP if ultralytics else _CLASSIFICATION_TOP)]
-    hint = closest(key, words, n=1)
+    """Raise for a key the model's vocabulary lacks, with the closest key of visionpeft's and the backend's."""
+    from .ultralytics import ALIASES
+
+    if ultralytics:
+        words = [*TOP_KEYS, *_FLAT_OWN, *ultralytics_keys(), *_ULTRALYTICS_TOP]
+    else:
+        words = [*TOP_KEYS, *_FLAT_OWN, *CLASSIFICATION_WORDS, *_section_fields(), *_CLASSIFICATION_TOP]
+    hint = [ALIASES[key]] if ultralytics and key in ALIASES else closest(key, words, n=1)
     raise ConfigError(f"{key}=: not a visionpeft or Ultralytics argument"
                       + (f"; did you mean {hint[0]}=?" if hint else "")
                       + " (recipe paths are dotted: train.epochs=3, ultralytics.mosaic=0)")

@@ -41,7 +41,7 @@ from ..errors import closest
 from ..safe_yaml import brief, brief_text
 from .base import BaseRecipe, Section
 
-__all__ = ["UltralyticsRecipe", "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS",
+__all__ = ["UltralyticsRecipe", "DetectionDatasetSection", "validate_ultralytics_args", "OWN_KEYS", "ALIASES",
            "DEFAULT_ULTRALYTICS_ARGS"]
 
 #: Ultralytics arguments visionpeft sets itself, and where the recipe sets them instead.
@@ -67,7 +67,7 @@ DEFAULT_ULTRALYTICS_ARGS: dict[str, Any] = {"plots": False, "deterministic": Tru
 
 
 # Names users bring from other trainers (timm, HF) -> the Ultralytics argument they mean.
-_ALIASES = {"lr": "lr0", "learning_rate": "lr0", "batch_size": "batch", "img_size": "imgsz",
+ALIASES = {"lr": "lr0", "learning_rate": "lr0", "batch_size": "batch", "img_size": "imgsz",
             "image_size": "imgsz", "num_workers": "workers", "wd": "weight_decay"}
 
 
@@ -95,7 +95,7 @@ def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") 
         if key in OWN_KEYS:
             problems.append(f"{where}.{key}: set by visionpeft; use {OWN_KEYS[key]}")
         elif key not in known:
-            hint = [_ALIASES[key]] if key in _ALIASES else closest(key, known, n=1)
+            hint = [ALIASES[key]] if key in ALIASES else closest(key, known, n=1)
             problems.append(
                 f"{where}.{key}: not an Ultralytics training argument"
                 + (f"; did you mean {hint[0]!r}?" if hint else "; see ultralytics.cfg.DEFAULT_CFG_DICT")
