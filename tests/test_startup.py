@@ -58,3 +58,12 @@ def test_import_visionpeft_is_light_and_names_load_on_use(tmp_path):
     missing = subprocess.run([sys.executable, "-c", "import visionpeft; visionpeft.nope"], capture_output=True,
                              text=True, cwd=tmp_path, timeout=120)
     assert "AttributeError: module 'visionpeft' has no attribute 'nope'" in missing.stderr
+
+
+def test_ultralytics_trainers_are_top_level_names_loaded_on_use(tmp_path):
+    code = ("import sys, visionpeft; assert 'PeftDetectionTrainer' in visionpeft.__all__; "
+            "assert not {'torch', 'ultralytics'} & set(sys.modules), 'import visionpeft imported torch/ultralytics'; "
+            "from visionpeft import PeftDetectionTrainer, trainer_for; "
+            "assert trainer_for('detect') is PeftDetectionTrainer; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr

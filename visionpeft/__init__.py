@@ -14,6 +14,10 @@ Typical use::
     visionpeft.load_adapter(base, "out/b", name="b")
     visionpeft.set_adapter(base, "b")                 # ... switched without reloading it (None: the base)
 
+    yolo = YOLO("yolo11n.pt")                         # Ultralytics: apply to the YOLO object, then its own train()
+    visionpeft.apply(yolo, [{"method": "lora", "rank": 8}, {"method": "head"}])
+    yolo.train(data="data.yaml", epochs=20)           # trains the adapters (docs/detection.md, "From Python")
+
 The public names are imported on first use (PEP 562): ``import visionpeft`` and the ``visionpeft`` command start
 without importing torch, so ``visionpeft --help`` and error messages appear at once.
 """
@@ -39,6 +43,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ be
     from .plan import TrainabilityPlan
     from .spec import ModelSpec, TokenSpec
     from .strategies.importance import GradientProbe
+    from .tasks.ultralytics.trainer import (
+        PeftClassificationTrainer,
+        PeftDepthTrainer,
+        PeftDetectionTrainer,
+        PeftOBBTrainer,
+        PeftPoseTrainer,
+        PeftRTDETRTrainer,
+        PeftSegmentationTrainer,
+        PeftSemanticSegmentationTrainer,
+        trainer_for,
+    )
 
 __version__ = "0.1.0"
 
@@ -51,6 +66,12 @@ _LAZY: dict[str, str] = {
     "TrainabilityPlan": "plan",
     "ModelSpec": "spec", "TokenSpec": "spec",
     "GradientProbe": "strategies.importance",
+    # Ultralytics' trainer of each task with visionpeft strategies (imports Ultralytics on first use):
+    # YOLO(...).train(trainer=visionpeft.PeftDetectionTrainer.configure([...]), data=...)
+    **{name: "tasks.ultralytics.trainer" for name in (
+        "PeftDetectionTrainer", "PeftSegmentationTrainer", "PeftPoseTrainer", "PeftOBBTrainer",
+        "PeftClassificationTrainer", "PeftSemanticSegmentationTrainer", "PeftDepthTrainer", "PeftRTDETRTrainer",
+        "trainer_for")},
 }
 
 __all__ = [
@@ -58,6 +79,14 @@ __all__ = [
     "ConfigError",
     "GradientProbe",
     "ModelSpec",
+    "PeftClassificationTrainer",
+    "PeftDepthTrainer",
+    "PeftDetectionTrainer",
+    "PeftOBBTrainer",
+    "PeftPoseTrainer",
+    "PeftRTDETRTrainer",
+    "PeftSegmentationTrainer",
+    "PeftSemanticSegmentationTrainer",
     "PlanViolationError",
     "TargetNotFoundError",
     "TokenSpec",
@@ -73,6 +102,7 @@ __all__ = [
     "parameter_report",
     "save_adapter",
     "set_adapter",
+    "trainer_for",
 ]
 
 

@@ -81,11 +81,24 @@ def apply(
     _freeze_always(root, ctx)
     for i, strategy in objs:
         _at(i, strategy.check, root, ctx)
+    attach = _ultralytics_attach(root)
     with atomic(root):
         plan = _apply_all(root, objs, ctx, configs, records)
         plan.enforce(root)
         setattr(root, STATE_ATTR, AdaptedState(configs=configs, spec=spec, plan=plan))
+    if attach is not None:
+        attach()
     return plan
+
+
+def _ultralytics_attach(root: nn.Module) -> Any:
+    """For the network of an Ultralytics YOLO object (``YOLO(...)`` or its ``.model``): what makes the object's
+    ``train()`` train the adapted model instead of a plain one (``tasks/ultralytics/attached.py``); else ``None``."""
+    if not any(c.__module__.startswith("ultralytics.") for c in type(root).__mro__):
+        return None
+    from .engines import ULTRALYTICS_ATTACH, load_attr
+
+    return load_attr(ULTRALYTICS_ATTACH, "the YOLO training hook")(root)
 
 
 def _ordered(objs: list[Strategy]) -> list[tuple[int, Strategy]]:

@@ -20,7 +20,7 @@ from typing import Any
 from . import ultralytics_tasks
 from .errors import ConfigError, closest
 
-__all__ = ["Engine", "ENGINES", "get_engine", "load_attr"]
+__all__ = ["Engine", "ENGINES", "get_engine", "load_attr", "ULTRALYTICS_ATTACH"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,11 @@ def get_engine(task: str, where: str = "task") -> Engine:
         raise ConfigError(f"{where}: unknown task {task!r}; available: {sorted(ENGINES)}"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     return ENGINES[name]
+
+
+#: ``"module:function"`` that :func:`visionpeft.apply` calls before adapting the network of an Ultralytics YOLO object,
+#: so the object's own ``train()`` trains the adapted model (``visionpeft.tasks.ultralytics.attached``).
+ULTRALYTICS_ATTACH = "visionpeft.tasks.ultralytics.attached:prepare"
 
 
 def load_attr(spec: str, what: str) -> Any:

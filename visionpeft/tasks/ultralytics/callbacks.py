@@ -17,6 +17,7 @@ import torch
 
 from ...errors import PlanViolationError
 from ..divergence import check_loss, check_val_loss, kept_checkpoint
+from .run_record import write_run_recipe
 
 __all__ = ["PerfMeter", "metrics_from_ultralytics", "make_callbacks"]
 
@@ -97,12 +98,14 @@ def _check_optimizer(trainer: Any, model: torch.nn.Module) -> None:
 
 
 def on_pretrain_routine_end(tr: Any) -> None:
-    """After Ultralytics' setup: enforce and check the plan, check the optimizer, log the plan and hparams."""
+    """After Ultralytics' setup: enforce and check the plan, check the optimizer, log the plan and hparams; a run
+    started from Python gets its ``recipe.yaml`` (:mod:`.run_record`)."""
     model = tr.vp_model()
     tr.vp_plan.enforce(model)
     tr.vp_plan.check(model)
     _check_optimizer(tr, model)
     tr.vp_write_plan()
+    write_run_recipe(tr)
     tr.vp_lr_tags = lr_tags(tr.optimizer, model, tr.vp_plan)
     if tr.vp_logger is not None:
         tr.vp_logger.plan(tr.vp_plan)

@@ -40,8 +40,10 @@ What Ultralytics does, and what the mixin changes (``ultralytics/engine/trainer.
   ``adapter_last/``) and ``weights/merged.pt``, the best epoch merged into a plain Ultralytics checkpoint
   (also written by ``visionpeft merge``), loadable without visionpeft.
 
-Use it from Python with ``YOLO(...).train(trainer=PeftDetectionTrainer.configure([...]), data=...)``, or
-through ``visionpeft train`` (the Ultralytics runner).
+Use it from Python with ``YOLO(...).train(trainer=PeftDetectionTrainer.configure([...]), data=...)`` (the run gets
+its ``recipe.yaml`` from :mod:`.run_record`, so visionpeft's commands read it), with ``yolo.train(...)`` after
+``visionpeft.apply(yolo, [...])`` (:mod:`.attached`: the trainer continues from that adapted model, ``vp_source``),
+or through ``visionpeft train`` (the Ultralytics runner). The classes are also ``visionpeft.PeftDetectionTrainer``...
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from .callbacks import PerfMeter, make_callbacks, write_json
 from .ddp import launch_env, settings_from_env
 from .trainer_checkpoints import CheckpointMixin
 from .trainer_final import FinalEvalMixin, RestatedFinalEval
-from .trainer_model import ModelSetupMixin
+from .trainer_model import AdaptedSource, ModelSetupMixin
 from .trainer_optim import OptimizerMixin, split_groups_by_owner
 
 # Also the generated ``Peft<UltralyticsTrainer>`` classes (``PeftDetectionTrainer``...; see :data:`TRAINERS`).
@@ -89,16 +91,23 @@ class PeftTrainerMixin(ModelSetupMixin, OptimizerMixin, CheckpointMixin, FinalEv
     vp_tensorboard: ClassVar[bool] = True
     vp_run_name: ClassVar[str | None] = None
     vp_configured: ClassVar[bool] = False
+    #: The user's adapted model to continue from (``yolo.train(...)`` after ``visionpeft.apply(yolo, ...)``, see
+    #: :mod:`.attached`); ``None``: the strategies are applied to the model Ultralytics builds.
+    vp_source: ClassVar[AdaptedSource | None] = None
 
     @classmethod
     def configure(
         cls, strategies: list[Any], *, run_dir: str | Path | None = None, tensorboard: bool = True,
-        run_name: str | None = None,
+        run_name: str | None = None, source: AdaptedSource | None = None,
     ) -> type[PeftTrainerMixin]:
-        """A trainer class bound to ``strategies`` (validated now, so typos fail before any data loading)."""
+        """A trainer class bound to ``strategies`` (validated now, so typos fail before any data loading).
+
+        ``source``: continue from a model the user adapted (its adapter tensors, its base; see :mod:`.attached`,
+        which passes it); its budgets come with the per-layer ranks they resolved to."""
         configs = api.parse_strategies(strategies)
         for i, c in enumerate(configs):
-            if getattr(c, "budget", None) is not None and getattr(c, "allocation", None) == "importance":
+            if source is None and getattr(c, "budget", None) is not None \
+                    and getattr(c, "allocation", None) == "importance":
                 raise ConfigError(
                     f"strategies.{i}.allocation: importance is not available for detection (Ultralytics' trainer "
                     "builds the model before its data loaders, so no batches exist to measure gradients on); use "
@@ -111,6 +120,7 @@ class PeftTrainerMixin(ModelSetupMixin, OptimizerMixin, CheckpointMixin, FinalEv
             "vp_tensorboard": tensorboard,
             "vp_run_name": run_name,
             "vp_configured": True,
+            "vp_source": source,
         }
         # Same name and module as this class: Ultralytics 8.3's DDP script imports the trainer by name and
         # then gets this class, which reads the settings back from the environment (see .ddp).
@@ -126,6 +136,13 @@ class PeftTrainerMixin(ModelSetupMixin, OptimizerMixin, CheckpointMixin, FinalEv
         from ultralytics.cfg import DEFAULT_CFG
 
         super().__init__(cfg if cfg is not None else DEFAULT_CFG, overrides, _callbacks)
+        if self.vp_source is not None and self.world_size > 1:
+            raise ConfigError(
+                f"device={self.args.device}: the adapted model of this YOLO object cannot travel to Ultralytics' DDP "
+                "workers; train on one device, or use 'visionpeft train RECIPE ultralytics.device=0,1' / "
+                "YOLO(base).train(trainer=visionpeft.trainer_for(task).configure([...]), device='0,1')"
+            )
+        self.vp_overrides = overrides  # what the caller set: the run's recipe.yaml records it (see .run_record)
         self._vp_read_settings()
         self.vp_plan: TrainabilityPlan | None = None
         self.vp_run_dir = Path(self.vp_run_dir_cfg) if self.vp_run_dir_cfg else Path(self.save_dir)

@@ -8,8 +8,10 @@ first, so its loop stays quiet; the optimizer job re-applies the plan).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
@@ -18,7 +20,23 @@ from ... import api
 from ...errors import ConfigError
 from . import resume
 
-__all__ = ["ModelSetupMixin"]
+__all__ = ["ModelSetupMixin", "AdaptedSource"]
+
+
+@dataclass(frozen=True)
+class AdaptedSource:
+    """A model the user adapted, to train on (``yolo.train(...)`` after ``visionpeft.apply(yolo, ...)``).
+
+    Attributes:
+        model: the adapted network (its adapter tensors, trained head, BatchNorm statistics are taken).
+        base: a copy of the plain network before it was adapted (what Ultralytics transfers into the model it
+            builds for the data, as it transfers a ``.pt``'s weights).
+        resolved: what its budgets resolved to (``plan.resolved``), so they are not solved again.
+    """
+
+    model: nn.Module
+    base: nn.Module
+    resolved: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ModelSetupMixin:
@@ -27,6 +45,8 @@ class ModelSetupMixin:
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         """Build the model as Ultralytics does (new head for the dataset's classes), then apply strategies."""
+        if self.vp_source is not None and not self.resume:
+            return self._vp_model_from_source(self.vp_source, verbose)
         if isinstance(weights, nn.Module) and api.get_state(weights) is not None:
             if self.resume:
                 return self._vp_resumed_model(cfg, weights, verbose)
@@ -39,6 +59,31 @@ class ModelSetupMixin:
                               "Ultralytics' own DetectionTrainer, or start a new visionpeft run")
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         self.vp_plan = api.apply(model, self._vp_configs())
+        self._vp_log_plan()
+        return model
+
+    def _vp_model_from_source(self, source: AdaptedSource, verbose: bool) -> nn.Module:
+        """The user's adapted model, rebuilt for this data exactly: Ultralytics builds the network for the data's
+        classes and transfers the plain base into it (as it transfers a ``.pt``), the strategies are applied as a
+        fresh run applies them, then every tensor of the user's model whose name and shape match is copied in
+        (adapters, trained head, BatchNorm statistics). The rest (e.g. the class convs of a head for another class
+        count) stays as a fresh run initialises it, named in one log line."""
+        model = super().get_model(cfg=source.base.yaml, weights=source.base, verbose=verbose)
+        self.vp_plan = api.apply(model, self._vp_configs(), resolved=source.resolved or None)
+        theirs = source.model.state_dict()
+        fresh = []
+        with torch.no_grad():
+            for key, tensor in model.state_dict().items():
+                value = theirs.get(key)
+                if value is not None and value.shape == tensor.shape:
+                    tensor.copy_(value)
+                else:
+                    fresh.append(key)
+        if RANK in {-1, 0}:
+            total = len(model.state_dict())
+            detail = f"; initialised as a fresh run does (shapes differ, e.g. another class count): {fresh[:4]}"
+            LOGGER.info(f"visionpeft: took {total - len(fresh)}/{total} tensors from the adapted model"
+                        + (detail + (" ..." if len(fresh) > 4 else "") if fresh else ""))
         self._vp_log_plan()
         return model
 
