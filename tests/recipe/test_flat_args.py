@@ -94,8 +94,10 @@ def test_timm_words(tmp_path):
                          "batch=16", "imgsz=64", "lr0=1e-3", "optimizer=SGD", "fliplr=0", "device=cpu",
                          "grad_accum=2", "amp=false", "patience=4", f"project={tmp_path / 'runs'}"])
     assert r.task == "classification" and r.pretrained is True  # no weights given: timm's pretrained ones
-    assert (r.train.epochs, r.train.batch_size, r.augment.img_size, r.optim.lr, r.optim.name) == (3, 16, 64, 1e-3, "sgd")
-    assert (r.augment.hflip, r.train.device, r.train.grad_accum, r.train.amp, r.train.patience) == (0, "cpu", 2, "off", 4)
+    got = (r.train.epochs, r.train.batch_size, r.augment.img_size, r.optim.lr, r.optim.name)
+    assert got == (3, 16, 64, 1e-3, "sgd")
+    got = (r.augment.hflip, r.train.device, r.train.grad_accum, r.train.amp, r.train.patience)
+    assert got == (0, "cpu", 2, "off", 4)
     assert r.name == f"{tmp_path.name}-lora-head" and r.output == str(tmp_path / "runs")
     with pytest.raises(ConfigError, match=r"^mosaic=: an Ultralytics argument, and vit_tiny_patch16_224 is a timm"):
         load_cli_recipe(["model=vit_tiny_patch16_224", f"data={tmp_path}", "mosaic=0"])
