@@ -32,7 +32,8 @@ def test_any_scalar_is_a_name_in_overrides_and_files(tmp_path, recipe, text, nam
 def test_no_name_is_named_after_data_and_strategies(text):
     # null and '' give no name: the run is named after what it is (the quickstart compares on digits)
     assert load_recipe("recipes/quickstart.yaml", [f"name={text}"]).name == "digits-compare"
-    r = load_recipe("recipes/quickstart.yaml", [f"name={text}", "compare=null", "strategies=[{method: freeze, n: 3}, lora]"])
+    items = [f"name={text}", "compare=null", "strategies=[{method: freeze, n: 3}, lora]"]
+    r = load_recipe("recipes/quickstart.yaml", items)
     assert r.name == "digits-freeze3-lora"
 
 
