@@ -60,7 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     # Each task checks the run (checkpoint present and readable, overrides compatible) before writing anything.
-    result = _runner_of_run(run_dir).resume(run_dir, args.overrides)
+    from .recipe.flat import to_dotted
+    from .run_dir import engine_of_run
+
+    overrides = to_dotted(args.overrides, engine_of_run(run_dir).backend == "ultralytics")  # device=0 as in yolo
+    result = _runner_of_run(run_dir).resume(run_dir, overrides)
     _print_result(result)
     return 0
 

@@ -128,3 +128,14 @@ def test_recipe_less_compare_sets(tmp_path, shared):
     assert list(timm_runs) == ["full", "lora_head", "head"]
     given = load_cli_recipe(["model=yolo11n.yaml", "data=coco8.yaml", "freeze=10"], "compare")
     assert list(given.compare_runs()) == ["full", "freeze10"] and given.name == "coco8-compare"
+
+
+def test_resume_takes_the_same_flat_words():
+    from visionpeft.recipe.flat import to_dotted
+
+    assert to_dotted(["device=cpu", "workers=0", "ultralytics.batch=4", "seed=1", "project=p"], True) == [
+        "ultralytics.device=cpu", "ultralytics.workers=0", "ultralytics.batch=4", "seed=1", "output=p"]
+    assert to_dotted(["device=cpu", "batch=8", "freeze=3"], False) == [
+        "train.device=cpu", "train.batch_size=8", "strategies=3"]  # what trains is refused by resume itself
+    with pytest.raises(ConfigError, match=r"^workerz=: .*did you mean workers=\?"):
+        to_dotted(["workerz=0"], True)

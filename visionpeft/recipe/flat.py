@@ -37,8 +37,8 @@ from typing import Any
 from ..errors import ConfigError, closest
 from ..safe_yaml import brief, load_yaml_file, load_yaml_text
 
-__all__ = ["FlatArgs", "split_cli", "is_flat", "build_document", "ultralytics_keys", "parse_strategy_text",
-           "is_ultralytics_model", "CLASSIFICATION_WORDS", "TOP_KEYS"]
+__all__ = ["FlatArgs", "split_cli", "is_flat", "build_document", "to_dotted", "ultralytics_keys",
+           "parse_strategy_text", "is_ultralytics_model", "CLASSIFICATION_WORDS", "TOP_KEYS"]
 
 #: Top-level recipe keys a flat argument sets as they are (every task).
 TOP_KEYS = ("model", "data", "task", "name", "seed", "seeds", "lr_grid", "tensorboard", "output", "compare",
@@ -297,3 +297,31 @@ def _unknown(key: str, ultralytics: bool) -> None:
     raise ConfigError(f"{key}=: not a visionpeft or Ultralytics argument"
                       + (f"; did you mean {hint[0]}=?" if hint else "")
                       + " (recipe paths are dotted: train.epochs=3, ultralytics.mosaic=0)")
+
+
+def to_dotted(items: Sequence[str], ultralytics: bool) -> list[str]:
+    """``key=value`` items of a command that takes recipe paths (``visionpeft resume RUN_DIR device=0``) with each flat
+    key written as the recipe path it means (``ultralytics.device=0``; timm: ``train.device=0``); dotted and
+    top-level recipe keys are kept as they are (the command then says what it cannot change).
+
+    Raises:
+        ConfigError: a key neither vocabulary knows (with the closest).
+    """
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        own = _ULTRALYTICS_TOP if ultralytics else _CLASSIFICATION_TOP
+        if not sep or "." in key or key in TOP_KEYS or key in own:
+            out.append(item)
+        elif key == "project":
+            out.append(f"output={raw}")
+        elif key in ("freeze", "strategies"):
+            out.append(f"strategies={raw}")  # refused by the command: what trains is the run's own
+        elif ultralytics and key in ultralytics_keys() and key not in _REFUSED:
+            out.append(f"ultralytics.{key}={raw}")
+        elif not ultralytics and (path := CLASSIFICATION_WORDS.get(key) or _section_fields().get(key)):
+            out.append(f"{path}={raw}")
+        else:
+            _unknown(key, ultralytics)
+    return out
