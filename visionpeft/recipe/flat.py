@@ -46,8 +46,8 @@ TOP_KEYS = ("model", "data", "task", "name", "seed", "seeds", "lr_grid", "tensor
 #: Keys the flat form reads itself (not recipe fields of the same name).
 _FLAT_OWN = ("freeze", "strategies", "project", "cfg")
 #: Top-level keys of one kind of recipe only.
-_ULTRALYTICS_TOP = ("check_labels",)
-_CLASSIFICATION_TOP = ("weights", "head_init_std")
+_ULTRALYTICS_TOP = ("check_labels", "ultralytics", "dataset")
+_CLASSIFICATION_TOP = ("weights", "head_init_std", "train", "optim", "augment", "dataset")
 
 #: Ultralytics' words (and common names from other trainers) -> the classification recipe path meaning the same.
 CLASSIFICATION_WORDS: dict[str, str] = {
