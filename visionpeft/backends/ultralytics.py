@@ -393,13 +393,21 @@ def _assert_plain(model: nn.Module) -> None:
 
 
 def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save a merged Ultralytics model in Ultralytics' checkpoint layout (fp16, like Ultralytics' own)."""
+    """Save a merged Ultralytics model in Ultralytics' checkpoint layout (fp16, like Ultralytics' own).
+
+    ``train_args`` are the model's ``args`` with ``task`` set to the model's own task (:func:`model_task`):
+    Ultralytics' ``load_checkpoint`` fills missing arguments from its defaults (``task: detect``) and ``YOLO(path)``
+    takes its task from them, so a segment, pose, obb or classify model built from a yaml (no ``args`` yet) would
+    load as a detector.
+    """
     import ultralytics
 
     _assert_plain(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     args = getattr(model, "args", {})
+    train_args = dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
+    train_args["task"] = model_task(model)
     model = copy.deepcopy(model)  # the caller's model keeps its float32 weights
     if hasattr(model, "criterion"):
         model.criterion = None  # training-only state, as Ultralytics strips it
@@ -408,7 +416,7 @@ def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, An
         "version": ultralytics.__version__,
         "model": None,
         "ema": model.half(),
-        "train_args": dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {}),
+        "train_args": train_args,
         # Plain data only (JSON string): loading this file must not need visionpeft.
         "visionpeft": json.dumps(extra or {}, default=str),
     }
