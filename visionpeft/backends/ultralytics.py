@@ -246,7 +246,7 @@ def _check_task(found: str, wanted: str | None, what: str) -> None:
 
 
 def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = None) -> nn.Module:
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+    from ultralytics.nn.tasks import yaml_model_load
 
     # yaml_model_load resolves scaled names ('yolo11n.yaml' -> yolo11.yaml with scale 'n') inside the
     # package; it only downloads for URLs, which a model yaml name never is here.
@@ -264,9 +264,26 @@ def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = No
     resolved = cfg_dict.get("yaml_file", cfg) if isinstance(cfg_dict, dict) else cfg
     if not isinstance(cfg_dict, dict) or "backbone" not in cfg_dict or "head" not in cfg_dict:
         raise ConfigError(f"{resolved}: not an Ultralytics model yaml (needs 'backbone' and 'head' sections)")
-    found = "detect" if yaml_is_rtdetr(cfg_dict) else guess_model_task(cfg_dict)  # RT-DETR: Ultralytics' detect
-    _check_task(found, task, f"{resolved}: a model yaml")
+    head = _head_module(cfg_dict)
+    if head.startswith(_OPEN_VOCABULARY):
+        raise ConfigError(
+            f"{resolved}: a YOLO-World / YOLOE open-vocabulary model ({head} head, built by Ultralytics' YOLOWorld / "
+            "YOLOE classes); visionpeft trains the YOLO and RT-DETR models of Ultralytics' tasks, e.g. "
+            "'yolo26n.yaml', 'yolo26n-seg.yaml', 'yolo26n-pose.yaml', 'yolo26n-obb.yaml', 'yolo26n-cls.yaml'"
+        )
+    _check_task(yaml_task(cfg_dict), task, f"{resolved}: a model yaml")
     return _with_nc(model_from_cfg(cfg_dict, nc=nc, verbose=verbose)).float().eval()
+
+
+#: Output modules of the open-vocabulary families (``WorldDetect``, ``YOLOEDetect``, ``YOLOESegment[26]``), which
+#: Ultralytics builds with their own model classes (``WorldModel``, ``YOLOEModel``), not its tasks' ``task_map``.
+_OPEN_VOCABULARY = ("World", "YOLOE")
+
+
+def _head_module(cfg_dict: dict[str, Any]) -> str:
+    """The name of a model yaml's output module (its last layer's module: ``Detect``, ``Segment26``, ...)."""
+    layers = cfg_dict.get("head") or [[]]
+    return str(layers[-1][2]) if len(layers[-1]) > 2 else ""
 
 
 def yaml_is_rtdetr(cfg_dict: dict[str, Any]) -> bool:
@@ -274,13 +291,21 @@ def yaml_is_rtdetr(cfg_dict: dict[str, Any]) -> bool:
     return any("RTDETRDecoder" in str(layer[2]) for layer in cfg_dict.get("head", []) if len(layer) > 2)
 
 
+def yaml_task(cfg_dict: dict[str, Any]) -> str:
+    """The Ultralytics task of a model yaml, from its output module as Ultralytics' ``guess_model_task`` reads it
+    (``Segment26`` -> ``segment``, ``Pose26`` -> ``pose``, ...); RT-DETR is Ultralytics' ``detect``."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    if yaml_is_rtdetr(cfg_dict):
+        return "detect"
+    found = guess_model_task(cfg_dict)
+    return found if isinstance(found, str) else "?"
+
+
 def model_from_cfg(cfg_dict: dict[str, Any], *, nc: int | None, verbose: bool = False, **kwargs: Any) -> nn.Module:
     """A new model of the class Ultralytics uses for this yaml's task (random init); ``kwargs`` go to the class
     (``data_kpt_shape`` for pose, as ``PoseTrainer.get_model`` passes it)."""
-    from ultralytics.nn.tasks import guess_model_task
-
-    rtdetr = yaml_is_rtdetr(cfg_dict)
-    cls = task_classes("detect" if rtdetr else guess_model_task(cfg_dict), rtdetr=rtdetr)["model"]
+    cls = task_classes(yaml_task(cfg_dict), rtdetr=yaml_is_rtdetr(cfg_dict))["model"]
     return cls(cfg_dict, nc=nc, verbose=verbose, **kwargs)
 
 
