@@ -188,3 +188,17 @@ def test_lora_on_every_yolo11_conv_type_merges_through_ultralytics_fuse():
     _randomize_bn(base)
     with torch.no_grad():
         assert (base(x)[0] - adapted).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("cfg,task", [("yolov8n-seg.yaml", "segment"), ("yolo11n-pose.yaml", "pose"),
+                                      ("yolo11n-obb.yaml", "obb"), ("yolo11n-cls.yaml", "classify")])
+def test_plain_checkpoint_of_a_yaml_model_keeps_its_task(cfg, task, tmp_path):
+    """A model built from a yaml has no Ultralytics ``args``; its plain checkpoint must still name its task, or
+    Ultralytics' ``load_checkpoint`` fills ``task`` from its defaults and ``YOLO(path)`` treats it as a detector."""
+    from ultralytics import YOLO
+
+    from visionpeft.backends.ultralytics import BACKEND
+
+    path = BACKEND.export_merged(fresh(cfg), tmp_path / "m.pt")
+    assert YOLO(str(path)).task == task
+    assert type(build_model(path, task=task)).__name__ == type(_built(cfg)).__name__

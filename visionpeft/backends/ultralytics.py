@@ -247,7 +247,7 @@ def _check_task(found: str, wanted: str | None, what: str) -> None:
 
 
 def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = None) -> nn.Module:
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+    from ultralytics.nn.tasks import yaml_model_load
 
     # yaml_model_load resolves scaled names ('yolo11n.yaml' -> yolo11.yaml with scale 'n') inside the
     # package; it only downloads for URLs, which a model yaml name never is here.
@@ -265,9 +265,26 @@ def _from_yaml(cfg: str, *, nc: int | None, verbose: bool, task: str | None = No
     resolved = cfg_dict.get("yaml_file", cfg) if isinstance(cfg_dict, dict) else cfg
     if not isinstance(cfg_dict, dict) or "backbone" not in cfg_dict or "head" not in cfg_dict:
         raise ConfigError(f"{resolved}: not an Ultralytics model yaml (needs 'backbone' and 'head' sections)")
-    found = "detect" if yaml_is_rtdetr(cfg_dict) else guess_model_task(cfg_dict)  # RT-DETR: Ultralytics' detect
-    _check_task(found, task, f"{resolved}: a model yaml")
+    head = _head_module(cfg_dict)
+    if head.startswith(_OPEN_VOCABULARY):
+        raise ConfigError(
+            f"{resolved}: a YOLO-World / YOLOE open-vocabulary model ({head} head, built by Ultralytics' YOLOWorld / "
+            "YOLOE classes); visionpeft trains the YOLO and RT-DETR models of Ultralytics' tasks, e.g. "
+            "'yolo26n.yaml', 'yolo26n-seg.yaml', 'yolo26n-pose.yaml', 'yolo26n-obb.yaml', 'yolo26n-cls.yaml'"
+        )
+    _check_task(yaml_task(cfg_dict), task, f"{resolved}: a model yaml")
     return _with_nc(model_from_cfg(cfg_dict, nc=nc, verbose=verbose)).float().eval()
+
+
+#: Output modules of the open-vocabulary families (``WorldDetect``, ``YOLOEDetect``, ``YOLOESegment[26]``), which
+#: Ultralytics builds with their own model classes (``WorldModel``, ``YOLOEModel``), not its tasks' ``task_map``.
+_OPEN_VOCABULARY = ("World", "YOLOE")
+
+
+def _head_module(cfg_dict: dict[str, Any]) -> str:
+    """The name of a model yaml's output module (its last layer's module: ``Detect``, ``Segment26``, ...)."""
+    layers = cfg_dict.get("head") or [[]]
+    return str(layers[-1][2]) if len(layers[-1]) > 2 else ""
 
 
 def yaml_is_rtdetr(cfg_dict: dict[str, Any]) -> bool:
@@ -275,13 +292,21 @@ def yaml_is_rtdetr(cfg_dict: dict[str, Any]) -> bool:
     return any("RTDETRDecoder" in str(layer[2]) for layer in cfg_dict.get("head", []) if len(layer) > 2)
 
 
+def yaml_task(cfg_dict: dict[str, Any]) -> str:
+    """The Ultralytics task of a model yaml, from its output module as Ultralytics' ``guess_model_task`` reads it
+    (``Segment26`` -> ``segment``, ``Pose26`` -> ``pose``, ...); RT-DETR is Ultralytics' ``detect``."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    if yaml_is_rtdetr(cfg_dict):
+        return "detect"
+    found = guess_model_task(cfg_dict)
+    return found if isinstance(found, str) else "?"
+
+
 def model_from_cfg(cfg_dict: dict[str, Any], *, nc: int | None, verbose: bool = False, **kwargs: Any) -> nn.Module:
     """A new model of the class Ultralytics uses for this yaml's task (random init); ``kwargs`` go to the class
     (``data_kpt_shape`` for pose, as ``PoseTrainer.get_model`` passes it)."""
-    from ultralytics.nn.tasks import guess_model_task
-
-    rtdetr = yaml_is_rtdetr(cfg_dict)
-    cls = task_classes("detect" if rtdetr else guess_model_task(cfg_dict), rtdetr=rtdetr)["model"]
+    cls = task_classes(yaml_task(cfg_dict), rtdetr=yaml_is_rtdetr(cfg_dict))["model"]
     return cls(cfg_dict, nc=nc, verbose=verbose, **kwargs)
 
 
@@ -394,13 +419,21 @@ def _assert_plain(model: nn.Module) -> None:
 
 
 def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save a merged Ultralytics model in Ultralytics' checkpoint layout (fp16, like Ultralytics' own)."""
+    """Save a merged Ultralytics model in Ultralytics' checkpoint layout (fp16, like Ultralytics' own).
+
+    ``train_args`` are the model's ``args`` with ``task`` set to the model's own task (:func:`model_task`):
+    Ultralytics' ``load_checkpoint`` fills missing arguments from its defaults (``task: detect``) and ``YOLO(path)``
+    takes its task from them, so a segment, pose, obb or classify model built from a yaml (no ``args`` yet) would
+    load as a detector.
+    """
     import ultralytics
 
     _assert_plain(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     args = getattr(model, "args", {})
+    train_args = dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
+    train_args["task"] = model_task(model)
     model = copy.deepcopy(model)  # the caller's model keeps its float32 weights
     if hasattr(model, "criterion"):
         model.criterion = None  # training-only state, as Ultralytics strips it
@@ -409,7 +442,7 @@ def save_plain_checkpoint(model: nn.Module, out: str | Path, extra: dict[str, An
         "version": ultralytics.__version__,
         "model": None,
         "ema": model.half(),
-        "train_args": dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {}),
+        "train_args": train_args,
         # Plain data only (JSON string): loading this file must not need visionpeft.
         "visionpeft": json.dumps(extra or {}, default=str),
     }
