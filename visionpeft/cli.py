@@ -182,14 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "models, compared with full fine-tuning.")
     sub = p.add_subparsers(dest="command", required=True)
     over = {"nargs": "*", "default": [], "help": "key=value overrides, e.g. train.epochs=3 strategies.0.rank=16"}
-    items = {"nargs": "+", "metavar": "[RECIPE] key=value", "help": "model=... data=... and Ultralytics' own keys "
+    items = {"nargs": "+", "metavar": "ARG", "help": "model=... data=... and Ultralytics' own keys "
              "(epochs=5 imgsz=320 freeze=10 ...), strategies=lora,head; or a recipe file / packaged recipe name "
              "first (quickstart, detection/lora; see 'visionpeft recipes'), then key=value overrides"}
     t = sub.add_parser("train", help="train one run: model=yolo11n.pt data=coco8.yaml freeze=10 epochs=5, or a recipe",
+                       usage="visionpeft train [RECIPE] key=value ...",
                        epilog="docs/detection.md maps every 'yolo train' key")
     t.add_argument("items", **items)
     t.set_defaults(func=cmd_train)
-    c = sub.add_parser("compare", help="full fine-tuning + each compare run, then report.{md,json,csv,png}")
+    c = sub.add_parser("compare", help="full fine-tuning + each compare run, then report.{md,json,csv,png}",
+                       usage="visionpeft compare [RECIPE] key=value ...")
     c.add_argument("items", **items)
     c.set_defaults(func=cmd_compare)
     rp = sub.add_parser("report", help="rebuild a compare's report.{md,json,csv,png} from its saved runs "
