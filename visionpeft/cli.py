@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "models, compared with full fine-tuning.")
     sub = p.add_subparsers(dest="command", required=True)
     over = {"nargs": "*", "default": [], "help": "key=value overrides, e.g. train.epochs=3 strategies.0.rank=16"}
-    items = {"nargs": "+", "metavar": "ARG", "help": "model=... data=... and Ultralytics' own keys "
+    items = {"nargs": "*", "metavar": "ARG", "help": "model=... data=... and Ultralytics' own keys "
              "(epochs=5 imgsz=320 freeze=10 ...), strategies=lora,head; or a recipe file / packaged recipe name "
              "first (quickstart, detection/lora; see 'visionpeft recipes'), then key=value overrides"}
     t = sub.add_parser("train", help="train one run: model=yolo11n.pt data=coco8.yaml freeze=10 epochs=5, or a recipe",
