@@ -71,3 +71,17 @@ def test_verdict_calibration_runs_and_prints_every_setting(capsys):
     a, b = calibration.runs(np.random.default_rng(0), logit, 2, 0.15), calibration.runs(np.random.default_rng(9),
                                                                                          logit, 2, 0.15)
     assert a.shape == (2, 500) and 0.72 < a.mean() < 0.82 and 0.72 < b.mean() < 0.82 and (a != b).any()
+
+
+def test_lr_study_table_puts_each_rate_under_its_factor_of_the_default():
+    study = load_benchmark("lr_study")
+    results = {"vit/flowers": {"sweeps": {
+        "full": {"rates": {"3e-05": 0.70, "0.0001": 0.80, "0.0003": 0.78, "0.001": 0.40}, "chosen": "0.0001"},
+        "lokr_r8": {"rates": {"0.003": 0.6, "0.01": 0.7, "0.03": 0.75, "0.1": 0.2}, "chosen": "0.03"}},
+        "defaults": {"full": 1e-4, "lokr_r8": 1e-2}, "seconds": 1.0},
+        "yolo/bccd": {"sweeps": {"full": {"rates": {"0.0003": 0.1, "0.001": 0.2}, "chosen": "0.001"}},
+                      "defaults": {}, "seconds": 1.0}}
+    rows = study.table(results)[2:]
+    assert rows[0] == "| vit/flowers | full | 0.0001 | 0.700 | **0.800** | 0.780 | 0.400 | 0.0001 |"
+    assert rows[1] == "| vit/flowers | lokr_r8 | 0.01 | 0.600 | 0.700 | **0.750** | 0.200 | 0.03 |"
+    assert rows[2].startswith("| yolo/bccd | full | - | 0.0003: 0.100, 0.001: 0.200 |") and rows[2].endswith("| 0.001 |")
