@@ -365,3 +365,12 @@ def test_params_strategy_path_that_does_not_exist(capsys, arg, expected):
     err = run_error(capsys, ["params", "test_efficientnet", "--strategy", arg])
     assert f"--strategy {arg}: {expected}" in err and "unknown strategy method" not in err
     assert "YAML/JSON file" in err
+
+
+def test_quoted_messages_are_cut_at_a_word():
+    from visionpeft.safe_yaml import brief_text
+
+    assert brief_text("short", 300) == "short"
+    assert brief_text("Cannot reach the hub, please try again later " * 5, 60) == (
+        "Cannot reach the hub, please try again later Cannot...")
+    assert brief_text("x" * 100, 20) == "x" * 17 + "..."  # no space to cut at: cut at the limit

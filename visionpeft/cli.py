@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         # compare-only fields: say so instead of silently training one run at one rate
         print(f"visionpeft: note: 'seeds' and 'lr_grid' apply to 'visionpeft compare'; 'visionpeft train' trains "
               f"'strategies' once with seed {recipe.seed} at their own rates", file=sys.stderr)
-    make_dir(recipe.output, "output")
-    run_dir = new_run_dir(recipe)
-    result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
+    with _output_root(recipe.output):
+        run_dir = new_run_dir(recipe)
+        result = get_task(recipe.task).train(recipe, list(recipe.strategies), run_dir, recipe.name)
     write_experiment_for(run_dir, recipe, [result])
     _print_result(result)
     return 0
+
+
+@contextlib.contextmanager
+def _output_root(output: str) -> Iterator[None]:
+    """The runs' root folder (made if missing); a run that fails before writing a file leaves no new empty one."""
+    from .tasks.compare import remove_empty_tree
+
+    missing = [p for p in (Path(output), *Path(output).parents) if not p.exists()]  # runs/visionpeft, runs
+    make_dir(output, "output")
+    try:
+        yield
+    except BaseException:
+        if missing:
+            remove_empty_tree(missing[-1])
+        raise
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -76,8 +91,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .tasks.compare import run_compare
     from .tasks.distributed import is_main
 
-    make_dir(recipe.output, "output")
-    out = run_compare(recipe)
+    with _output_root(recipe.output):
+        out = run_compare(recipe)
     if is_main():
         print(f"report: {out / 'report.md'}\ntensorboard --logdir {out}\n  then open {TB_URL}")
     return 0

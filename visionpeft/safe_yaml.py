@@ -144,5 +144,10 @@ def load_yaml_file(path: str | Path, what: str = "") -> Any:
 
 
 def brief_text(text: str, limit: int = 300) -> str:
-    """``text`` cut to ``limit`` characters (for library messages that quote the input)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``text`` cut to ``limit`` characters at a word boundary, marked with ``...`` (for library messages that
+    quote the input or another library's message)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "..."

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, closest
 from ..matching import name_matches
+from ..safe_yaml import brief_text
 from ..spec import ModelSpec, TokenSpec
 
 __all__ = [
@@ -198,7 +199,7 @@ def _hub_unreachable(name: str, exc: OSError) -> ConfigError:
     base = name.split(".", 1)[0]
     return ConfigError(
         f"model {name!r}: pretrained: true downloads its weights from the Hugging Face hub, which failed "
-        f"({_first_lines(str(exc))[:160]}). Offline, pass a local checkpoint of {base} instead: "
+        f"({brief_text(_first_lines(str(exc)), 160)}). Offline, pass a local checkpoint of {base} instead: "
         f"weights=path/to/{base}.safetensors (a timm state dict), or pretrained=false for random init"
     )
 

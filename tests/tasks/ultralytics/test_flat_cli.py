@@ -28,6 +28,12 @@ def test_the_request_line_offline_is_one_line_naming_the_download(tmp_path):
     assert "https://github.com/ultralytics/assets/releases/download/" in errors[0] and "yolo11n.pt" in errors[0]
     assert "model=path/to/yolo11n.pt" in errors[0]
     assert not any(tmp_path.glob("runs")), "nothing is written before the model is there"
+    # with the task given, the run reaches the runner (which makes the runs folder) before the model fails
+    run = subprocess.run([sys.executable, "-m", "visionpeft", "train", "model=yolo11n.pt", "data=coco8.yaml",
+                          "task=detect", "freeze=10"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "would download" in run.stderr and "Traceback" not in run.stderr
+    assert not any(tmp_path.glob("runs")), "a run that failed before writing a file leaves no empty folder"
 
 
 def test_the_request_line_with_local_files_trains_ultralytics_freeze(tmp_path, shared):
