@@ -111,6 +111,31 @@ def sweep(doc: dict[str, Any]) -> dict[str, Any]:
             "compare_dir": str(cdir)}
 
 
+def collect(runs: Path) -> dict[str, Any]:
+    """Results of the compares already under ``runs`` (``lr-<family>-<dataset>-compare-*``), newest per setting: a
+    study stopped part way still reports the settings it finished."""
+    from visionpeft.safe_yaml import load_yaml_file
+
+    results: dict[str, Any] = {}
+    for report in sorted(runs.glob("lr-*-compare-*/report.json")):
+        doc = json.loads(report.read_text())
+        name = str(doc["recipe"]["name"])
+        setting = "yolo/bccd" if name == "lr-yolo-bccd" else "/".join(name.split("-")[1:3])
+        sweeps: dict[str, Any] = {}
+        for row in doc["lr_sweeps"]:
+            entry = sweeps.setdefault(row["strategy"], {"rates": {}, "chosen": None})
+            entry["rates"][f"{float(row['lr']):g}"] = row["val_metric"]
+            entry["chosen"] = f"{float(row['lr']):g}" if row.get("chosen") else entry["chosen"]
+        compare = load_yaml_file(report.parent / "recipe.yaml").get("compare") if (
+            report.parent / "recipe.yaml").is_file() else doc["recipe"].get("compare") or {}
+        defaults = {} if setting == "yolo/bccd" else {run: default_of(run, (compare or {}).get(run))
+                                                       for run in sweeps}
+        results[setting] = {"metric": doc["primary_metric"], "sweeps": sweeps, "defaults": defaults,
+                            "seconds": sum(float(r.get("train_seconds") or 0) for r in doc["lr_sweeps"]),
+                            "compare_dir": str(report.parent)}
+    return results
+
+
 def default_of(run: str, entries: list[dict[str, Any]] | None) -> float | None:
     from visionpeft.optim_settings import default_lr
 
@@ -165,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/lr_study.json")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/lr_study.md")
     p.add_argument("--update-docs", type=Path, default=None)
+    p.add_argument("--collect", action="store_true", help="no training: report the compares already under --runs")
     args = p.parse_args(argv)
     if args.tiny:
         args.epochs, args.per_class, args.det_epochs, args.img_size, args.det_imgsz = 1, 8, 1, 64, 64
@@ -173,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "yolo-cfg"))
     args.runs = args.runs or tmp / "runs"
     only = args.only.split(",")
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = collect(args.runs) if args.collect else {}
+    if args.collect:
+        only = []
     for family in ("vit", "cnn"):
         if family not in only:
             continue
