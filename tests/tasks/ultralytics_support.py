@@ -9,6 +9,30 @@ from typing import Any
 
 from PIL import Image
 
+#: One entry per method (small ranks), as the strategy tests of Ultralytics task models apply them.
+EVERY_METHOD: list[dict[str, Any]] = [
+    {"method": "lora", "rank": 4},
+    {"method": "dora", "rank": 4},
+    {"method": "loha", "rank": 2},
+    {"method": "lokr", "rank": 4},
+    {"method": "ssf"},
+    {"method": "bitfit"},
+    {"method": "norm"},
+    {"method": "head"},
+    {"method": "freeze", "n": 10},
+]
+
+#: Start of a script run with ``python -c`` in which visionpeft cannot be imported: what it checks is plain
+#: Ultralytics (a merged checkpoint must load without visionpeft).
+NO_VISIONPEFT = """
+import sys
+class Block:  # visionpeft must not be importable: the file is plain Ultralytics
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "visionpeft":
+            raise ImportError("visionpeft is blocked")
+sys.meta_path.insert(0, Block())
+"""
+
 
 def copy_dataset(shared: Path, name: str, dest: Path) -> Path:
     """Copy ``shared/data/<name>`` under ``dest`` and return the copy's ``data.yaml``."""

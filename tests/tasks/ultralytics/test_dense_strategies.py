@@ -17,18 +17,10 @@ pytest.importorskip("ultralytics")
 import visionpeft  # noqa: E402
 from visionpeft.backends.ultralytics import build_model  # noqa: E402
 
+from ..ultralytics_support import EVERY_METHOD  # noqa: E402
+
 MODELS = {"semantic": "yolo26n-sem.yaml", "depth": "yolo26n-depth.yaml"}
-METHODS = [
-    {"method": "lora", "rank": 4},
-    {"method": "dora", "rank": 4},
-    {"method": "loha", "rank": 2},
-    {"method": "lokr", "rank": 4},
-    {"method": "ssf"},
-    {"method": "bitfit"},
-    {"method": "norm"},
-    {"method": "head"},
-    {"method": "freeze", "n": 10},
-]
+METHODS = EVERY_METHOD
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -21,7 +21,7 @@ import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
 from ..dense_support import write_depth_dataset, write_mask_dataset  # noqa: E402
-from ..ultralytics_support import copy_dataset, killed_after_first_epoch  # noqa: E402
+from ..ultralytics_support import NO_VISIONPEFT, copy_dataset, killed_after_first_epoch  # noqa: E402
 
 IMGSZ = 64
 TINY = (f"{{imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
@@ -115,13 +115,8 @@ def test_tensorboard_has_the_tasks_metrics(run):
     assert final.value == pytest.approx(reported[PRIMARY[task]])
 
 
-_PLAIN = """
-import json, sys
-class Block:  # visionpeft must not be importable: the file is plain Ultralytics
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "visionpeft":
-            raise ImportError("visionpeft is blocked")
-sys.meta_path.insert(0, Block())
+_PLAIN = NO_VISIONPEFT + """
+import json
 import torch
 from ultralytics import YOLO
 model = YOLO(sys.argv[1])

@@ -25,7 +25,13 @@ from visionpeft.backends.ultralytics import build_model  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.packaged import ASSETS  # noqa: E402
 
-from ..ultralytics_support import capture_setup, copy_dataset, killed_after_first_epoch, ultralytics_setup  # noqa: E402
+from ..ultralytics_support import (  # noqa: E402
+    NO_VISIONPEFT,
+    capture_setup,
+    copy_dataset,
+    killed_after_first_epoch,
+    ultralytics_setup,
+)
 
 IMGSZ = 128
 ARGS = (f"{{epochs: 3, imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
@@ -226,13 +232,8 @@ def test_merged_checkpoint_exports_to_onnx_with_the_same_outputs(run, tmp_path):
     torch.testing.assert_close(torch.from_numpy(ours), ref, rtol=1e-3, atol=1e-3)
 
 
-_PLAIN_VAL = """
-import json, sys
-class Block:  # visionpeft must not be importable: the file is plain Ultralytics
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "visionpeft":
-            raise ImportError("visionpeft is blocked")
-sys.meta_path.insert(0, Block())
+_PLAIN_VAL = NO_VISIONPEFT + """
+import json
 from ultralytics import YOLO
 results = YOLO(sys.argv[1]).val(**json.loads(sys.argv[2]))
 print(json.dumps({k: float(v) for k, v in results.results_dict.items()}))

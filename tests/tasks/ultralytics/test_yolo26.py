@@ -51,21 +51,11 @@ from visionpeft.backends.ultralytics import (  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 from visionpeft.tasks.ultralytics.merge import load_run_model, merged_copy  # noqa: E402
 
-from ..ultralytics_support import make_dataset  # noqa: E402
+from ..ultralytics_support import EVERY_METHOD, NO_VISIONPEFT, make_dataset  # noqa: E402
 
 MODELS = {"detect": "yolo26n.yaml", "segment": "yolo26n-seg.yaml", "pose": "yolo26n-pose.yaml",
           "obb": "yolo26n-obb.yaml", "classify": "yolo26n-cls.yaml"}
-METHODS = [
-    {"method": "lora", "rank": 4},
-    {"method": "dora", "rank": 4},
-    {"method": "loha", "rank": 2},
-    {"method": "lokr", "rank": 4},
-    {"method": "ssf"},
-    {"method": "bitfit"},
-    {"method": "norm"},
-    {"method": "head"},
-    {"method": "freeze", "n": 10},
-]
+METHODS = EVERY_METHOD
 NC = 3
 IMGSZ = 64
 #: float64 merge tolerance, relative to the largest magnitude of each output tensor.
@@ -322,13 +312,7 @@ def test_merged_checkpoint_names_its_task(task, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- end to end
-_PLAIN = """
-import sys
-class Block:  # visionpeft must not be importable: the file is plain Ultralytics
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "visionpeft":
-            raise ImportError("visionpeft is blocked")
-sys.meta_path.insert(0, Block())
+_PLAIN = NO_VISIONPEFT + """
 import torch
 from ultralytics import YOLO
 model = YOLO(sys.argv[1])
