@@ -63,15 +63,15 @@ def cpu_bf16_flags() -> list[str]:
 
 
 def recipe_for(args: argparse.Namespace, runs: Path, data: str, strategies: list[dict], seed: int, amp: str) -> Any:
-    from transfer_classification import base_doc, shared_dir
+    from transfer_classification import MODELS, base_doc
 
     from visionpeft.recipe import parse_recipe
 
     ns = argparse.Namespace(only="none", seeds=1, lr_sweep=False, runs=str(runs), max_per_class=args.max_per_class,
                             epochs=args.epochs, workers=0, threads=args.threads)
-    doc = base_doc(ns, "precision", data, str(shared_dir() / "weights" / "tf_efficientnet_lite0.in1k.safetensors"),
-                   args.size)
+    doc = base_doc(ns, "precision", data, MODELS["cnn"], args.size, hflip=0.0)
     doc.pop("compare")
+    doc["optim"]["head_lr"] = 1e-2  # the setting of the runs in docs/benchmarks.md (and of --reuse'd JSONs)
     doc.update(seed=seed, seeds=1, strategies=strategies)
     doc["train"]["amp"] = amp
     return parse_recipe(doc)
