@@ -32,13 +32,13 @@ from .distributed import is_main
 
 __all__ = ["with_lr", "run_protocol", "seeds_of", "lr_grids", "lr_source", "AUTO_FACTORS"]
 
-#: ``lr_grid: auto``: the run's own rate times these. Why this grid: in the project's measured grids every
-#: default that was off was too low (ViT-Tiny flowers, ``docs/benchmarks.md``: LoRA and DoRA 3x, the head 4x,
-#: LoKr and AdaptFormer 10x, both at the grid's top edge; on held-out flowers LoKr at 1e-3 was worse than full
-#: fine-tuning and tied it at 1e-2, issue 22) and none was better below its default (full, VPT, BitFit, SSF picked
-#: 1x), so the grid reaches a decade up and keeps one step down as a guard. Half-decade steps: accuracy changed by
-#: up to 0.13 between neighbouring points of those grids, so a decade grid would be too coarse. Four trainings of
-#: the first seed per run (``sweep_seconds`` in the report).
+#: ``lr_grid: auto``: the run's own rate times these. Why this grid: in the project's measured grids a default that
+#: was off was mostly too low (ViT-Tiny flowers, ``docs/benchmarks.md``: LoRA and DoRA 3x, the head 4x, LoKr and
+#: AdaptFormer 10x at the grid's top edge; EfficientNet full fine-tuning 10x in the per-method study), less often
+#: too high (EfficientNet LoKr 0.3x; full fine-tuning of ViT-Tiny on hymenoptera 0.3x, a tie), so the grid reaches a
+#: decade up and keeps one step down. Half-decade steps: accuracy changed by up to 0.13 between neighbouring points
+#: of those grids, so a decade grid would be too coarse. Four trainings of the first seed per run
+#: (``sweep_seconds`` in the report).
 AUTO_FACTORS: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
 
 
