@@ -139,3 +139,11 @@ def test_resume_takes_the_same_flat_words():
         "train.device=cpu", "train.batch_size=8", "strategies=3"]  # what trains is refused by resume itself
     with pytest.raises(ConfigError, match=r"^workerz=: .*did you mean workers=\?"):
         to_dotted(["workerz=0"], True)
+
+
+def test_a_bare_ultralytics_name_is_its_checkpoint():
+    # yolo train model=yolo11n reads yolo11n.pt; offline and not on disk: the one line naming that download
+    download = r"yolo11n\.pt is not a local file, so Ultralytics would download .*yolo11n\.pt"
+    with pytest.raises(ConfigError, match=download):
+        load_cli_recipe(["model=yolo11n", "data=coco8.yaml"])
+    assert load_cli_recipe(["model=yolo11n", "data=coco8.yaml", "task=detect"]).model == "yolo11n.pt"

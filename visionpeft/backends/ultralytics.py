@@ -217,6 +217,8 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
     text = str(source)
     if text.lower().endswith(_SUFFIXES_YAML):
         return _from_yaml(text, nc=nc, verbose=verbose, task=task)
+    if not text.lower().endswith(".pt") and _is_asset_stem(text):
+        text = f"{text.strip()}.pt"  # yolo11n -> yolo11n.pt, as YOLO("yolo11n") and yolo train model=yolo11n read it
     if not text.lower().endswith(".pt"):
         raise ConfigError(
             f"model: {text!r} is neither an Ultralytics '.pt' checkpoint nor a model yaml ('.yaml'); "
@@ -234,6 +236,12 @@ def build_model(source: str | Path, *, nc: int | None = None, verbose: bool = Fa
     found = model_task(model) if is_ultralytics_model(model) else getattr(model, "task", "?")
     _check_task(found, task, f"{text}: a {type(model).__name__}")
     return _with_nc(model)
+
+
+def _is_asset_stem(text: str) -> bool:
+    from ultralytics.utils.downloads import GITHUB_ASSETS_STEMS
+
+    return text.strip() in GITHUB_ASSETS_STEMS
 
 
 def _check_task(found: str, wanted: str | None, what: str) -> None:
