@@ -61,7 +61,7 @@ def test_flat_keys_override_a_recipe():
     (["lr=0.01"], r"^lr=: .*did you mean lr0=\?"),                  # another trainer's word for Ultralytics' key
     (["mode=val"], r"^mode=: set by visionpeft"),
     (["resume=true"], r"visionpeft resume RUN_DIR"),
-    (["epochs=abc"], r"ultralytics"),                       # Ultralytics' own check_cfg names the key
+    (["epochs=abc"], r"ultralytics: 'epochs=abc' .*must be an int"),  # Ultralytics' own check_cfg
     (["imgsz=10000"], r"ultralytics.imgsz"),
     (["freeze=-1"], r"^freeze=-1: expected a number of leading layers"),
     (["freeze=true"], r"^freeze=true: expected"),
