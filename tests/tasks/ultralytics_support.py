@@ -139,3 +139,19 @@ def capture_setup(monkeypatch: Any) -> dict[str, Any]:
 
     monkeypatch.setattr(trainer_mod, "make_callbacks", recording)
     return seen
+
+
+def records_reproduce_the_primary_metric(task: str, run_dir) -> tuple[float, float, int]:
+    """Evaluate ``run_dir`` on ``val`` saving per-image records; return (the primary metric recomputed from the
+    records over every image once, the validator's value, the number of images recorded)."""
+    import numpy as np
+
+    from visionpeft.image_records import read_records
+    from visionpeft.report.image_statistics import statistic
+    from visionpeft.tasks import get_task
+
+    runner = get_task(task)
+    metrics = runner.evaluate(run_dir, "val", save_examples=True)
+    rec = read_records(run_dir, "val")
+    assert rec is not None and rec.metric == runner.primary_metric, rec
+    return float(statistic(rec)(np.ones((1, len(rec.files))))[0]), metrics[runner.primary_metric], len(rec.files)

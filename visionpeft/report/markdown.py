@@ -53,7 +53,9 @@ def protocol_lines(doc: dict[str, Any], primary: str) -> list[str]:
                      "over seeds (t_0.975,n-1 * s / sqrt(n)).")
         lines.append("- Delta vs full is the mean difference to full fine-tuning with the same seed. Its interval "
                      "(`delta`) is a paired two-level bootstrap over seeds and test images (the same images for both, "
-                     "10,000 resamples, fixed generator seed; few seeds get a Student-t penalty on the seed-wide part) "
+                     "fixed generator seed; few seeds get a Student-t penalty on the seed-wide part; 10,000 resamples "
+                     "of a mean over images such as accuracy, 1,000 for mAP or mIoU, which are recomputed from the "
+                     "saved per-image results on every resample) "
                      "where every run saved per-example test results, else the seed-only t-interval "
                      "(`t-interval`, kept as a column); the verdict is better / worse only when the interval excludes "
                      "0, else tied. `verdict_basis` in report.json/csv says which interval decided each row.")

@@ -1,8 +1,14 @@
 """The verdict of one compare row: the paired bootstrap on per-example test results when every run saved them,
-else the seed-only t-interval (old compare directories, detection), saying which.
+else the seed-only t-interval (old compare directories), saying which.
 
 Pairing: seed ``k`` of the strategy with seed ``k`` of full fine-tuning (the same seed), example ``i`` with
-example ``i`` (the same test image: the runs' ``test_examples.json`` must list the same files in the same order).
+example ``i`` (the same test image). Classification runs save ``test_examples.json`` (:mod:`visionpeft.examples`),
+Ultralytics runs ``test_images.npz`` (:mod:`visionpeft.image_records`); the images must be the same files, in the
+same order or (Ultralytics, whose rect batches sort images by shape) with the same unique names.
+
+A metric that is a mean over examples (top-1, depth's delta1) takes :func:`~.bootstrap.paired_bootstrap`; mAP and
+mIoU take :func:`~.bootstrap.statistic_bootstrap`, which recomputes Ultralytics' metric on every resample
+(:mod:`.image_statistics`).
 """
 
 from __future__ import annotations
@@ -13,34 +19,70 @@ from pathlib import Path
 import numpy as np
 
 from ..examples import read_examples
+from ..image_records import ImageRecords, read_records
 from ..results import RunResult, StrategyRuns
-from .bootstrap import BootstrapResult, paired_bootstrap
+from .bootstrap import BootstrapResult, paired_bootstrap, statistic_bootstrap
+from .image_statistics import statistic
 
-__all__ = ["paired_scores", "bootstrap_row"]
+__all__ = ["paired_scores", "paired_records", "bootstrap_row"]
 
-
-def _scores(runs: Sequence[RunResult]) -> list[tuple[tuple[str, ...], np.ndarray]] | None:
-    out = []
-    for r in runs:
-        ex = read_examples(Path(r.run_dir), "test")
-        if ex is None:
-            return None
-        out.append((ex.files, ex.scores))
-    return out
+_NONE = "no per-example test results saved (runs written before they were)"
 
 
-def paired_scores(group: StrategyRuns, full: StrategyRuns) -> tuple[np.ndarray, np.ndarray] | str:
-    """``(strategy, full)`` per-example test scores, ``(K seeds, N images)`` each, or why they cannot be paired."""
+def _one(run: RunResult) -> ImageRecords | None:
+    """The run's test results as records (classification's top-1 file read as a ``mean`` of 0/1 scores)."""
+    run_dir = Path(run.run_dir)
+    ex = read_examples(run_dir, "test")
+    if ex is not None:
+        return ImageRecords("mean", "top1", ex.files, {"values": ex.scores})
+    return read_records(run_dir, "test")
+
+
+def _aligned(records: list[ImageRecords]) -> list[ImageRecords] | str:
+    """Every run's records over the same images in one order, or why they cannot be paired."""
+    files = records[0].files
+    if all(r.files == files for r in records):
+        return records
+    names = sorted(files)
+    if len(set(names)) == len(names) and all(sorted(r.files) == names for r in records):
+        return [r.reorder(np.argsort(np.asarray(r.files), kind="stable")) for r in records]
+    return "the runs' test images differ (other data), so they cannot be paired image by image"
+
+
+def paired_records(group: StrategyRuns, full: StrategyRuns) -> tuple[list[ImageRecords], list[ImageRecords]] | str:
+    """``(strategy, full)`` per-seed test records over the same images, or why they cannot be paired."""
     seeds, ref_seeds = [r.extra.get("seed") for r in group.runs], [r.extra.get("seed") for r in full.runs]
     if seeds != ref_seeds:
         return f"seeds {seeds} differ from full fine-tuning's {ref_seeds}"
-    mine, ref = _scores(group.runs), _scores(full.runs)
-    if mine is None or ref is None:
-        return "no per-example test results saved (runs written before they were, or a detection task)"
-    files = ref[0][0]
-    if any(f != files for f, _ in (*mine, *ref)):
-        return "the runs' test images differ (other data or order), so they cannot be paired image by image"
-    return np.stack([s for _, s in mine]), np.stack([s for _, s in ref])
+    records = [_one(r) for r in (*group.runs, *full.runs)]
+    if any(r is None for r in records):
+        return _NONE
+    got = [r for r in records if r is not None]
+    if len({(r.kind, r.metric) for r in got}) > 1:
+        return "the runs saved different kinds of per-example results"
+    aligned = _aligned(got)
+    if isinstance(aligned, str):
+        return aligned
+    k = len(group.runs)
+    return aligned[:k], aligned[k:]
+
+
+def paired_scores(group: StrategyRuns, full: StrategyRuns) -> tuple[np.ndarray, np.ndarray] | str:
+    """``(strategy, full)`` per-example test scores ``(K seeds, N images)`` of a mean-over-examples metric, or
+    why they cannot be paired."""
+    paired = paired_records(group, full)
+    if isinstance(paired, str):
+        return paired
+    if paired[0][0].kind != "mean":
+        return f"{paired[0][0].metric} is not a mean over images"
+    return (np.stack([r.arrays["values"] for r in paired[0]]), np.stack([r.arrays["values"] for r in paired[1]]))
+
+
+def _bootstrap(mine: Sequence[ImageRecords], ref: Sequence[ImageRecords]) -> BootstrapResult:
+    if mine[0].kind == "mean":
+        return paired_bootstrap(np.stack([r.arrays["values"] for r in mine]),
+                                np.stack([r.arrays["values"] for r in ref]))
+    return statistic_bootstrap([statistic(r) for r in mine], [statistic(r) for r in ref], len(mine[0].files))
 
 
 def bootstrap_row(group: StrategyRuns, full: StrategyRuns) -> tuple[BootstrapResult | None, str]:
@@ -48,8 +90,9 @@ def bootstrap_row(group: StrategyRuns, full: StrategyRuns) -> tuple[BootstrapRes
     when the per-example results cannot be paired (the row then keeps the seed t-interval's verdict)."""
     if len(group.runs) < 2:  # one seed: the image level alone would ignore seed variance entirely
         return None, "seed t-interval (one seed: no interval, no verdict)"
-    paired = paired_scores(group, full)
+    paired = paired_records(group, full)
     if isinstance(paired, str):
         return None, f"seed t-interval ({paired})"
-    res = paired_bootstrap(*paired)
-    return res, f"bootstrap over {res.seeds} seeds x {res.examples} test images"
+    res = _bootstrap(*paired)
+    what = "test images" if paired[0][0].kind == "mean" else f"test images, {paired[0][0].metric} recomputed"
+    return res, f"bootstrap over {res.seeds} seeds x {res.examples} {what}"

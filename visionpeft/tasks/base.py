@@ -37,7 +37,8 @@ class TaskRunner(Protocol):
 
     def evaluate(self, run_dir: Path, split: str, save_examples: bool = False) -> dict[str, float]:
         """Rebuild the run's model from its adapter and evaluate it on ``split`` as training validated it;
-        ``save_examples``: also write per-example results (:mod:`visionpeft.examples`) where the task can."""
+        ``save_examples``: also write per-example results (:mod:`visionpeft.examples`,
+        :mod:`visionpeft.image_records`) where the task can."""
         ...
 
     def merge(self, run_dir: Path, out: Path) -> Path:

@@ -11,7 +11,8 @@ For every compare run (``full`` first):
    run *is* the chosen grid run (same settings, same seed), not trained twice.
 3. **Test split**: when the data has one, each seed's kept checkpoint (its best validation epoch) is evaluated
    on ``test`` with the run's own evaluation settings; nothing is ever chosen on test. Tasks that can save
-   per-example results (classification: ``test_examples.json``) do, for the report's paired bootstrap.
+   per-example results do, for the report's paired bootstrap (classification: ``test_examples.json``;
+   Ultralytics tasks: ``test_images.npz``, what the validator scored per image).
 4. **Validation curve**: each seed run's per-epoch ``[elapsed seconds, validation metric]`` for time-to-accuracy.
 
 Run directories: ``NN-<run>/`` as before when ``seeds: 1`` and the run has no grid; otherwise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -71,17 +72,27 @@ def test_seeds_change_the_detection_runs(compared):
     assert curve.endswith("/2")  # the validation curve (results.csv time column) was read for both seeds
 
 
-def test_detection_verdict_rests_on_the_t_interval_and_report_rebuilds_it(compared, capsys):
+def test_detection_verdict_is_the_bootstrap_over_images_and_report_rebuilds_it(compared, capsys):
+    from visionpeft.image_records import read_records
+    from visionpeft.report.image_statistics import statistic
+
     cdir = compared["dir"]
     before = json.loads((cdir / "report.json").read_text())
     lora = next(r for r in before["runs"] if r["strategy"] == "lora")
-    # mAP is not a mean over images: no per-image results, so the seed t-interval decides (and says so).
-    assert not list(cdir.rglob("test_examples.json"))
-    assert lora["verdict"] == lora["verdict_t"] and lora["delta_map50_95_test_boot_low"] is None
-    assert lora["verdict_basis"].startswith("seed t-interval (no per-example test results saved")
+    # Every seed run saved what the validator scored per test image, and mAP recomputed from those records on
+    # all images (one count each) is the validator's own test mAP.
+    for run in before["seed_runs"]:
+        rec = read_records(cdir / run["run_dir"], "test")
+        assert rec is not None and rec.kind == "ap" and rec.metric == "map50_95" and len(rec.files) == 4
+        assert statistic(rec)(np.ones((1, 4)))[0] == pytest.approx(run["map50_95_test"], abs=1e-12)
+    assert lora["verdict_basis"] == "bootstrap over 2 seeds x 4 test images, map50_95 recomputed"
+    assert lora["delta_map50_95_test_boot_low"] <= lora["delta_map50_95_test_vs_full"] <= \
+        lora["delta_map50_95_test_boot_high"]
+    assert lora["verdict"] in ("better", "worse", "tied") and lora["bootstrap_ms"] > 0
     assert lora["lr_source"] == "default" and lora["lr"] is None  # Ultralytics' lr0
     assert main(["report", str(cdir)]) == 0
     after = json.loads((cdir / "report.json").read_text())
-    keys = ["strategy", "map50_95_test", "delta_map50_95_test_ci_low", "verdict", "verdict_basis", "lr_source"]
+    keys = ["strategy", "map50_95_test", "delta_map50_95_test_ci_low", "delta_map50_95_test_boot_low", "verdict",
+            "verdict_basis", "lr_source"]
     assert [[r[k] for k in keys] for r in after["runs"]] == [[r[k] for k in keys] for r in before["runs"]]
-    assert "Verdicts rest on the seed-only t-interval" in (cdir / "report.md").read_text()
+    assert "Verdicts rest on the seed-only t-interval" not in (cdir / "report.md").read_text()

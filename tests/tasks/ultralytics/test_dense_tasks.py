@@ -21,7 +21,12 @@ import visionpeft  # noqa: E402
 from visionpeft.cli import main  # noqa: E402
 
 from ..dense_support import write_depth_dataset, write_mask_dataset  # noqa: E402
-from ..ultralytics_support import NO_VISIONPEFT, copy_dataset, killed_after_first_epoch  # noqa: E402
+from ..ultralytics_support import (  # noqa: E402
+    NO_VISIONPEFT,
+    copy_dataset,
+    killed_after_first_epoch,
+    records_reproduce_the_primary_metric,
+)
 
 IMGSZ = 64
 TINY = (f"{{imgsz: {IMGSZ}, batch: 2, nbs: 2, warmup_epochs: 0, workers: 0, device: cpu, amp: false, "
@@ -99,6 +104,13 @@ def test_eval_reproduces_the_reported_metrics(run, capsys):
     else:  # best.pt got its output scale calibrated after the reported validation; Ultralytics' depth metrics
         # median-align each image, so the scale changes them by float rounding only
         assert evaluated == pytest.approx(reported, rel=1e-6)
+
+
+def test_per_image_records_reproduce_the_validators_primary_metric(run):
+    # Semantic: per-image confusion matrices summed (Ultralytics sums in float32); depth: per-image delta1 means.
+    task, run_dir, _ = run
+    value, reported, images = records_reproduce_the_primary_metric(task, run_dir)
+    assert value == pytest.approx(reported, rel=1e-6) and images >= 4
 
 
 def test_tensorboard_has_the_tasks_metrics(run):

@@ -30,6 +30,7 @@ from ..ultralytics_support import (  # noqa: E402
     capture_setup,
     copy_dataset,
     killed_after_first_epoch,
+    records_reproduce_the_primary_metric,
     ultralytics_setup,
 )
 
@@ -109,6 +110,14 @@ def test_eval_reproduces_the_reported_metrics(run, capsys):
     assert main(["eval", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert json.loads(out[out.rindex("\n{") + 1:]) == reported
+
+
+def test_per_image_records_reproduce_the_validators_primary_metric(run):
+    # What the compare's bootstrap resamples: the validator's own per-image pieces (TP flags of masks / keypoints /
+    # oriented boxes, or classify's top-1), which over every image once give its reported value.
+    task, run_dir, _ = run
+    value, reported, images = records_reproduce_the_primary_metric(task, run_dir)
+    assert value == pytest.approx(reported, abs=1e-9) and images >= 4
 
 
 def test_merged_checkpoint_is_plain_ultralytics_with_the_same_outputs(run, tmp_path):

@@ -263,13 +263,17 @@ class UltralyticsRunner:
     def evaluate(self, run_dir: Path, split: str, save_examples: bool = False) -> dict[str, float]:
         """Validate the run's best model (adapters merged) on ``split`` exactly as training validated it.
 
-        ``save_examples`` is accepted and ignored: mAP is not a mean over images, so no per-image results are
-        saved and a compare's detection verdict rests on the seed t-interval (``docs/detection.md``).
+        ``save_examples``: also write what the validator scored per image to ``<split>_images.npz``
+        (:mod:`visionpeft.image_records`: every prediction's TP flags, confidence and class and every image's label
+        classes for the mAP tasks; per-image confusion matrices for semantic; per-image values for depth and
+        classify), so the compare report's bootstrap can recompute the primary metric on resampled images.
 
         The validator gets the settings the trainer's final validation used (rect batches of the same size,
         ``imgsz``, thresholds, precision; see :mod:`.validation`), so ``split="val"`` reproduces the metrics in
         ``metrics.json`` for the same weights.
         """
+        from ...image_records import write_records
+        from .per_image import ImageRecorder
         from .validation import evaluate_run
 
         run_dir = Path(run_dir)
@@ -280,8 +284,11 @@ class UltralyticsRunner:
                                 check_images=doc.get("check_labels", True), skip_bad_images=skip)
         data = _data_for_run(info, doc["data"], run_dir / f"eval-{split}" / "data")
         device = (doc.get("ultralytics") or {}).get("device")
-        metrics = evaluate_run(run_dir, data, split, device)
+        recorder = ImageRecorder(self.row) if save_examples else None
+        metrics = evaluate_run(run_dir, data, split, device, recorder)
         write_json(run_dir / f"eval_{split}.json", metrics)
+        if recorder is not None:
+            write_records(run_dir, split, recorder.records())
         return metrics
 
     def has_split(self, recipe: Any, split: str) -> bool:

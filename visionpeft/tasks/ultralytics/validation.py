@@ -69,7 +69,8 @@ def _recorded(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None) -> dict[str, float]:
+def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None,
+                 recorder: Any = None) -> dict[str, float]:
     """The metrics of the run's best model (adapters merged) on ``split``, with the training settings.
 
     The validator is Ultralytics' own for the model's task (``YOLO.task_map`` / ``RTDETR.task_map``).
@@ -79,6 +80,7 @@ def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None) -> di
         data: the run's data yaml.
         split: ``val`` reproduces the reported metrics exactly; ``test`` uses the same settings on that split.
         device: Ultralytics device string; ``None`` uses the recorded training device.
+        recorder: an :class:`~.per_image.ImageRecorder` to attach to the validator (per-image results).
     """
     from ...backends.ultralytics import is_rtdetr, model_task, task_classes
     from .callbacks import metrics_from_ultralytics
@@ -94,6 +96,8 @@ def evaluate_run(run_dir: Path, data: str, split: str, device: Any = None) -> di
                 plots=False, verbose=False, save_json=False, task=task, mode="val", project=str(run_dir),
                 name=save_dir.name, exist_ok=True)
     validator = task_classes(task, rtdetr=is_rtdetr(model))["validator"](args=args, save_dir=save_dir)
+    if recorder is not None:
+        recorder.attach(validator)
     try:
         results = validator(model=merged_copy(model))
     except FileNotFoundError as exc:
