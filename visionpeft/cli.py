@@ -106,7 +106,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    metrics = _runner_of_run(Path(args.run_dir)).evaluate(Path(args.run_dir), args.split)
+    # Per-example results too (<split>_examples.json / <split>_images.npz): an older compare's runs evaluated
+    # on test this way give 'visionpeft report' its bootstrap verdict.
+    metrics = _runner_of_run(Path(args.run_dir)).evaluate(Path(args.run_dir), args.split, save_examples=True)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("overrides", **over)
     r.set_defaults(func=cmd_resume)
-    e = sub.add_parser("eval", help="evaluate a run's saved adapter")
+    e = sub.add_parser("eval", help="evaluate a run's saved adapter (also saves its per-example results)")
     e.add_argument("run_dir")
     e.add_argument("--split", default="val")
     e.set_defaults(func=cmd_eval)
