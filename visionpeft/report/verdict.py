@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..examples import read_examples
-from ..image_records import ImageRecords, read_records
+from ..image_records import ImageRecords, read_records, records_path
 from ..results import RunResult, StrategyRuns
 from .bootstrap import BootstrapResult, paired_bootstrap, statistic_bootstrap
-from .image_statistics import statistic
+from .image_statistics import Statistic, statistic
 
 __all__ = ["paired_scores", "paired_records", "bootstrap_row"]
 
@@ -78,11 +78,28 @@ def paired_scores(group: StrategyRuns, full: StrategyRuns) -> tuple[np.ndarray, 
     return (np.stack([r.arrays["values"] for r in paired[0]]), np.stack([r.arrays["values"] for r in paired[1]]))
 
 
-def _bootstrap(mine: Sequence[ImageRecords], ref: Sequence[ImageRecords]) -> BootstrapResult:
+#: Statistics of records already read, by (run directory, file stamp, image order): full fine-tuning's runs are
+#: the baseline of every row, and their statistic remembers the resamples it was last asked (:func:`statistic`).
+_STATISTICS: dict[tuple[str, tuple[int, int], tuple[str, ...]], Statistic] = {}
+
+
+def _statistic(run: RunResult, rec: ImageRecords) -> Statistic:
+    path = records_path(Path(run.run_dir), "test")
+    stat = path.stat() if path.is_file() else None
+    key = (str(path), (stat.st_mtime_ns, stat.st_size) if stat else (0, 0), rec.files)
+    if key not in _STATISTICS:
+        if len(_STATISTICS) > 256:  # a long-lived process reporting many compares
+            _STATISTICS.clear()
+        _STATISTICS[key] = statistic(rec)
+    return _STATISTICS[key]
+
+
+def _bootstrap(runs: Sequence[RunResult], mine: Sequence[ImageRecords], ref: Sequence[ImageRecords]) -> BootstrapResult:
     if mine[0].kind == "mean":
         return paired_bootstrap(np.stack([r.arrays["values"] for r in mine]),
                                 np.stack([r.arrays["values"] for r in ref]))
-    return statistic_bootstrap([statistic(r) for r in mine], [statistic(r) for r in ref], len(mine[0].files))
+    stats = [_statistic(run, r) for run, r in zip(runs, (*mine, *ref))]
+    return statistic_bootstrap(stats[:len(mine)], stats[len(mine):], len(mine[0].files))
 
 
 def bootstrap_row(group: StrategyRuns, full: StrategyRuns) -> tuple[BootstrapResult | None, str]:
@@ -93,6 +110,6 @@ def bootstrap_row(group: StrategyRuns, full: StrategyRuns) -> tuple[BootstrapRes
     paired = paired_records(group, full)
     if isinstance(paired, str):
         return None, f"seed t-interval ({paired})"
-    res = _bootstrap(*paired)
+    res = _bootstrap((*group.runs, *full.runs), *paired)
     what = "test images" if paired[0][0].kind == "mean" else f"test images, {paired[0][0].metric} recomputed"
     return res, f"bootstrap over {res.seeds} seeds x {res.examples} {what}"
