@@ -5,13 +5,16 @@ with a random head, see ``../shared/data/MANIFEST.md``) plus the LoRA-family and
 dataset in a work folder (Ultralytics writes label caches beside the data, and ``../shared`` must stay
 untouched), under the honest protocol: ``--seeds`` seeds per strategy, each run's checkpoint chosen on BCCD's
 ``val`` split and measured on its own ``test`` split (72 images), 95% t-intervals over seeds and the paired
-difference to full fine-tuning with a verdict. The summary table: test mAP50-95 (mean +- CI), validation
-alongside, delta vs full [CI], verdict, trainable %, step-time and memory ratios, and test mAP50-95 per
-million trainable parameters.
+difference to full fine-tuning with a verdict from the paired bootstrap over seeds and test images (mAP recomputed
+from each run's per-image records on every resample; ``docs/detection.md``). The summary table: test mAP50-95
+(mean +- CI), validation alongside, delta vs full [bootstrap interval], verdict, the seed-only t-interval,
+trainable %, step-time and memory ratios, and test mAP50-95 per million trainable parameters.
 
     python benchmarks/transfer_detection.py                                  # the documented run (long on CPU)
     python benchmarks/transfer_detection.py --smoke                          # smoke run (a few minutes)
     python benchmarks/transfer_detection.py --update-docs docs/benchmarks.md # also replace the detection section
+    python benchmarks/transfer_detection.py --from-compare DIR --update-docs docs/benchmarks.md  # no training:
+        # re-render a finished compare (after 'visionpeft report DIR')
 
 Every run trains at Ultralytics' ``lr0`` (``optimizer: auto`` picks it from the schedule length): detection has
 no per-method default rate; give a row its own rate with ``lr`` on its entries, or a grid with ``lr_grid``.
@@ -62,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", "--quick", action="store_true", dest="smoke",
                    help="smoke test: 1 epoch, 128 px, a quarter of the training images, three runs, 2 seeds")
     p.add_argument("--update-docs", default=None, help="markdown file whose detection section is replaced")
+    p.add_argument("--from-compare", default=None, help="render this finished compare directory; train nothing")
+    p.add_argument("--json", default=None, help="also copy the compare's report.json here "
+                   "(the documented run: benchmarks/results/transfer_detection.json)")
+    p.add_argument("--out", default=None, help="also write the section here (benchmarks/results/transfer_detection.md)")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides key=value")
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -101,7 +108,8 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         per_m = (r.get(head) or 0.0) / max(r["trainable_params"] / 1e6, 1e-9)
         rows.append({
             "strategy": r["strategy"], head: d[head], **({other: d[other]} if other else {}),
-            "delta": d["delta"], "verdict": r.get("verdict"), "trainable_pct": r["trainable_pct"],
+            "delta": d["delta"], "verdict": r.get("verdict"), "t-interval": d["t-interval"],
+            "trainable_pct": r["trainable_pct"],
             "trainable_params": r["trainable_params"], "per_M_trainable": round(per_m, 4),
             "time_to_full": d["time_to_full"], "train_seconds": r.get("train_seconds"),
             "step_time_ratio_vs_full": r.get("step_time_ratio_vs_full"),
@@ -111,7 +119,8 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def verdict(report: dict[str, Any]) -> str:
-    """Only what the intervals support: strategies better / worse than full fine-tuning, the rest tied."""
+    """Only what the intervals support: strategies better / worse than full fine-tuning, the rest tied, and which
+    interval decided (``verdict_basis``)."""
     head = report["protocol"]["headline"]
     rows = report["runs"][1:]
     if not rows:
@@ -119,9 +128,9 @@ def verdict(report: dict[str, Any]) -> str:
     if all(str(r.get("verdict", "")).startswith("n/a") for r in rows):
         return f"One seed: no interval, so no strategy is called better or worse than full fine-tuning on `{head}`."
     by = {v: [r["strategy"] for r in rows if r.get("verdict") == v] for v in ("better", "worse", "tied")}
-    return (f"On `{head}` (paired 95% t-interval of the per-seed difference to full fine-tuning): better: "
-            f"{', '.join(by['better']) or 'none'}; worse: {', '.join(by['worse']) or 'none'}; tied (interval "
-            f"contains 0): {', '.join(by['tied']) or 'none'}.")
+    bases = sorted({str(r.get("verdict_basis")) for r in rows})
+    return (f"On `{head}` ({'; '.join(bases)}): better: {', '.join(by['better']) or 'none'}; worse: "
+            f"{', '.join(by['worse']) or 'none'}; tied (interval contains 0): {', '.join(by['tied']) or 'none'}.")
 
 
 def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Namespace) -> str:
@@ -142,8 +151,10 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any], args: argparse.Na
         f"{ultra.get('fraction', 1.0)}, device {ultra.get('device')}, seeds {', '.join(map(str, seeds))}; "
         f"torch {versions.get('torch', '?')}, ultralytics {versions.get('ultralytics', '?')}, {hardware}. "
         f"Each run: {split}, Ultralytics' validator, adapters merged before Conv+BN fusion. `+-` is the 95% Student "
-        "t-interval over seeds; `delta` the mean per-seed difference to full fine-tuning with its own 95% "
-        "t-interval; every row at Ultralytics' `lr0`.", "",
+        "t-interval over seeds; `delta` the mean per-seed difference to full fine-tuning with the 95% interval of "
+        "the paired bootstrap over seeds and test images (mAP50-95 recomputed from every run's per-image results "
+        "on each of 1,000 resamples; `docs/detection.md`), which gives the verdict; `t-interval` the seed-only "
+        "paired interval beside it; every row at Ultralytics' `lr0`.", "",
         markdown_table(rows, list(rows[0])), verdict(report), "", END,
     ]
     return "\n".join(lines)
@@ -163,17 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     from visionpeft.recipe import load_recipe
     from visionpeft.tasks.compare import run_compare
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="visionpeft-bench-det-")).resolve()
-    data_dir = work / Path(args.data).name
-    if not data_dir.exists():
-        shutil.copytree(args.data, data_dir)
-    recipe = load_recipe(args.recipe, overrides_for(args, data_dir / "data.yaml", work / "runs"))
-    compare_dir = run_compare(recipe)
+    if args.from_compare:
+        compare_dir = Path(args.from_compare)
+    else:
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="visionpeft-bench-det-")).resolve()
+        data_dir = work / Path(args.data).name
+        if not data_dir.exists():
+            shutil.copytree(args.data, data_dir)
+        recipe = load_recipe(args.recipe, overrides_for(args, data_dir / "data.yaml", work / "runs"))
+        compare_dir = run_compare(recipe)
     report = json.loads((compare_dir / "report.json").read_text())
     rows = summary_rows(report)
     section = render(rows, report, args)
     (compare_dir / "benchmark.md").write_text(section + "\n")
     print(section)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.out:
+        Path(args.out).write_text(section + "\n")
     if args.update_docs:
         update_docs(Path(args.update_docs), section)
     print(f"compare directory: {compare_dir}", file=sys.stderr)

@@ -16,7 +16,10 @@ def _row(name: str, params: int, pct: float, test: float, delta: float, lo: floa
     return {"strategy": name, "trainable_params": params, "trainable_pct": pct, "seeds": 3, "lr": None,
             "map50_95_test": test, "map50_95_test_ci_low": test - 0.02, "map50_95_test_ci_high": test + 0.02,
             "map50_95_val": test + 0.01, "delta_map50_95_test_vs_full": delta, "delta_map50_95_test_ci_low": lo,
-            "delta_map50_95_test_ci_high": hi, "verdict": verdict, "time_to_full_val_s": "never",
+            "delta_map50_95_test_ci_high": hi, "delta_map50_95_test_boot_low": lo / 2,
+            "delta_map50_95_test_boot_high": hi / 2, "verdict": verdict, "time_to_full_val_s": "never",
+            "verdict_basis": None if verdict == "baseline" else "bootstrap over 3 seeds x 72 test images, map50_95 "
+            "recomputed",
             "time_to_full_reached": "0/3", "train_seconds": 10.0, "step_time_ratio_vs_full": 1.0,
             "peak_mem_ratio_vs_full": 1.0}
 
@@ -40,8 +43,11 @@ def test_rows_and_verdict(bench):
     assert rows[1]["per_M_trainable"] == pytest.approx(0.3)
     assert rows[2]["per_M_trainable"] == pytest.approx(0.4)
     assert rows[1]["map50_95_test"] == "0.3000 +- 0.0200" and rows[1]["map50_95_val"] == "0.3100"
-    assert rows[1]["delta"] == "+0.1000 [+0.0500, +0.1500]" and rows[0]["delta"] == "-"
+    # the delta carries the bootstrap's interval (the verdict's), the seed-only t-interval stands beside it
+    assert rows[1]["delta"] == "+0.1000 [+0.0250, +0.0750]" and rows[0]["delta"] == "-"
+    assert rows[1]["t-interval"] == "[+0.0500, +0.1500]"
     text = bench.verdict(REPORT)
+    assert text.startswith("On `map50_95_test` (bootstrap over 3 seeds x 72 test images, map50_95 recomputed)")
     assert "better: lora; worse: head; tied (interval contains 0): ssf." in text
 
 
