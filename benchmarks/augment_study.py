@@ -109,7 +109,8 @@ def section(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"flowers5_128 ({args.per_class} images per class and split) and hymenoptera (at most {args.per_class} per "
         "class), AdamW at each method's default rate, weight decay 0.05. Columns: horizontal flips (p 0.5) with "
         f"the random crop's area lower bound (upper 1.0; timm's default is 0.08), and flips off at "
-        f"{NO_FLIP_SCALE:g}. Validation holds 120-300 images per set, so with one or two seeds a difference below about 0.03 is within noise.", "",
+        f"{NO_FLIP_SCALE:g}. Validation holds 120-300 images per set, so with one or two seeds a difference below "
+        "about 0.03 is within noise.", "",
         *lines, "", *picks, "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; total "
         f"{sum(r['seconds'] for r in results.values()) / 60:.1f} min.", END])
