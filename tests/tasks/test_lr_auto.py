@@ -54,10 +54,28 @@ def test_bad_auto_values_name_the_field(value, message):
         parse_recipe(_doc(lr_grid=value))
 
 
-def test_auto_on_an_ultralytics_recipe_is_refused_with_what_to_do_instead():
-    recipe = parse_recipe({"task": "detection", "model": "yolov8n.yaml", "data": "coco8.yaml", "lr_grid": "auto",
-                           "compare": {"lora": [{"method": "lora"}]}})
-    with pytest.raises(ConfigError, match=r"lr_grid.full: auto needs per-method default rates .* list the rates"):
+def _detection(**ultralytics) -> object:
+    return parse_recipe({"task": "detection", "model": "yolov8n.yaml", "data": "coco8.yaml", "lr_grid": "auto",
+                         "compare": {"lora": [{"method": "lora"}, {"method": "head"}],
+                                     "ssf_own": [{"method": "ssf", "lr": 0.02}, {"method": "head"}]},
+                         "ultralytics": ultralytics})
+
+
+def test_auto_on_an_ultralytics_recipe_centres_on_lr0_or_the_entrys_rate():
+    pytest.importorskip("ultralytics")
+    recipe = _detection(optimizer="AdamW", lr0=0.001)
+    assert lr_grids(recipe, recipe.compare_runs()) == {
+        "full": ([3e-4, 1e-3, 3e-3, 1e-2], "auto"), "lora": ([3e-4, 1e-3, 3e-3, 1e-2], "auto"),
+        "ssf_own": ([6e-3, 2e-2, 6e-2, 2e-1], "auto")}
+    sgd = _detection(optimizer="SGD")  # Ultralytics' own lr0 default, 0.01
+    assert lr_grids(sgd, sgd.compare_runs())["lora"] == ([3e-3, 1e-2, 3e-2, 1e-1], "auto")
+
+
+def test_auto_with_ultralytics_optimizer_auto_is_refused_with_what_to_do_instead():
+    pytest.importorskip("ultralytics")
+    recipe = _detection()  # optimizer: auto (Ultralytics' default) ignores lr0
+    with pytest.raises(ConfigError, match=r"lr_grid.full: auto centres the grid on ultralytics.lr0, which "
+                                          r"optimizer=auto ignores .* ultralytics.optimizer=AdamW .* list the rates"):
         lr_grids(recipe, recipe.compare_runs())
 
 

@@ -77,6 +77,14 @@ def _ultralytics_cfg() -> tuple[dict[str, Any], Any]:
     return DEFAULT_CFG_DICT, check_cfg
 
 
+def ultralytics_arg(args: dict[str, Any], key: str) -> Any:
+    """``args[key]`` (a recipe's ``ultralytics:`` section), else visionpeft's default, else Ultralytics' own
+    (``ultralytics.cfg.DEFAULT_CFG_DICT``)."""
+    if key in args:
+        return args[key]
+    return DEFAULT_ULTRALYTICS_ARGS[key] if key in DEFAULT_ULTRALYTICS_ARGS else _ultralytics_cfg()[0].get(key)
+
+
 def validate_ultralytics_args(args: dict[str, Any], where: str = "ultralytics") -> dict[str, Any]:
     """Check Ultralytics training arguments: known keys only, right types; returns a converted copy.
 

@@ -64,12 +64,15 @@ def lr_grids(recipe: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> di
     """Every run's learning-rate grid and its source: ``{run: (rates, "lr_grid" | "auto")}``.
 
     ``lr_grid: auto`` covers every run that trains more than the head; ``{run: auto}`` one run. An ``auto`` grid
-    is the run's own rate (entry ``lr``, else ``optim.lr``, else the method's default) times :data:`AUTO_FACTORS`,
-    rounded to 3 significant digits.
+    is the run's own rate times :data:`AUTO_FACTORS`, rounded to 3 significant digits: classification, the entry
+    ``lr``, else ``optim.lr``, else the method's default; Ultralytics engines, the entry ``lr``, else
+    ``ultralytics.lr0`` (no per-method defaults there: every group trains at ``lr0``; the per-method study in
+    ``docs/benchmarks.md`` found adapters on BCCD best at 3-10x the rate full fine-tuning wants, which the grid's
+    x3 and x10 points reach).
 
     Raises:
-        ConfigError: ``auto`` on a recipe without ``optim`` (Ultralytics engines: their default is Ultralytics'
-            ``lr0``, which ``optimizer=auto`` may choose itself; list the rates instead).
+        ConfigError: ``auto`` on an Ultralytics recipe with ``optimizer: auto`` (Ultralytics then picks the
+            optimizer and ``lr0`` itself, so there is no rate to centre on): set the optimizer or list the rates.
     """
     spec = getattr(recipe, "lr_grid", None) or {}
     if spec == "auto":
@@ -79,13 +82,24 @@ def lr_grids(recipe: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> di
         if rates != "auto":
             out[name] = (list(rates), "lr_grid")
             continue
-        if getattr(recipe, "optim", None) is None:
-            raise ConfigError(f"lr_grid.{name}: auto needs per-method default rates (classification); this "
-                              f"{recipe.task} recipe trains at Ultralytics' lr0, so list the rates to try, "
-                              "e.g. lr_grid: {" + name + ": [0.003, 0.01, 0.03]}")
-        own = _own_rate(recipe, runs[name])
+        own = _own_rate(recipe, runs[name]) if getattr(recipe, "optim", None) is not None else \
+            _ultralytics_rate(recipe, runs[name], name)
         out[name] = ([float(f"{own * f:.3g}") for f in AUTO_FACTORS], "auto")
     return out
+
+
+def _ultralytics_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]], name: str) -> float:
+    """The rate an Ultralytics run trains its non-head entries at: entry ``lr`` > ``ultralytics.lr0``."""
+    from ..recipe.ultralytics import ultralytics_arg
+
+    args = dict(getattr(recipe, "ultralytics", None) or {})
+    if str(ultralytics_arg(args, "optimizer")).lower() == "auto":
+        raise ConfigError(f"lr_grid.{name}: auto centres the grid on ultralytics.lr0, which optimizer=auto ignores "
+                          "(Ultralytics then picks the optimizer and its rate itself); set the optimizer, e.g. "
+                          "ultralytics.optimizer=AdamW ultralytics.lr0=0.001, or list the rates, e.g. lr_grid: {"
+                          + name + ": [0.001, 0.003, 0.01]}")
+    given = [float(e["lr"]) for e in strategies if e["method"] != "head" and e.get("lr") is not None]
+    return max(given) if given else float(ultralytics_arg(args, "lr0"))
 
 
 def lr_source(recipe: Any, strategies: Sequence[Mapping[str, Any]]) -> str:

@@ -96,3 +96,23 @@ def test_detection_verdict_is_the_bootstrap_over_images_and_report_rebuilds_it(c
             "verdict_basis", "lr_source"]
     assert [[r[k] for k in keys] for r in after["runs"]] == [[r[k] for k in keys] for r in before["runs"]]
     assert "Verdicts rest on the seed-only t-interval" not in (cdir / "report.md").read_text()
+
+
+def test_lr_grid_auto_centres_on_lr0_and_each_grid_run_trains_its_rate(shared, tmp_path):
+    data = copy_dataset(shared, "coco8", tmp_path)
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "task": "detect", "name": "auto", "model": str(shared / "weights" / "yolov5nu-cocobackbone.pt"),
+        "data": str(data), "output": str(tmp_path / "runs"), "tensorboard": False, "lr_grid": {"lora": "auto"},
+        "compare": {"lora": [{"method": "lora", "rank": 4}, {"method": "head"}]},
+        "ultralytics": {**TINY, "optimizer": "AdamW", "lr0": 0.001}}))
+    assert main(["compare", str(recipe)]) == 0
+    (cdir,) = (tmp_path / "runs").iterdir()
+    report = json.loads((cdir / "report.json").read_text())
+    sweep = [p for p in report["lr_sweeps"] if p["strategy"] == "lora"]
+    assert [p["lr"] for p in sweep] == [3e-4, 1e-3, 3e-3, 1e-2]
+    lora = next(r for r in report["runs"] if r["strategy"] == "lora")
+    assert lora["lr_source"] == "auto" and lora["lr"] == next(p["lr"] for p in sweep if p["chosen"])
+    for point in sweep:  # each grid run set its rate on the LoRA entry (split_groups_by_owner: group lr = rate)
+        log = yaml.safe_load((cdir / point["run_dir"] / "recipe.yaml").read_text())
+        assert log["strategies"][0]["lr"] == point["lr"] and "lr" not in log["strategies"][1]
