@@ -15,10 +15,11 @@ Kinds and arrays (``N`` images, ``P`` predictions, ``T`` labelled objects):
   ``target_image (T,)`` (image indices into ``files``). BCCD's 72 test images (10,000-16,000 predictions at
   Ultralytics' ``conf=0.001``): 40-68 kB compressed.
 * ``confusion`` (semantic): ``matrices (N, C, C)`` per-image pixel counts (rows: truth, columns: prediction).
-* ``mean`` (depth, classify): ``values (N,)`` the image's own metric (depth: images Ultralytics skips, with
-  fewer than 10 valid pixels, are left out, as in its mean).
+* ``mean`` (depth, classify): ``values (N,)`` the image's own metric (classify also ``labels (N,)``; depth:
+  images Ultralytics skips, with fewer than 10 valid pixels, are left out, as in its mean).
 
-``files`` are image file names in evaluation order; two runs are paired by name. The file is NumPy's ``.npz``,
+``files`` are image file names in evaluation order (classify: ``<class folder>/<file>``); two runs are paired
+by name. The file is NumPy's ``.npz``,
 read with ``allow_pickle=False`` (no object arrays: nothing in it can run code).
 """
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,9 +77,8 @@ class ImageRecords:
         if self.kind == "ap":
             a["pred_image"] = inverse[a["pred_image"]]
             a["target_image"] = inverse[a["target_image"]]
-        else:
-            key = KINDS[self.kind][0]
-            a[key] = a[key][order]
+        else:  # every array of these kinds is per image (values, labels, matrices)
+            a = {k: v[order] for k, v in a.items()}
         return ImageRecords(self.kind, self.metric, tuple(self.files[i] for i in order), a, self.binary)
 
 
@@ -113,7 +115,7 @@ def read_records(run_dir: Path, split: str = "test") -> ImageRecords | None:
             arrays = {k[2:]: z[k] for k in z.files if k.startswith("a_")}
             rec = ImageRecords(kind=str(z["kind"]), metric=str(z["metric"]), files=tuple(map(str, z["files"])),
                                arrays=arrays, binary=bool(z["binary"]))
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):  # a truncated or foreign file
         return None
     return rec if rec.files and _consistent(rec) else None
 
@@ -122,7 +124,8 @@ def _consistent(rec: ImageRecords) -> bool:
     n, a = len(rec.files), rec.arrays
     if rec.kind == "ap":
         p = len(a["conf"])
-        return (a["tp"].ndim == 2 and len(a["tp"]) == len(a["pred_cls"]) == len(a["pred_image"]) == p
+        return (a["tp"].ndim == 2 and a["tp"].shape[1] == 10  # Ultralytics' IoU thresholds 0.50:0.95
+                and len(a["tp"]) == len(a["pred_cls"]) == len(a["pred_image"]) == p
                 and len(a["target_cls"]) == len(a["target_image"])
                 and all(x.size == 0 or (x.min() >= 0 and x.max() < n) for x in (a["pred_image"], a["target_image"])))
     return len(a[KINDS[rec.kind][0]]) == n

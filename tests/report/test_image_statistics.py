@@ -57,6 +57,18 @@ def test_map_of_every_resample_is_ultralytics_ap_per_class_of_the_duplicated_ima
     assert len(set(np.round(got50_95, 9))) > 1  # resamples move the value: a no-op statistic would fail
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_whole_set_is_ap_per_class_even_with_tied_confidences(seed):
+    # fp16 confidences (CUDA with AMP) tie often, and AP depends on the order of a tied TP and FP: the records keep
+    # the validator's concatenation order and the statistic sorts it with Ultralytics' own np.argsort call.
+    rec = _ap_records(seed)
+    tied = dict(rec.arrays, conf=np.round(rec.arrays["conf"] * 4).astype(np.float32) / 4)  # 5 distinct values
+    rec = ImageRecords("ap", "map50_95", rec.files, tied)
+    a = rec.arrays
+    assert ap_statistic(rec)(np.ones((1, N)))[0] == pytest.approx(
+        ap_per_class(a["tp"], a["conf"], a["pred_cls"], a["target_cls"])[5].mean(), abs=1e-12)
+
+
 def test_mask_and_pose_metrics_read_all_ten_iou_columns():
     rec = _ap_records(0)
     for metric in ("mask_map50_95", "pose_map50_95"):
@@ -123,3 +135,9 @@ def test_reordering_by_name_keeps_each_images_predictions():
     assert moved.files == tuple(rec.files[i] for i in order)
     counts = np.random.default_rng(1).multinomial(N, np.ones(N) / N)
     assert ap_statistic(moved)(counts[order][None])[0] == pytest.approx(ap_statistic(rec)(counts[None])[0], abs=1e-15)
+
+
+def test_a_truncated_records_file_reads_as_none(tmp_path):
+    path = write_records(tmp_path, "test", _ap_records(3))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert read_records(tmp_path, "test") is None

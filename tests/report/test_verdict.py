@@ -128,3 +128,10 @@ def test_runs_with_other_kinds_of_results_are_not_paired(tmp_path):
     lora = _detection_group(tmp_path, "lora", 0.0, sim, sim.detection_test_set(np.random.default_rng(2)))
     assert bootstrap_row(lora, full) == (None, "seed t-interval (the runs saved different kinds of per-example "
                                                "results)")
+
+
+def test_records_of_another_metric_than_the_headline_are_not_used(tmp_path):
+    full, lora = _group(tmp_path, "full", [LABELS, LABELS]), _group(tmp_path, "lora", [[0] * 10, LABELS])
+    assert bootstrap_row(lora, full, "top1")[0] is not None
+    boot, basis = bootstrap_row(lora, full, "top5")
+    assert boot is None and "the saved per-example results are of top1, not of the headline top5" in basis

@@ -138,7 +138,8 @@ def _bootstrap_columns(group: StrategyRuns, full: StrategyRuns, col: str, t_verd
     out: dict[str, Any] = {f"delta_{col}_boot_low": None, f"delta_{col}_boot_high": None, "bootstrap_ms": None}
     if group is full:
         return {**out, "verdict": "baseline", "verdict_basis": None}
-    boot, basis = bootstrap_row(group, full) if col.endswith("_test") else (None, "seed t-interval (no test split)")
+    boot, basis = bootstrap_row(group, full, col[:-len("_test")]) if col.endswith("_test") else \
+        (None, "seed t-interval (no test split)")
     if boot is None:
         return {**out, "verdict": t_verdict, "verdict_basis": basis}
     return {f"delta_{col}_boot_low": _round(boot.low), f"delta_{col}_boot_high": _round(boot.high),

@@ -76,7 +76,7 @@ class BootstrapResult:
 
     Attributes:
         delta: mean paired difference (strategy minus baseline), in the score's units (accuracy: 0-1).
-        low / high: the percentile interval at ``level``.
+        low / high: the normal interval at ``level`` (``delta +- z * bootstrap standard error``).
         verdict: ``better`` / ``worse`` (interval excludes 0), ``tied``, or ``n/a (1 seed)``.
         seeds / examples: the ``K x N`` shape compared.
         resamples: replicates drawn.

@@ -72,3 +72,49 @@ def test_records_give_the_metrics_objects_own_map(task):
 def test_a_validation_that_saw_no_image_is_refused():
     with pytest.raises(ValueError, match="recorded no image"):
         ImageRecorder(get("detect")).records()
+
+
+def _classify_folder(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(4):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(5):
+                pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}{c}_{i}.png")
+    return root
+
+
+def test_classify_records_name_each_result_by_its_own_image(tmp_path):
+    # Ultralytics' classify validation loader shuffles; the recorder's loader does not, so file i's label is the
+    # class folder file i is in (a shuffled loader paired with the dataset's file list would mislabel).
+    import torch
+    from ultralytics.models.yolo.classify import ClassificationValidator
+    from ultralytics.nn.tasks import ClassificationModel
+
+    data = _classify_folder(tmp_path / "cls")
+    torch.manual_seed(0)
+    model = ClassificationModel("yolov8n-cls.yaml", nc=4, verbose=False)
+    model.names = {i: f"class{i}" for i in range(4)}
+    validator = ClassificationValidator(args={"data": str(data), "imgsz": 32, "batch": 4, "workers": 0,
+                                              "split": "val", "plots": False, "device": "cpu", "half": False},
+                                        save_dir=tmp_path / "val")
+    recorder = ImageRecorder(get("classify"))
+    recorder.attach(validator)
+    results = validator(model=model)
+    rec = recorder.records()
+    assert len(rec.files) == 20 and rec.metric == "top1"
+    assert [f"class{label}" for label in rec.arrays["labels"]] == [f.split("/")[0] for f in rec.files]
+    assert statistic(rec)(np.ones((1, 20)))[0] == pytest.approx(results["metrics/accuracy_top1"], abs=1e-9)
+
+
+def test_records_that_do_not_reproduce_the_validators_metric_are_not_saved(tmp_path):
+    recorder = ImageRecorder(get("depth"))
+    recorder.items, recorder.files = [0.5, 0.7], ["a.png", "b.png"]
+    assert recorder.save(tmp_path, "test", 0.6) is not None  # the mean over images: saved
+    assert recorder.save(tmp_path, "test", 0.61) is None  # another value (e.g. COCO's pycocotools mAP): not
+    assert not (tmp_path / "test_images.npz").exists()  # ... and an older file of the run is gone too
+    assert ImageRecorder(get("detect")).save(tmp_path, "test", 0.1) is None  # nothing recorded

@@ -272,7 +272,6 @@ class UltralyticsRunner:
         ``imgsz``, thresholds, precision; see :mod:`.validation`), so ``split="val"`` reproduces the metrics in
         ``metrics.json`` for the same weights.
         """
-        from ...image_records import write_records
         from .per_image import ImageRecorder
         from .validation import evaluate_run
 
@@ -288,7 +287,7 @@ class UltralyticsRunner:
         metrics = evaluate_run(run_dir, data, split, device, recorder)
         write_json(run_dir / f"eval_{split}.json", metrics)
         if recorder is not None:
-            write_records(run_dir, split, recorder.records())
+            recorder.save(run_dir, split, metrics.get(self.primary_metric))
         return metrics
 
     def has_split(self, recipe: Any, split: str) -> bool:
