@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +30,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # its helpers import by name, as when the script runs from there
+
+from study_args import DATASETS, MODELS, add_study_args, machine_line, shared_dir  # noqa: E402
+
 START, END = "<!-- augment-study:start -->", "<!-- augment-study:end -->"
 
 #: RandomResizedCrop area lower bounds tried (upper bound 1.0), with flips on.
@@ -44,13 +46,6 @@ DIGIT_FLIP_SCALE = 0.7
 DIGIT_RUNS = {"full": [{"method": "full", "lr": 1e-3}], "lora": [{"method": "lora", "rank": 4}, {"method": "head"}]}
 DIGITS_START, DIGITS_END = "<!-- augment-digits:start -->", "<!-- augment-digits:end -->"
 RUNS = {"lora_r8": [{"method": "lora", "rank": 8, "alpha": 16}, {"method": "head"}]}
-MODELS = {"vit": ("vit_tiny_patch16_224", "weights/vit_tiny_patch16_224.in1k.safetensors"),
-          "cnn": ("tf_efficientnet_lite0", "weights/tf_efficientnet_lite0.in1k.safetensors")}
-DATASETS = {"flowers": "data/flowers5_128", "hymenoptera": "data/hymenoptera_data"}
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("VISIONPEFT_SHARED", REPO.parent / "shared")).resolve()
 
 
 def settings() -> list[tuple[str, float, float]]:
@@ -157,35 +152,25 @@ def section(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{NO_FLIP_SCALE:g}. Validation holds 120-300 images per set, so with one or two seeds a difference below "
         "about 0.03 is within noise.", "",
         *lines, "", *picks, "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; total "
-        f"{sum(r['seconds'] for r in results.values()) / 60:.1f} min.", END])
+        machine_line(sum(r["seconds"] for r in results.values())), END])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, default=None, help="where the compares go (default: a temporary folder)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--img-size", type=int, default=112)
-    p.add_argument("--per-class", type=int, default=60)
+    add_study_args(p, Path(__file__).stem)
     p.add_argument("--seeds", type=int, default=2, help="seeds per cell (their mean is compared)")
     p.add_argument("--only", default="vit,cnn", help="comma list of vit, cnn")
     p.add_argument("--tiny", action="store_true", help="smoke run: 1 epoch, tiny subsets")
     p.add_argument("--digits", action="store_true", help="the quickstart's digits instead (module docstring)")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/augment_study.json")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/augment_study.md")
-    p.add_argument("--update-docs", type=Path, default=None)
     args = p.parse_args(argv)
     if args.tiny:
         args.epochs, args.per_class, args.img_size, args.seeds = 1, 4, 64, 1
     args.runs = args.runs or Path(tempfile.mkdtemp(prefix="augment-study-")) / "runs"
     if args.digits:
-        text = digits(args)
-        print(text)
-        args.out.with_name("augment_study_digits.md").write_text(text + "\n")
-        if args.update_docs:
-            from benchmarks.sections import replace_marked_section
+        from benchmarks.sections import publish
 
-            replace_marked_section(args.update_docs, DIGITS_START, DIGITS_END, text)
+        publish(digits(args), DIGITS_START, DIGITS_END, md=args.out.with_name("augment_study_digits.md"),
+                docs=args.update_docs)
         return 0
     results: dict[str, Any] = {}
     for family in args.only.split(","):
@@ -194,16 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_one(compare_doc(args, family, dataset, scale, hflip))
                 results[f"{family}/{dataset}/{label}"] = res
                 print(f"{family}/{dataset}/{label}: {res['val']} ({res['seconds']:.0f} s)", flush=True)
-    text = section(results, args)
-    print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                    indent=2))
-    args.out.write_text(text + "\n")
-    if args.update_docs:
-        from benchmarks.sections import replace_marked_section
+    from benchmarks.sections import publish
 
-        replace_marked_section(args.update_docs, START, END, text)
+    publish(section(results, args), START, END, md=args.out, docs=args.update_docs, json_path=args.json,
+            payload={"args": {k: str(v) for k, v in vars(args).items()}, "results": results})
     return 0
 
 

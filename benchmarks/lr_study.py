@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # its helpers import by name, as when the script runs from there
+
+from study_args import DATASETS, MODELS, add_study_args, machine_line, shared_dir  # noqa: E402
+
 START, END = "<!-- lr-study:start -->", "<!-- lr-study:end -->"
 
 HEAD = {"method": "head"}
@@ -48,9 +51,6 @@ VIT_ONLY: dict[str, list[dict[str, Any]]] = {
     "vpt_deep": [{"method": "vpt", "tokens": 10, "mode": "deep"}, HEAD],
     "adaptformer_16": [{"method": "adaptformer", "bottleneck": 16, "scale": 0.1}, HEAD],
 }
-MODELS = {"vit": ("vit_tiny_patch16_224", "weights/vit_tiny_patch16_224.in1k.safetensors"),
-          "cnn": ("tf_efficientnet_lite0", "weights/tf_efficientnet_lite0.in1k.safetensors")}
-DATASETS = {"flowers": "data/flowers5_128", "hymenoptera": "data/hymenoptera_data"}
 DET_RUNS: dict[str, list[dict[str, Any]]] = {
     "freeze10": [{"method": "freeze", "n": 10}],
     "lora_head": [{"method": "lora", "rank": 8, "alpha": 16}, HEAD],
@@ -59,10 +59,6 @@ DET_RUNS: dict[str, list[dict[str, Any]]] = {
     "bitfit_head": [{"method": "bitfit"}, HEAD],
 }
 DET_GRID = [3e-4, 1e-3, 3e-3, 1e-2]
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("VISIONPEFT_SHARED", REPO.parent / "shared")).resolve()
 
 
 def cls_doc(args: argparse.Namespace, family: str, dataset: str) -> dict[str, Any]:
@@ -173,23 +169,16 @@ def section(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"on the rates listed. **One seed per cell**: the validation sets hold 150-300 images, so a difference "
         f"below about 0.03 top-1 (0.01 mAP50-95) is within noise. Bold: the pick.", "",
         *table(results), "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; total "
-        f"{sum(r['seconds'] for r in results.values()) / 60:.1f} min.", END])
+        machine_line(sum(r["seconds"] for r in results.values())), END])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, default=None, help="where the compares go (default: a temporary folder)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--img-size", type=int, default=112)
-    p.add_argument("--per-class", type=int, default=60)
+    add_study_args(p, Path(__file__).stem)
     p.add_argument("--det-epochs", type=int, default=3)
     p.add_argument("--det-imgsz", type=int, default=160)
     p.add_argument("--only", default="vit,cnn,det", help="comma list of vit, cnn, det")
     p.add_argument("--tiny", action="store_true", help="smoke run: 2 methods, 1 epoch, tiny subsets")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/lr_study.json")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/lr_study.md")
-    p.add_argument("--update-docs", type=Path, default=None)
     p.add_argument("--collect", action="store_true", help="no training: report the compares already under --runs")
     args = p.parse_args(argv)
     if args.tiny:
@@ -218,16 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         res["defaults"] = {}
         results["yolo/bccd"] = res
         print(f"yolo/bccd: {res['seconds']:.0f} s", flush=True)
-    text = section(results, args)
-    print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                    indent=2))
-    args.out.write_text(text + "\n")
-    if args.update_docs:
-        from benchmarks.sections import replace_marked_section
+    from benchmarks.sections import publish
 
-        replace_marked_section(args.update_docs, START, END, text)
+    publish(section(results, args), START, END, md=args.out, docs=args.update_docs, json_path=args.json,
+            payload={"args": {k: str(v) for k, v in vars(args).items()}, "results": results})
     return 0
 
 

@@ -20,3 +20,19 @@ def replace_marked_section(path: Path, start: str, end: str, section: str) -> No
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(text: str, start: str, end: str, md: Path | None = None, docs: Path | None = None,
+            json_path: Path | None = None, payload: object = None) -> None:
+    """Print a benchmark's section and write it where asked: Markdown (``md``), its marked section of ``docs``
+    and ``payload`` as JSON (``json_path``)."""
+    import json
+
+    print(text)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2))
+    if md is not None:
+        md.write_text(text + "\n")
+    if docs is not None:
+        replace_marked_section(docs, start, end, text)
