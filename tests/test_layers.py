@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "visionpeft"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # leaves: errors, files, the two registries (strings only), records, the model description, devices, memory
     ("errors", "safe_yaml", "matching", "outputs", "packaged", "ultralytics_tasks", "engines", "spec", "devices",
-     "checkpoint", "profiling", "wrappers", "results", "examples", "run_dir", "strict_numbers"),
+     "checkpoint", "profiling", "wrappers", "results", "examples", "image_records", "run_dir", "strict_numbers"),
     # the strategy layer: methods, the plan, the frozen region, the adapted state (no timm / Ultralytics)
     ("strategies", "plan", "snapshot", "foreign", "state", "adapter_fields", "optim_settings"),
     # the only code that knows timm and Ultralytics models (the spec of a model comes from here)

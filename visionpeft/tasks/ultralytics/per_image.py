@@ -112,7 +112,8 @@ class ImageRecorder:
             acc = metrics._totals if depth else metrics.matrix
             # to the CPU first: MPS has no float64. Ultralytics sums the confusion matrix in float32, exact to 2**24
             # pixels per cell; each image's change is then exact too.
-            return (None if acc is None else acc.detach().cpu().double(), getattr(metrics, "_count", 0.0))
+            # clone: .cpu().double() of a float64 CPU tensor (depth's _totals) is the live accumulator itself
+            return (None if acc is None else acc.detach().cpu().double().clone(), getattr(metrics, "_count", 0.0))
 
         def update_stats(preds: Any, targets: Any) -> None:
             for i in range(preds.shape[0]):
