@@ -128,4 +128,4 @@ def _consistent(rec: ImageRecords) -> bool:
                 and len(a["tp"]) == len(a["pred_cls"]) == len(a["pred_image"]) == p
                 and len(a["target_cls"]) == len(a["target_image"])
                 and all(x.size == 0 or (x.min() >= 0 and x.max() < n) for x in (a["pred_image"], a["target_image"])))
-    return len(a[KINDS[rec.kind][0]]) == n
+    return all(len(v) == n for v in a.values())  # every array of these kinds is per image

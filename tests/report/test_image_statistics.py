@@ -141,3 +141,12 @@ def test_a_truncated_records_file_reads_as_none(tmp_path):
     path = write_records(tmp_path, "test", _ap_records(3))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert read_records(tmp_path, "test") is None
+
+
+def test_per_image_arrays_of_another_length_read_as_none(tmp_path):
+    rec = ImageRecords("mean", "top1", ("a", "b"), {"values": np.ones(2), "labels": np.zeros(3, np.int64)})
+    write_records(tmp_path, "test", rec)
+    assert read_records(tmp_path, "test") is None
+    write_records(tmp_path, "test", ImageRecords("mean", "top1", ("a", "b"), {"values": np.ones(2),
+                                                                              "labels": np.zeros(2, np.int64)}))
+    assert read_records(tmp_path, "test").arrays["labels"].tolist() == [0, 0]
