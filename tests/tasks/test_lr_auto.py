@@ -77,6 +77,11 @@ def test_auto_with_ultralytics_optimizer_auto_is_refused_with_what_to_do_instead
     with pytest.raises(ConfigError, match=r"lr_grid.full: auto centres the grid on ultralytics.lr0, which "
                                           r"optimizer=auto ignores .* ultralytics.optimizer=AdamW .* list the rates"):
         lr_grids(recipe, recipe.compare_runs())
+    # an entry with its own rate needs no lr0 (a grid rate is absolute: split_groups_by_owner scales from the lr0
+    # optimizer=auto chose), so that run's grid is still made
+    own = parse_recipe({"task": "detection", "model": "yolov8n.yaml", "data": "coco8.yaml",
+                        "lr_grid": {"ssf_own": "auto"}, "compare": {"ssf_own": [{"method": "ssf", "lr": 0.02}]}})
+    assert lr_grids(own, own.compare_runs()) == {"ssf_own": ([6e-3, 2e-2, 6e-2, 2e-1], "auto")}
 
 
 def test_a_compare_with_auto_reports_the_chosen_rate_and_its_cost(tmp_path):

@@ -53,11 +53,17 @@ def with_lr(strategies: Sequence[Mapping[str, Any]], lr: float | None) -> list[d
     return [dict(e) if lr is None or e["method"] == "head" else {**e, "lr": float(lr)} for e in strategies]
 
 
-def _own_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]]) -> float:
-    """The rate a run trains its non-head entries at without a grid: entry ``lr`` > ``optim.lr`` > default."""
-    optim = recipe.optim
-    return max(float(e.get("lr") or optim.lr or default_lr(e["method"], optim.name))
-               for e in strategies if e["method"] != "head")
+def _own_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]], name: str) -> float:
+    """The rate a run trains its non-head entries at without a grid (the highest): entry ``lr``, else the recipe's
+    (classification: ``optim.lr``, else the method's default; Ultralytics: ``ultralytics.lr0``)."""
+    optim = getattr(recipe, "optim", None)
+    if optim is not None:
+        def fallback(method: str) -> float:
+            return float(optim.lr or default_lr(method, optim.name))
+    else:
+        def fallback(method: str) -> float:  # only asked for entries without their own lr
+            return _ultralytics_lr0(recipe, name)
+    return max(float(e.get("lr") or fallback(e["method"])) for e in strategies if e["method"] != "head")
 
 
 def lr_grids(recipe: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, tuple[list[float], str]]:
@@ -82,14 +88,13 @@ def lr_grids(recipe: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> di
         if rates != "auto":
             out[name] = (list(rates), "lr_grid")
             continue
-        own = _own_rate(recipe, runs[name]) if getattr(recipe, "optim", None) is not None else \
-            _ultralytics_rate(recipe, runs[name], name)
+        own = _own_rate(recipe, runs[name], name)
         out[name] = ([float(f"{own * f:.3g}") for f in AUTO_FACTORS], "auto")
     return out
 
 
-def _ultralytics_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]], name: str) -> float:
-    """The rate an Ultralytics run trains its non-head entries at: entry ``lr`` > ``ultralytics.lr0``."""
+def _ultralytics_lr0(recipe: Any, name: str) -> float:
+    """``ultralytics.lr0`` (or Ultralytics' default), refused where ``optimizer: auto`` would ignore it."""
     from ..recipe.ultralytics import ultralytics_arg
 
     args = dict(getattr(recipe, "ultralytics", None) or {})
@@ -98,8 +103,7 @@ def _ultralytics_rate(recipe: Any, strategies: Sequence[Mapping[str, Any]], name
                           "(Ultralytics then picks the optimizer and its rate itself); set the optimizer, e.g. "
                           "ultralytics.optimizer=AdamW ultralytics.lr0=0.001, or list the rates, e.g. lr_grid: {"
                           + name + ": [0.001, 0.003, 0.01]}")
-    given = [float(e["lr"]) for e in strategies if e["method"] != "head" and e.get("lr") is not None]
-    return max(given) if given else float(ultralytics_arg(args, "lr0"))
+    return float(ultralytics_arg(args, "lr0"))
 
 
 def lr_source(recipe: Any, strategies: Sequence[Mapping[str, Any]]) -> str:
