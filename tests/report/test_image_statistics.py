@@ -108,7 +108,7 @@ def test_mean_statistic_weights_drawn_images():
     rec = ImageRecords("mean", "delta1", ("a", "b", "c"), {"values": np.array([0.2, 0.5, 1.0])})
     assert statistic(rec)(np.array([[1, 1, 1], [0, 3, 0], [2, 0, 1]])).tolist() == pytest.approx(
         [1.7 / 3, 0.5, 1.4 / 3])
-    assert mean_statistic(rec) is not None
+    assert mean_statistic(rec)(np.ones(3)).tolist() == pytest.approx([1.7 / 3])  # a 1-D count vector too
 
 
 def test_records_round_trip_atomically_and_bad_files_read_as_none(tmp_path):
